@@ -1,0 +1,213 @@
+//! What to capture: pure decisions on a decoded review.
+
+use kube::core::admission::Operation as AdmissionOp;
+
+use crate::capture::review::Review;
+use crate::config::CaptureConfig;
+use crate::store::model::Operation;
+
+/// Why a change is let through without a snapshot. Also a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    DryRun,
+    Connect,
+    SelfUser,
+    SnapshotNamespace,
+    ExcludedUser,
+    ExcludedResource,
+    Secret,
+    Subresource,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::DryRun => "dry_run",
+            Skip::Connect => "connect",
+            Skip::SelfUser => "self",
+            Skip::SnapshotNamespace => "snapshot_namespace",
+            Skip::ExcludedUser => "excluded_user",
+            Skip::ExcludedResource => "excluded_resource",
+            Skip::Secret => "secret",
+            Skip::Subresource => "subresource",
+        }
+    }
+}
+
+/// The outcome of classification: skip, or capture as this operation (and
+/// whether the snapshot must be stored as a Secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Skip(Skip),
+    Capture { operation: Operation, secret: bool },
+}
+
+pub fn classify(review: &Review, cfg: &CaptureConfig) -> Decision {
+    let req = &review.request;
+    let operation = match req.operation {
+        AdmissionOp::Create => Operation::Create,
+        AdmissionOp::Update => Operation::Update,
+        AdmissionOp::Delete => Operation::Delete,
+        AdmissionOp::Connect => return Decision::Skip(Skip::Connect),
+    };
+    if req.dry_run {
+        return Decision::Skip(Skip::DryRun);
+    }
+    // Only updates through a subresource (scale) change the object itself; a
+    // CREATE of pods/eviction or pods/binding is no object of its own to undo.
+    if req.sub_resource.is_some() && operation != Operation::Update {
+        return Decision::Skip(Skip::Subresource);
+    }
+    let user = review.username();
+    if cfg.self_users.iter().any(|u| u == user) {
+        return Decision::Skip(Skip::SelfUser);
+    }
+    let namespace = review.object_namespace();
+    if namespace.as_deref() == Some(cfg.snapshot_namespace.as_str()) {
+        return Decision::Skip(Skip::SnapshotNamespace);
+    }
+    // A restore write made by snapback impersonating the caller is always
+    // captured: it is what makes a rollback itself undoable.
+    let restore_write = review
+        .user_extra(crate::store::model::ACTION_ANNOTATION)
+        .is_some();
+    if !restore_write && cfg.exclude_users.iter().any(|p| glob_match(p, user)) {
+        return Decision::Skip(Skip::ExcludedUser);
+    }
+    let resource = &req.resource.resource;
+    let qualified = if req.resource.group.is_empty() {
+        resource.clone()
+    } else {
+        format!("{resource}.{}", req.resource.group)
+    };
+    if cfg
+        .exclude_resources
+        .iter()
+        .any(|p| glob_match(p, &qualified) || (req.resource.group.is_empty() && glob_match(p, resource)))
+    {
+        return Decision::Skip(Skip::ExcludedResource);
+    }
+    let secret = req.resource.group.is_empty() && resource == "secrets";
+    if secret && !cfg.capture_secrets {
+        return Decision::Skip(Skip::Secret);
+    }
+    Decision::Capture { operation, secret }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use serde_json::{Value, json};
+
+    fn review(op: &str, group: &str, resource: &str, ns: &str, user: &str, dry: bool) -> Review {
+        let v = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "kind": {"group": group, "version": "v1", "kind": "X"},
+                "resource": {"group": group, "version": "v1", "resource": resource},
+                "name": "n", "namespace": ns, "operation": op,
+                "userInfo": {"username": user}, "dryRun": dry,
+                "object": {"metadata": {"name": "n", "namespace": ns}}
+            }
+        });
+        Review::from_value(v).unwrap()
+    }
+
+    fn cfg() -> CaptureConfig {
+        let mut c = CaptureConfig::with_namespace("snapback-system");
+        c.self_users = vec!["system:serviceaccount:snapback-system:snapback".into()];
+        c
+    }
+
+    #[rstest]
+    #[case("CREATE", "", "configmaps", "ns", "alice", false, Decision::Capture { operation: Operation::Create, secret: false })]
+    #[case("UPDATE", "apps", "deployments", "ns", "alice", false, Decision::Capture { operation: Operation::Update, secret: false })]
+    #[case("DELETE", "", "configmaps", "ns", "alice", false, Decision::Capture { operation: Operation::Delete, secret: false })]
+    #[case("CREATE", "", "configmaps", "ns", "alice", true, Decision::Skip(Skip::DryRun))]
+    #[case("CONNECT", "", "pods", "ns", "alice", false, Decision::Skip(Skip::Connect))]
+    #[case("CREATE", "", "configmaps", "snapback-system", "alice", false, Decision::Skip(Skip::SnapshotNamespace))]
+    #[case("CREATE", "", "configmaps", "ns", "system:serviceaccount:snapback-system:snapback", false, Decision::Skip(Skip::SelfUser))]
+    #[case("UPDATE", "", "nodes", "", "system:node:worker-1", false, Decision::Skip(Skip::ExcludedUser))]
+    #[case("UPDATE", "", "configmaps", "ns", "system:kube-scheduler", false, Decision::Skip(Skip::ExcludedUser))]
+    #[case("UPDATE", "", "configmaps", "ns", "system:serviceaccount:kube-system:generic", false, Decision::Skip(Skip::ExcludedUser))]
+    #[case("CREATE", "", "events", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
+    #[case("CREATE", "events.k8s.io", "events", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
+    #[case("UPDATE", "coordination.k8s.io", "leases", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
+    #[case("CREATE", "authorization.k8s.io", "subjectaccessreviews", "", "alice", false, Decision::Skip(Skip::ExcludedResource))]
+    #[case("CREATE", "authentication.k8s.io", "tokenreviews", "", "alice", false, Decision::Skip(Skip::ExcludedResource))]
+    #[case("UPDATE", "", "endpoints", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
+    #[case("UPDATE", "", "secrets", "ns", "alice", false, Decision::Skip(Skip::Secret))]
+    fn classifies(
+        #[case] op: &str,
+        #[case] group: &str,
+        #[case] resource: &str,
+        #[case] ns: &str,
+        #[case] user: &str,
+        #[case] dry: bool,
+        #[case] expected: Decision,
+    ) {
+        assert_eq!(classify(&review(op, group, resource, ns, user, dry), &cfg()), expected);
+    }
+
+    #[test]
+    fn secrets_are_captured_as_secrets_when_enabled() {
+        let mut c = cfg();
+        c.capture_secrets = true;
+        assert_eq!(
+            classify(&review("UPDATE", "", "secrets", "ns", "alice", false), &c),
+            Decision::Capture { operation: Operation::Update, secret: true }
+        );
+    }
+
+    #[test]
+    fn restore_writes_are_captured_even_for_excluded_users() {
+        let mut v: Value = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+                "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+                "name": "n", "namespace": "ns", "operation": "UPDATE",
+                "userInfo": {"username": "system:kube-admin", "extra": {"snapback.io/action": ["a-rollback-1"]}},
+                "object": {"metadata": {"name": "n"}}, "oldObject": {"metadata": {"name": "n"}}
+            }
+        });
+        let r = Review::from_value(v.take()).unwrap();
+        assert!(matches!(classify(&r, &cfg()), Decision::Capture { .. }));
+    }
+
+    #[rstest]
+    #[case("system:node:*", "system:node:a", true)]
+    #[case("system:node:*", "system:nodes", false)]
+    #[case("*reviews", "tokenreviews", true)]
+    #[case("*reviews.*", "tokenreviews.authentication.k8s.io", true)]
+    #[case("a*b*c", "aXXbYYc", true)]
+    #[case("a*b*c", "aXXcYYb", false)]
+    #[case("exact", "exact", true)]
+    #[case("exact", "exactly", false)]
+    #[case("*", "", true)]
+    #[case("ab*ba", "aba", false)]
+    fn globs(#[case] p: &str, #[case] t: &str, #[case] m: bool) {
+        assert_eq!(glob_match(p, t), m);
+    }
+}

@@ -1,0 +1,411 @@
+//! Capture: the admission webhooks. The mutating webhook reads and strips the
+//! action annotation; the validating webhook (which sees the final object)
+//! decides whether to capture, attributes the change to an action and stores
+//! the prior state.
+
+pub mod attribution;
+pub mod decide;
+pub mod handler;
+pub mod open_actions;
+pub mod review;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{Patch, PatchOperation, RemoveOperation};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation as AdmissionOp};
+use serde_json::Value;
+
+use crate::capture::attribution::{Attribution, HintKey};
+use crate::capture::decide::{Decision, classify};
+use crate::capture::review::Review;
+use crate::config::{CaptureConfig, CaptureFailure};
+use crate::metrics::Metrics;
+use crate::store::actions::ActionRecord;
+use crate::store::codec::{self, CHUNK_SIZE};
+use crate::store::model::{
+    ACTION_ANNOTATION, ActionId, ObjectRef, Operation, SnapshotMeta,
+};
+use crate::store::{NewSnapshot, SnapshotSink, StoreError};
+
+/// Leave the API server's webhook timeout (10s by default) room to deliver
+/// our own, clearer denial.
+const STORE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Payloads above this are compressed on the blocking pool, not on the
+/// async workers.
+const INLINE_ENCODE_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("the request carries no {0} to snapshot")]
+    MissingObject(&'static str),
+    #[error("{0}")]
+    Action(#[from] crate::store::model::InvalidActionId),
+    #[error("timed out after {0:?} writing the snapshot")]
+    Timeout(Duration),
+    #[error("encoding task failed: {0}")]
+    Join(String),
+}
+
+impl CaptureError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            CaptureError::Store(e) => e.metric_label(),
+            CaptureError::Codec(_) => "encode",
+            CaptureError::MissingObject(_) => "missing_object",
+            CaptureError::Action(_) => "invalid_action",
+            CaptureError::Timeout(_) => "timeout",
+            CaptureError::Join(_) => "internal",
+        }
+    }
+}
+
+/// The capture side of snapback, shared by the webhook handlers.
+pub struct CaptureService {
+    cfg: CaptureConfig,
+    sink: Arc<dyn SnapshotSink>,
+    attribution: Arc<Attribution>,
+    metrics: Metrics,
+}
+
+/// An answer to an AdmissionReview: a review to send with 200, or a bare 400
+/// when the body had no request uid to answer to.
+#[derive(Debug)]
+pub enum Answer {
+    Review(Box<AdmissionReview<DynamicObject>>),
+    BadRequest(String),
+}
+
+impl Answer {
+    fn from_response(resp: AdmissionResponse) -> Self {
+        Answer::Review(Box::new(resp.into_review()))
+    }
+
+    pub fn allowed(&self) -> bool {
+        match self {
+            Answer::Review(r) => r.response.as_ref().is_some_and(|r| r.allowed),
+            Answer::BadRequest(_) => false,
+        }
+    }
+}
+
+fn invalid(err: impl ToString, uid: Option<String>) -> Answer {
+    match uid {
+        Some(uid) => {
+            let mut resp = AdmissionResponse::invalid(err.to_string());
+            resp.uid = uid;
+            Answer::from_response(resp)
+        }
+        None => Answer::BadRequest(err.to_string()),
+    }
+}
+
+fn op_label(op: &AdmissionOp) -> &'static str {
+    match op {
+        AdmissionOp::Create => "create",
+        AdmissionOp::Update => "update",
+        AdmissionOp::Delete => "delete",
+        AdmissionOp::Connect => "connect",
+    }
+}
+
+impl CaptureService {
+    pub fn new(
+        cfg: CaptureConfig,
+        sink: Arc<dyn SnapshotSink>,
+        attribution: Arc<Attribution>,
+        metrics: Metrics,
+    ) -> Self {
+        CaptureService {
+            cfg,
+            sink,
+            attribution,
+            metrics,
+        }
+    }
+
+    pub fn attribution(&self) -> &Arc<Attribution> {
+        &self.attribution
+    }
+
+    fn record(&self, webhook: &str, op: &str, outcome: &str, started: Instant) {
+        self.metrics
+            .admission_requests
+            .with_label_values(&[webhook, op, outcome])
+            .inc();
+        self.metrics
+            .admission_duration
+            .with_label_values(&[webhook])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Mutating webhook: validate and strip the action annotation, and hand
+    /// the action over to the validating call of the same request.
+    pub fn mutate(&self, body: &[u8]) -> Answer {
+        let started = Instant::now();
+        let review = match Review::from_slice(body) {
+            Ok(r) => r,
+            Err((e, uid)) => {
+                self.record("mutate", "unknown", "invalid", started);
+                return invalid(e, uid);
+            }
+        };
+        let op = op_label(&review.request.operation);
+        let resp = AdmissionResponse::from(&review.request);
+        let annotation = review
+            .object
+            .as_ref()
+            .and_then(|o| o.get("metadata")?.get("annotations")?.get(ACTION_ANNOTATION));
+        let Some(annotation) = annotation else {
+            self.record("mutate", op, "allowed", started);
+            return Answer::from_response(resp);
+        };
+        let action = match annotation.as_str().map(ActionId::parse) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                self.record("mutate", op, "denied", started);
+                return Answer::from_response(
+                    resp.deny(format!("snapback: annotation {ACTION_ANNOTATION}: {e}")),
+                );
+            }
+            None => {
+                self.record("mutate", op, "denied", started);
+                return Answer::from_response(
+                    resp.deny(format!("snapback: annotation {ACTION_ANNOTATION} must be a string")),
+                );
+            }
+        };
+        if !review.request.dry_run {
+            for key in hint_keys(&review, true) {
+                self.attribution.leave_hint(key, action.clone());
+            }
+        }
+        let path = PointerBuf::from_tokens(["metadata", "annotations", ACTION_ANNOTATION]);
+        let patch = Patch(vec![PatchOperation::Remove(RemoveOperation { path })]);
+        match resp.clone().with_patch(patch) {
+            Ok(r) => {
+                self.record("mutate", op, "patched", started);
+                Answer::from_response(r)
+            }
+            Err(e) => {
+                self.record("mutate", op, "error", started);
+                Answer::from_response(resp.deny(format!("snapback: building patch: {e}")))
+            }
+        }
+    }
+
+    /// Validating webhook: capture the prior state of the change.
+    #[tracing::instrument(skip_all, fields(request_uid, kind, operation, action, outcome))]
+    pub async fn validate(&self, body: &[u8]) -> Answer {
+        let started = Instant::now();
+        let review = match Review::from_slice(body) {
+            Ok(r) => r,
+            Err((e, uid)) => {
+                self.record("validate", "unknown", "invalid", started);
+                tracing::warn!(error = %e, "malformed AdmissionReview");
+                return invalid(e, uid);
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("request_uid", review.request.uid.as_str());
+        span.record("kind", review.request.kind.kind.as_str());
+        let op = op_label(&review.request.operation);
+        span.record("operation", op);
+        let resp = AdmissionResponse::from(&review.request);
+        let (operation, secret) = match classify(&review, &self.cfg) {
+            Decision::Skip(reason) => {
+                self.metrics
+                    .captures_skipped
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                self.record("validate", op, "skipped", started);
+                span.record("outcome", "skipped");
+                return Answer::from_response(resp);
+            }
+            Decision::Capture { operation, secret } => (operation, secret),
+        };
+        match self.capture(&review, operation, secret, body.len()).await {
+            Ok(action) => {
+                span.record("action", action.as_str());
+                span.record("outcome", "captured");
+                self.record("validate", op, "captured", started);
+                Answer::from_response(resp)
+            }
+            Err(e) => {
+                self.metrics
+                    .snapshot_failures
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                match self.cfg.capture_failure {
+                    CaptureFailure::Deny => {
+                        span.record("outcome", "denied");
+                        tracing::warn!(error = %e, "denying change: snapshot not stored");
+                        self.record("validate", op, "denied", started);
+                        Answer::from_response(
+                            resp.deny(format!("snapback could not record the prior state: {e}")),
+                        )
+                    }
+                    CaptureFailure::Allow => {
+                        span.record("outcome", "uncaptured");
+                        tracing::error!(error = %e, "admitting change without snapshot (--capture-failure=allow)");
+                        self.metrics.uncaptured_admitted.inc();
+                        self.record("validate", op, "uncaptured", started);
+                        let mut resp = resp;
+                        resp.warnings = Some(vec![format!(
+                            "snapback could not record the prior state: {e}"
+                        )]);
+                        Answer::from_response(resp)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn capture(
+        &self,
+        review: &Review,
+        operation: Operation,
+        secret: bool,
+        body_len: usize,
+    ) -> Result<ActionId, CaptureError> {
+        let now = jiff::Timestamp::now();
+        let user = review.username();
+        let keys = hint_keys(review, false);
+        let (action, origin) = self.attribution.attribute(
+            user,
+            review.user_extra(ACTION_ANNOTATION),
+            &keys,
+            now,
+        )?;
+        let prior = match operation {
+            Operation::Create => None,
+            _ => Some(
+                review
+                    .old_object
+                    .clone()
+                    .ok_or(CaptureError::MissingObject("oldObject"))?,
+            ),
+        };
+        let after = match operation {
+            Operation::Delete => None,
+            _ => Some(
+                review
+                    .object
+                    .as_ref()
+                    .ok_or(CaptureError::MissingObject("object"))?,
+            ),
+        };
+        let uid_of = |o: &Value| o.get("metadata")?.get("uid")?.as_str().map(str::to_string);
+        let req = &review.request;
+        let mut meta = SnapshotMeta {
+            snapshot_name: SnapshotMeta::object_name(now, &req.uid),
+            action: action.clone(),
+            operation,
+            object: ObjectRef {
+                group: req.resource.group.clone(),
+                version: req.resource.version.clone(),
+                resource: req.resource.resource.clone(),
+                subresource: req.sub_resource.clone(),
+                kind: req.kind.kind.clone(),
+                namespace: review.object_namespace(),
+                name: review.object_name(),
+            },
+            user: user.to_string(),
+            timestamp: now,
+            request_uid: req.uid.clone(),
+            resource_version: prior
+                .as_ref()
+                .and_then(|o| o.get("metadata")?.get("resourceVersion")?.as_str())
+                .map(str::to_string),
+            uid: prior.as_ref().or(after).and_then(uid_of),
+            payload_sha256: None,
+            after_fingerprint: after.map(codec::fingerprint),
+            before_fingerprint: prior.as_ref().map(codec::fingerprint),
+            chunks: 0,
+            secret,
+        };
+        let payload = match prior {
+            None => None,
+            Some(prior) => Some(encode(prior, body_len >= INLINE_ENCODE_LIMIT).await?),
+        };
+        if let Some(p) = &payload {
+            meta.payload_sha256 = Some(p.sha256.clone());
+            meta.chunks = p.chunks.len() as u32;
+        }
+        let bytes = payload.as_ref().map(|p| p.compressed_len()).unwrap_or(0);
+        let record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
+        let snapshot = NewSnapshot { meta, payload };
+        let write = async {
+            self.sink.ensure_action(&record).await?;
+            self.sink.put_snapshot(&snapshot).await
+        };
+        tokio::time::timeout(STORE_TIMEOUT, write)
+            .await
+            .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
+        self.metrics
+            .snapshots_stored
+            .with_label_values(&[operation.as_str()])
+            .inc();
+        self.metrics
+            .snapshot_bytes
+            .with_label_values(&[operation.as_str()])
+            .inc_by(bytes as u64);
+        Ok(action)
+    }
+}
+
+/// Compress the prior object; large ones (judged by the review body's size)
+/// on the blocking pool so they do not stall the async workers.
+async fn encode(prior: Value, large: bool) -> Result<codec::EncodedPayload, CaptureError> {
+    if !large {
+        return Ok(codec::encode(&prior, CHUNK_SIZE)?);
+    }
+    tokio::task::spawn_blocking(move || codec::encode(&prior, CHUNK_SIZE))
+        .await
+        .map_err(|e| CaptureError::Join(e.to_string()))?
+        .map_err(CaptureError::from)
+}
+
+/// The keys under which the mutating call of a request leaves its hint and
+/// the validating call looks for it.
+fn hint_keys(review: &Review, mutating: bool) -> Vec<HintKey> {
+    let req = &review.request;
+    let base = |name: String| HintKey {
+        user: review.username().to_string(),
+        operation: op_label(&req.operation),
+        group: req.resource.group.clone(),
+        resource: req.resource.resource.clone(),
+        subresource: req.sub_resource.clone(),
+        namespace: review.object_namespace(),
+        name,
+    };
+    let generate_name = review
+        .object
+        .as_ref()
+        .and_then(|o| o.get("metadata")?.get("generateName")?.as_str())
+        .filter(|s| !s.is_empty());
+    let name = review.object_name();
+    let mut keys = Vec::with_capacity(2);
+    if mutating {
+        // Before the name is generated, only generateName is known.
+        match (name.is_empty(), generate_name) {
+            (true, Some(g)) => keys.push(base(format!("gen:{g}"))),
+            _ => keys.push(base(name)),
+        }
+    } else {
+        keys.push(base(name));
+        if let Some(g) = generate_name {
+            keys.push(base(format!("gen:{g}")));
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests;

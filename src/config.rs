@@ -1,0 +1,404 @@
+//! Command line: one clap-derive struct, every flag also a `SNAPBACK_*`
+//! environment variable, turned into a plain [`Config`] that tests can build.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "snapback", version, about = "An undo button for Kubernetes")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission webhook and/or the snapshotter (rollback API, retention).
+    Serve(Box<ServeArgs>),
+    /// Write a CA and a serving certificate for local use.
+    Certs(CertsArgs),
+    /// Print the Mutating/ValidatingWebhookConfiguration for a snapback at URL.
+    WebhookConfig(WebhookConfigArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    All,
+    Webhook,
+    Snapshotter,
+}
+
+impl Role {
+    pub fn webhook(self) -> bool {
+        matches!(self, Role::All | Role::Webhook)
+    }
+    pub fn snapshotter(self) -> bool {
+        matches!(self, Role::All | Role::Snapshotter)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptureFailure {
+    /// Deny a change whose prior state could not be recorded.
+    Deny,
+    /// Let it through and count it.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Bearer token checked with TokenReview, calls authorised with SubjectAccessReview.
+    Kubernetes,
+    /// No authentication: local development only, loopback addresses only.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    Abort,
+    Continue,
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub const DEFAULT_EXCLUDE_USERS: &str =
+    "system:node:*,system:kube-*,system:serviceaccount:kube-system:*";
+pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events,events.events.k8s.io,leases.coordination.k8s.io,endpoints,endpointslices.discovery.k8s.io,*reviews,*reviews.*";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which servers this process runs.
+    #[arg(long, env = "SNAPBACK_ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+    #[arg(long, env = "SNAPBACK_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    #[arg(long, env = "SNAPBACK_API_ADDR", default_value = "0.0.0.0:9443")]
+    pub api_addr: SocketAddr,
+    /// Plain HTTP: /metrics, /healthz, /readyz.
+    #[arg(long, env = "SNAPBACK_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// PEM serving certificate (reloaded when the file changes).
+    #[arg(long, env = "SNAPBACK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key (reloaded when the file changes).
+    #[arg(long, env = "SNAPBACK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Kubeconfig to use instead of the in-cluster config (KUBECONFIG is honoured too).
+    #[arg(long, env = "SNAPBACK_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (default: the current context).
+    #[arg(long, env = "SNAPBACK_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+    #[arg(long, env = "SNAPBACK_SNAPSHOT_NAMESPACE", default_value = "snapback-system")]
+    pub snapshot_namespace: String,
+    /// Changes by one user with gaps shorter than this share an implicit action.
+    #[arg(long, env = "SNAPBACK_SESSION_IDLE", default_value = "30s", value_parser = parse_duration)]
+    pub session_idle: Duration,
+    /// Users whose changes are not captured (glob `*`), comma-separated.
+    #[arg(long, env = "SNAPBACK_EXCLUDE_USERS", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_USERS)]
+    pub exclude_users: Vec<String>,
+    /// Resources not captured: `plural` or `plural.group` (glob `*`), comma-separated.
+    #[arg(long, env = "SNAPBACK_EXCLUDE_RESOURCES", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_RESOURCES)]
+    pub exclude_resources: Vec<String>,
+    /// snapback's own identity (never captured). Defaults to the pod's service account.
+    #[arg(long, env = "SNAPBACK_SELF_USER", value_delimiter = ',')]
+    pub self_user: Vec<String>,
+    /// Capture Secrets too (stored as Secrets, never in ConfigMaps).
+    #[arg(long, env = "SNAPBACK_CAPTURE_SECRETS")]
+    pub capture_secrets: bool,
+    #[arg(long, env = "SNAPBACK_CAPTURE_FAILURE", value_enum, default_value = "deny")]
+    pub capture_failure: CaptureFailure,
+    #[arg(long, env = "SNAPBACK_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    pub retention: Duration,
+    #[arg(long, env = "SNAPBACK_MAX_ACTIONS", default_value_t = 1000)]
+    pub max_actions: usize,
+    #[arg(long, env = "SNAPBACK_ROLLBACK_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub rollback_window: Duration,
+    #[arg(long, env = "SNAPBACK_ROLLBACK_FAILURE_POLICY", value_enum, default_value = "abort")]
+    pub rollback_failure_policy: FailurePolicy,
+    #[arg(long, env = "SNAPBACK_ROLLBACK_RETRIES", default_value_t = 3)]
+    pub rollback_retries: u32,
+    #[arg(long, env = "SNAPBACK_AUTH", value_enum, default_value = "kubernetes")]
+    pub auth: AuthMode,
+    /// Largest AdmissionReview body accepted.
+    #[arg(long, env = "SNAPBACK_MAX_REVIEW_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_review_bytes: usize,
+    #[arg(long, env = "SNAPBACK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long, env = "SNAPBACK_CERTS_OUT")]
+    pub out: PathBuf,
+    /// DNS names and IP addresses the serving certificate is valid for.
+    #[arg(long, env = "SNAPBACK_CERTS_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookConfigArgs {
+    /// Base URL of the webhook server, e.g. https://127.0.0.1:8443
+    #[arg(long, env = "SNAPBACK_WEBHOOK_URL")]
+    pub url: String,
+    /// CA certificate (PEM) that signed the serving certificate.
+    #[arg(long, env = "SNAPBACK_WEBHOOK_CA")]
+    pub ca: PathBuf,
+    /// Name of the webhook configurations.
+    #[arg(long, env = "SNAPBACK_WEBHOOK_NAME", default_value = "snapback")]
+    pub name: String,
+    /// Namespaces whose changes are never sent to snapback.
+    #[arg(long, env = "SNAPBACK_WEBHOOK_EXCLUDE_NAMESPACES", value_delimiter = ',', default_value = "snapback-system,kube-system")]
+    pub exclude_namespaces: Vec<String>,
+    /// Only send namespaced changes from namespaces with this label (key=value).
+    #[arg(long, env = "SNAPBACK_WEBHOOK_NAMESPACE_LABEL")]
+    pub namespace_label: Option<String>,
+    /// Admission failurePolicy: Fail (matches --capture-failure=deny) or Ignore.
+    #[arg(long, env = "SNAPBACK_WEBHOOK_FAILURE_POLICY", default_value = "Fail")]
+    pub failure_policy: String,
+    #[arg(long, env = "SNAPBACK_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub timeout_seconds: u32,
+}
+
+/// Everything `serve` needs, as plain data.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub role: Role,
+    pub webhook_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub kube_context: Option<String>,
+    pub capture: CaptureConfig,
+    pub retention: Duration,
+    pub max_actions: usize,
+    pub rollback: RollbackConfig,
+    pub auth: AuthMode,
+    pub max_review_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+/// What the webhook captures and how.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub snapshot_namespace: String,
+    pub session_idle: Duration,
+    pub exclude_users: Vec<String>,
+    pub exclude_resources: Vec<String>,
+    pub self_users: Vec<String>,
+    pub capture_secrets: bool,
+    pub capture_failure: CaptureFailure,
+}
+
+#[derive(Debug, Clone)]
+pub struct RollbackConfig {
+    pub window: Duration,
+    pub failure_policy: FailurePolicy,
+    pub retries: u32,
+}
+
+impl CaptureConfig {
+    /// Defaults of the command line, for tests and benchmarks.
+    pub fn with_namespace(ns: &str) -> Self {
+        CaptureConfig {
+            snapshot_namespace: ns.to_string(),
+            session_idle: Duration::from_secs(30),
+            exclude_users: split(DEFAULT_EXCLUDE_USERS),
+            exclude_resources: split(DEFAULT_EXCLUDE_RESOURCES),
+            self_users: vec![],
+            capture_secrets: false,
+            capture_failure: CaptureFailure::Deny,
+        }
+    }
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split(',').map(str::to_string).collect()
+}
+
+/// The service account identity when running in a pod.
+fn default_self_users(snapshot_namespace: &str) -> Vec<String> {
+    let sa = std::env::var("SNAPBACK_SERVICE_ACCOUNT").unwrap_or_else(|_| "snapback".into());
+    let ns = std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| snapshot_namespace.to_string());
+    vec![format!("system:serviceaccount:{ns}:{sa}")]
+}
+
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Self {
+        let clean = |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let self_users = clean(a.self_user);
+        let self_users = if self_users.is_empty() {
+            default_self_users(&a.snapshot_namespace)
+        } else {
+            self_users
+        };
+        Config {
+            role: a.role,
+            webhook_addr: a.webhook_addr,
+            api_addr: a.api_addr,
+            metrics_addr: a.metrics_addr,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            kubeconfig: a.kubeconfig,
+            kube_context: a.kube_context,
+            capture: CaptureConfig {
+                snapshot_namespace: a.snapshot_namespace,
+                session_idle: a.session_idle,
+                exclude_users: clean(a.exclude_users),
+                exclude_resources: clean(a.exclude_resources),
+                self_users,
+                capture_secrets: a.capture_secrets,
+                capture_failure: a.capture_failure,
+            },
+            retention: a.retention,
+            max_actions: a.max_actions,
+            rollback: RollbackConfig {
+                window: a.rollback_window,
+                failure_policy: a.rollback_failure_policy,
+                retries: a.rollback_retries,
+            },
+            auth: a.auth,
+            max_review_bytes: a.max_review_bytes,
+            log_format: a.log_format,
+        }
+    }
+}
+
+/// Parse a Go-style duration: `30s`, `5m`, `168h`, `1h30m`, `250ms`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("duration {input:?} is missing a unit (s, m, h, ms)"))?;
+        if digits == 0 {
+            return Err(format!("invalid duration {input:?}"));
+        }
+        let value: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid number in duration {input:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            "d" => value * 86400.0,
+            other => return Err(format!("unknown unit {other:?} in duration {input:?}")),
+        };
+        total += Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("duration {input:?} is out of range"))?;
+    }
+    Ok(total)
+}
+
+/// Format a duration the way `parse_duration` reads it.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("30s", 30_000)]
+    #[case("5m", 300_000)]
+    #[case("168h", 604_800_000)]
+    #[case("1h30m", 5_400_000)]
+    #[case("250ms", 250)]
+    #[case("1.5s", 1_500)]
+    #[case("0", 0)]
+    fn durations(#[case] s: &str, #[case] ms: u128) {
+        assert_eq!(parse_duration(s).unwrap().as_millis(), ms);
+    }
+
+    #[rstest]
+    #[case("")]
+    #[case("30")]
+    #[case("s")]
+    #[case("5x")]
+    #[case("-5s")]
+    fn bad_durations(#[case] s: &str) {
+        assert!(parse_duration(s).is_err(), "{s}");
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for s in ["30s", "5m", "1h30m", "168h"] {
+            let d = parse_duration(s).unwrap();
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn cli_defaults_match_spec() {
+        let cli = Cli::try_parse_from([
+            "snapback", "serve", "--tls-cert", "c", "--tls-key", "k", "--self-user", "me",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
+        let cfg = Config::from(*args);
+        assert_eq!(cfg.webhook_addr.port(), 8443);
+        assert_eq!(cfg.api_addr.port(), 9443);
+        assert_eq!(cfg.metrics_addr.port(), 9090);
+        assert_eq!(cfg.capture.snapshot_namespace, "snapback-system");
+        assert_eq!(cfg.capture.session_idle, Duration::from_secs(30));
+        assert_eq!(cfg.retention, Duration::from_secs(168 * 3600));
+        assert_eq!(cfg.max_actions, 1000);
+        assert_eq!(cfg.rollback.window, Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.capture.capture_failure, CaptureFailure::Deny);
+        assert_eq!(cfg.capture.self_users, vec!["me".to_string()]);
+        assert!(cfg.capture.exclude_users.contains(&"system:node:*".to_string()));
+    }
+}

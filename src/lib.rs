@@ -1,0 +1,15 @@
+//! snapback: an undo button for Kubernetes.
+//!
+//! Data flows one way: admission review → [`capture`] decision → [`store`];
+//! API request → auth → [`restore`] plan → execute → [`store`].
+
+pub mod capture;
+pub mod certs;
+pub mod config;
+pub mod kube_client;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+pub mod webhook_config;

@@ -1,0 +1,179 @@
+//! `snapback serve`: wires the webhook, the snapshotter and the metrics port,
+//! and shuts them down gracefully on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum_server::Handle;
+
+use crate::capture::attribution::Attribution;
+use crate::capture::{CaptureService, handler, open_actions};
+use crate::config::{Config, WebhookConfigArgs};
+use crate::metrics::Metrics;
+use crate::store::kube_store::KubeStore;
+use crate::tls::ServingTls;
+
+/// Grace period for in-flight requests after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What /readyz reports: certificates loaded and the API server answering.
+#[derive(Clone)]
+pub struct Readiness {
+    pub tls_loaded: Arc<AtomicBool>,
+    pub api_reachable: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.tls_loaded.load(Ordering::Relaxed) && self.api_reachable.load(Ordering::Relaxed)
+    }
+}
+
+pub fn print_webhook_config(args: &WebhookConfigArgs) -> anyhow::Result<()> {
+    let ca = std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
+    let yaml = crate::webhook_config::render(args, &ca).map_err(anyhow::Error::msg)?;
+    print!("{yaml}");
+    Ok(())
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    crate::telemetry::init(cfg.log_format);
+    let client = crate::kube_client::client(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
+        .await
+        .context("building Kubernetes client")?;
+    let metrics = Metrics::register(&prometheus::Registry::new());
+    let tls = ServingTls::load(&cfg.tls_cert, &cfg.tls_key).context("loading TLS certificate")?;
+    tls.spawn_reloader(cfg.tls_cert.clone(), cfg.tls_key.clone(), Duration::from_secs(2));
+
+    let readiness = Readiness {
+        tls_loaded: tls.loaded.clone(),
+        api_reachable: Arc::new(AtomicBool::new(false)),
+    };
+    spawn_api_probe(client.clone(), readiness.api_reachable.clone());
+
+    let handle: Handle<SocketAddr> = Handle::new();
+    let mut servers = tokio::task::JoinSet::new();
+
+    if cfg.role.webhook() {
+        let store = Arc::new(KubeStore::new(client.clone(), &cfg.capture.snapshot_namespace));
+        let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
+        tokio::spawn(open_actions::watch(
+            client.clone(),
+            cfg.capture.snapshot_namespace.clone(),
+            attribution.clone(),
+        ));
+        let capture = Arc::new(CaptureService::new(
+            cfg.capture.clone(),
+            store,
+            attribution,
+            metrics.clone(),
+        ));
+        let app = handler::router(capture, cfg.max_review_bytes);
+        let server = axum_server::bind_rustls(cfg.webhook_addr, tls.config.clone())
+            .handle(handle.clone())
+            .serve(app.into_make_service());
+        tracing::info!(addr = %cfg.webhook_addr, "webhook listening");
+        servers.spawn(async move { server.await.context("webhook server") });
+    }
+
+    let metrics_app = metrics_router(metrics.clone(), readiness.clone());
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .with_context(|| format!("binding metrics address {}", cfg.metrics_addr))?;
+    tracing::info!(addr = %cfg.metrics_addr, "metrics listening");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    servers.spawn(async move {
+        axum::serve(listener, metrics_app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("metrics server")
+    });
+
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        let _ = stop_tx.send(true);
+    });
+
+    while let Some(done) = servers.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                handle.shutdown();
+                return Err(e);
+            }
+            Err(e) => {
+                handle.shutdown();
+                return Err(anyhow::anyhow!("server task failed: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn spawn_api_probe(client: kube::Client, reachable: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        loop {
+            let ok = client.apiserver_version().await.is_ok();
+            reachable.store(ok, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 1 })).await;
+        }
+    });
+}
+
+pub fn metrics_router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State((m, _)): State<(Metrics, Readiness)>| async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    m.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State((_, r)): State<(Metrics, Readiness)>| async move {
+                if r.ready() {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .with_state((metrics, readiness))
+}

@@ -1,0 +1,499 @@
+//! The storage contract of SPEC §3: label and annotation keys, action ids, and
+//! the metadata of one snapshot as it is written to and read back from the API.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "snapback";
+pub const LABEL_ACTION: &str = "snapback.io/action";
+pub const LABEL_OPERATION: &str = "snapback.io/operation";
+pub const LABEL_RESOURCE: &str = "snapback.io/resource";
+pub const LABEL_RECORD: &str = "snapback.io/record";
+pub const LABEL_STATE: &str = "snapback.io/state";
+pub const LABEL_ORIGIN: &str = "snapback.io/origin";
+pub const LABEL_CHUNK_OF: &str = "snapback.io/chunk-of";
+pub const RECORD_ACTION: &str = "action";
+pub const RECORD_CHUNK: &str = "chunk";
+
+/// The annotation a user puts on an object to name its action; also the
+/// impersonation extra key a restore write carries.
+pub const ACTION_ANNOTATION: &str = "snapback.io/action";
+
+pub const ANN_NAME: &str = "snapback.io/name";
+pub const ANN_NAMESPACE: &str = "snapback.io/namespace";
+pub const ANN_USER: &str = "snapback.io/user";
+pub const ANN_TIMESTAMP: &str = "snapback.io/timestamp";
+pub const ANN_REQUEST_UID: &str = "snapback.io/request-uid";
+pub const ANN_GROUP: &str = "snapback.io/group";
+pub const ANN_VERSION: &str = "snapback.io/version";
+pub const ANN_KIND: &str = "snapback.io/kind";
+pub const ANN_RESOURCE: &str = "snapback.io/resource";
+pub const ANN_SUBRESOURCE: &str = "snapback.io/subresource";
+pub const ANN_RESOURCE_VERSION: &str = "snapback.io/resource-version";
+pub const ANN_UID: &str = "snapback.io/uid";
+pub const ANN_PAYLOAD_SHA256: &str = "snapback.io/payload-sha256";
+pub const ANN_AFTER_FINGERPRINT: &str = "snapback.io/after-fingerprint";
+pub const ANN_BEFORE_FINGERPRINT: &str = "snapback.io/before-fingerprint";
+pub const ANN_CHUNKS: &str = "snapback.io/chunks";
+pub const ANN_CHUNK_INDEX: &str = "snapback.io/chunk-index";
+pub const ANN_ACTION_ID: &str = "snapback.io/action-id";
+
+/// binaryData key of the gzip JSON payload.
+pub const PAYLOAD_KEY: &str = "object.json.gz";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "create" => Some(Operation::Create),
+            "update" => Some(Operation::Update),
+            "delete" => Some(Operation::Delete),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An action id is used as a label value, so it must be label-safe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActionId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid action id {id:?}: {reason}")]
+pub struct InvalidActionId {
+    pub id: String,
+    pub reason: &'static str,
+}
+
+impl ActionId {
+    pub fn parse(id: &str) -> Result<Self, InvalidActionId> {
+        let fail = |reason| {
+            Err(InvalidActionId {
+                id: id.chars().take(100).collect(),
+                reason,
+            })
+        };
+        if id.is_empty() {
+            return fail("must not be empty");
+        }
+        if id.len() > 63 {
+            return fail("must be at most 63 characters");
+        }
+        let bytes = id.as_bytes();
+        if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+            return fail("must start and end with a letter or digit");
+        }
+        if !bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return fail("may contain only letters, digits, '-', '_' and '.'");
+        }
+        Ok(ActionId(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Name of the action record ConfigMap. Object names must be lowercase
+    /// DNS labels, action ids need not be: when the id is not already a valid
+    /// name, a short hash of the exact id keeps different ids apart.
+    pub fn record_name(&self) -> String {
+        let normalized: String = self
+            .0
+            .chars()
+            .map(|c| match c {
+                'A'..='Z' => c.to_ascii_lowercase(),
+                '_' => '-',
+                c => c,
+            })
+            .collect();
+        if normalized == self.0 {
+            format!("action-{normalized}")
+        } else {
+            format!("action-{normalized}-{}", &short_hash(&self.0)[..8])
+        }
+    }
+
+    /// The id of the `n`th rollback of this action: `<id>-rollback-<n>`, kept
+    /// label-safe by shortening the base when needed.
+    pub fn rollback_id(&self, n: u32) -> ActionId {
+        let suffix = format!("-rollback-{n}");
+        let base: String = self.0.chars().take(63 - suffix.len()).collect();
+        let base = base.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        ActionId(format!("{base}{suffix}"))
+    }
+}
+
+impl fmt::Display for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn short_hash(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A user name as a label/name-safe slug (lowercase, `[a-z0-9-]`).
+pub fn user_slug(user: &str, max: usize) -> String {
+    let mut slug = String::with_capacity(user.len());
+    let mut last_dash = true;
+    for c in user.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+            last_dash = false;
+        } else if !last_dash {
+            slug.push('-');
+            last_dash = true;
+        }
+    }
+    let slug: String = slug.chars().take(max).collect();
+    let slug = slug.trim_matches('-').to_string();
+    if slug.is_empty() {
+        "user".to_string()
+    } else {
+        slug
+    }
+}
+
+/// `plural.group` for the `snapback.io/resource` label, `core` for the core
+/// group; shortened with a hash suffix when it does not fit a label value.
+pub fn resource_label(resource: &str, group: &str) -> String {
+    let group = if group.is_empty() { "core" } else { group };
+    let full = format!("{resource}.{group}");
+    label_safe(&full)
+}
+
+/// Make any string a valid label value (≤63 chars, alnum ends, `[-_.a-zA-Z0-9]`).
+pub fn label_safe(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.len() <= 63 && trimmed == s {
+        return trimmed.to_string();
+    }
+    let head: String = trimmed.chars().take(54).collect();
+    let head = head.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{head}-{}", &short_hash(s)[..8])
+}
+
+/// Group/version/resource of the object a change was made to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Identity of the object regardless of the subresource written.
+    pub fn object_key(&self) -> (String, String, Option<String>, String) {
+        (
+            self.group.clone(),
+            self.resource.clone(),
+            self.namespace.clone(),
+            self.name.clone(),
+        )
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", self.group)
+        };
+        match &self.namespace {
+            Some(ns) => write!(f, "{}{}/{} in {}", self.resource, group, self.name, ns)?,
+            None => write!(f, "{}{}/{}", self.resource, group, self.name)?,
+        }
+        if let Some(sub) = &self.subresource {
+            write!(f, " ({sub})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything stored about one change except the payload itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Name of the snapshot object in the snapshot namespace.
+    pub snapshot_name: String,
+    pub action: ActionId,
+    pub operation: Operation,
+    pub object: ObjectRef,
+    pub user: String,
+    pub timestamp: Timestamp,
+    pub request_uid: String,
+    /// resourceVersion before the change (none for CREATE).
+    pub resource_version: Option<String>,
+    /// uid of the object: the one it had before, or the one it got on CREATE.
+    pub uid: Option<String>,
+    /// sha256 of the stored gzip payload (none for CREATE).
+    pub payload_sha256: Option<String>,
+    /// Fingerprint of the object after the change (none for DELETE).
+    pub after_fingerprint: Option<String>,
+    /// Fingerprint of the object before the change (none for CREATE).
+    pub before_fingerprint: Option<String>,
+    pub chunks: u32,
+    /// Stored as a Secret rather than a ConfigMap.
+    pub secret: bool,
+}
+
+impl SnapshotMeta {
+    /// A name that sorts by capture time and is unique per admission request.
+    pub fn object_name(timestamp: Timestamp, request_uid: &str) -> String {
+        let stamp = timestamp.strftime("%Y%m%d%H%M%S%6f").to_string();
+        format!("snap-{stamp}-{}", &short_hash(request_uid)[..12])
+    }
+
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (MANAGED_BY.to_string(), MANAGER.to_string()),
+            (LABEL_ACTION.to_string(), self.action.to_string()),
+            (LABEL_OPERATION.to_string(), self.operation.to_string()),
+            (
+                LABEL_RESOURCE.to_string(),
+                resource_label(&self.object.resource, &self.object.group),
+            ),
+        ])
+    }
+
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::from([
+            (ANN_NAME.to_string(), self.object.name.clone()),
+            (ANN_USER.to_string(), self.user.clone()),
+            (ANN_TIMESTAMP.to_string(), format_timestamp(self.timestamp)),
+            (ANN_REQUEST_UID.to_string(), self.request_uid.clone()),
+            (ANN_GROUP.to_string(), self.object.group.clone()),
+            (ANN_VERSION.to_string(), self.object.version.clone()),
+            (ANN_KIND.to_string(), self.object.kind.clone()),
+            (ANN_RESOURCE.to_string(), self.object.resource.clone()),
+            (ANN_CHUNKS.to_string(), self.chunks.to_string()),
+        ]);
+        let optional = [
+            (ANN_NAMESPACE, &self.object.namespace),
+            (ANN_SUBRESOURCE, &self.object.subresource),
+            (ANN_RESOURCE_VERSION, &self.resource_version),
+            (ANN_UID, &self.uid),
+            (ANN_PAYLOAD_SHA256, &self.payload_sha256),
+            (ANN_AFTER_FINGERPRINT, &self.after_fingerprint),
+            (ANN_BEFORE_FINGERPRINT, &self.before_fingerprint),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                a.insert(key.to_string(), v.clone());
+            }
+        }
+        a
+    }
+
+    /// Read the metadata back from a stored object's labels and annotations.
+    pub fn from_stored(
+        snapshot_name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        secret: bool,
+    ) -> Result<Self, String> {
+        let ann = |k: &str| annotations.get(k).cloned();
+        let need = |k: &str| ann(k).ok_or_else(|| format!("missing annotation {k}"));
+        let action = labels
+            .get(LABEL_ACTION)
+            .ok_or_else(|| format!("missing label {LABEL_ACTION}"))?;
+        let operation = labels
+            .get(LABEL_OPERATION)
+            .and_then(|o| Operation::parse(o))
+            .ok_or_else(|| format!("missing or invalid label {LABEL_OPERATION}"))?;
+        let timestamp = need(ANN_TIMESTAMP)?
+            .parse::<Timestamp>()
+            .map_err(|e| format!("invalid {ANN_TIMESTAMP}: {e}"))?;
+        let chunks = ann(ANN_CHUNKS)
+            .map(|c| c.parse::<u32>())
+            .transpose()
+            .map_err(|e| format!("invalid {ANN_CHUNKS}: {e}"))?
+            .unwrap_or(0);
+        Ok(SnapshotMeta {
+            snapshot_name: snapshot_name.to_string(),
+            action: ActionId::parse(action).map_err(|e| e.to_string())?,
+            operation,
+            object: ObjectRef {
+                group: ann(ANN_GROUP).unwrap_or_default(),
+                version: need(ANN_VERSION)?,
+                resource: need(ANN_RESOURCE)?,
+                subresource: ann(ANN_SUBRESOURCE),
+                kind: need(ANN_KIND)?,
+                namespace: ann(ANN_NAMESPACE),
+                name: need(ANN_NAME)?,
+            },
+            user: ann(ANN_USER).unwrap_or_default(),
+            timestamp,
+            request_uid: ann(ANN_REQUEST_UID).unwrap_or_default(),
+            resource_version: ann(ANN_RESOURCE_VERSION),
+            uid: ann(ANN_UID),
+            payload_sha256: ann(ANN_PAYLOAD_SHA256),
+            after_fingerprint: ann(ANN_AFTER_FINGERPRINT),
+            before_fingerprint: ann(ANN_BEFORE_FINGERPRINT),
+            chunks,
+            secret,
+        })
+    }
+
+    /// Sort key for "which change came first": capture time, then the
+    /// resourceVersion the change started from (etcd revisions grow).
+    pub fn order_key(&self) -> (Timestamp, u64, String) {
+        let rv = self
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or(0);
+        (self.timestamp, rv, self.snapshot_name.clone())
+    }
+}
+
+/// UTC with microseconds, e.g. `2026-11-22T23:45:52.123456Z`.
+pub fn format_timestamp(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("release-42", true)]
+    #[case("alice-20261122T234552Z-1a2b", true)]
+    #[case("a", true)]
+    #[case("", false)]
+    #[case("-leading", false)]
+    #[case("trailing.", false)]
+    #[case("has space", false)]
+    #[case("slash/y", false)]
+    #[case(&"x".repeat(64), false)]
+    #[case(&"x".repeat(63), true)]
+    fn action_ids(#[case] id: &str, #[case] ok: bool) {
+        assert_eq!(ActionId::parse(id).is_ok(), ok, "{id}");
+    }
+
+    #[test]
+    fn record_names_are_valid_and_distinct() {
+        let a = ActionId::parse("Deploy_1").unwrap();
+        let b = ActionId::parse("deploy-1").unwrap();
+        assert_eq!(b.record_name(), "action-deploy-1");
+        assert!(a.record_name().starts_with("action-deploy-1-"));
+        assert_ne!(a.record_name(), b.record_name());
+    }
+
+    #[test]
+    fn rollback_ids_stay_label_safe() {
+        let long = ActionId::parse(&"a".repeat(63)).unwrap();
+        let rb = long.rollback_id(12);
+        assert!(ActionId::parse(rb.as_str()).is_ok());
+        assert!(rb.as_str().ends_with("-rollback-12"));
+        let short = ActionId::parse("x1").unwrap();
+        assert_eq!(short.rollback_id(1).as_str(), "x1-rollback-1");
+    }
+
+    #[rstest]
+    #[case("system:serviceaccount:default:builder", "system-serviceaccount-default-builder")]
+    #[case("Alice@Example.com", "alice-example-com")]
+    #[case("::", "user")]
+    fn slugs(#[case] user: &str, #[case] slug: &str) {
+        assert_eq!(user_slug(user, 41), slug);
+    }
+
+    #[test]
+    fn resource_labels() {
+        assert_eq!(resource_label("configmaps", ""), "configmaps.core");
+        assert_eq!(resource_label("deployments", "apps"), "deployments.apps");
+        let long = resource_label(&"widgets".repeat(5), &"example".repeat(6));
+        assert!(long.len() <= 63);
+        assert!(ActionId::parse(&long).is_ok());
+    }
+
+    #[test]
+    fn meta_round_trips_through_labels_and_annotations() {
+        let meta = SnapshotMeta {
+            snapshot_name: "snap-1".into(),
+            action: ActionId::parse("a-1").unwrap(),
+            operation: Operation::Update,
+            object: ObjectRef {
+                group: "apps".into(),
+                version: "v1".into(),
+                resource: "deployments".into(),
+                subresource: Some("scale".into()),
+                kind: "Scale".into(),
+                namespace: Some("ns".into()),
+                name: "web".into(),
+            },
+            user: "alice".into(),
+            timestamp: "2026-11-22T10:00:00.123456Z".parse().unwrap(),
+            request_uid: "uid-1".into(),
+            resource_version: Some("42".into()),
+            uid: Some("u".into()),
+            payload_sha256: Some("ab".into()),
+            after_fingerprint: Some("cd".into()),
+            before_fingerprint: Some("ef".into()),
+            chunks: 1,
+            secret: false,
+        };
+        let back =
+            SnapshotMeta::from_stored("snap-1", &meta.labels(), &meta.annotations(), false).unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(
+            meta.annotations()[ANN_TIMESTAMP],
+            "2026-11-22T10:00:00.123456Z"
+        );
+    }
+}
