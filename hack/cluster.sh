@@ -4,7 +4,7 @@
 #   hack/cluster.sh up DIR     start (installs/builds what is missing), wait until ready
 #   hack/cluster.sh down DIR   stop and remove DIR
 #
-# DIR receives: kubeconfig (contexts admin, snapback, alice, bob, carol),
+# DIR receives: kubeconfig (contexts admin, snapback, alice, bob, carol, user1..9),
 # tokens.csv, pki/, logs, pids, and env (KUBECONFIG=..., APISERVER_URL=...).
 # With OWNER_PID set, a watchdog stops everything when that process exits, so
 # a test binary that dies does not leak servers.
@@ -65,15 +65,20 @@ openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
 token() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
-declare -A tokens=(
-  [admin]=$(token) [snapback]=$(token) [alice]=$(token) [bob]=$(token) [carol]=$(token)
-)
+# admin is cluster-admin; snapback is snapback's own identity; the others get
+# only the RBAC a test grants them (user1..user9 for per-test sessions).
+users="admin snapback alice bob carol user1 user2 user3 user4 user5 user6 user7 user8 user9"
+declare -A tokens
+for u in $users; do tokens[$u]=$(token); done
 {
-  echo "${tokens[admin]},admin,admin-uid,system:masters"
-  echo "${tokens[snapback]},snapback,snapback-uid,snapback:system"
-  echo "${tokens[alice]},alice,alice-uid,developers"
-  echo "${tokens[bob]},bob,bob-uid,developers"
-  echo "${tokens[carol]},carol,carol-uid,operators"
+  for u in $users; do
+    case $u in
+      admin) group=system:masters ;;
+      snapback) group=snapback:system ;;
+      *) group=developers ;;
+    esac
+    echo "${tokens[$u]},$u,$u-uid,$group"
+  done
 } >"$dir/tokens.csv"
 chmod 600 "$dir/tokens.csv"
 
@@ -120,13 +125,13 @@ url="https://127.0.0.1:$api_port"
   echo "    server: $url"
   echo "    certificate-authority: $pki/ca.crt"
   echo "users:"
-  for u in admin snapback alice bob carol; do
+  for u in $users; do
     echo "- name: $u"
     echo "  user:"
     echo "    token: ${tokens[$u]}"
   done
   echo "contexts:"
-  for u in admin snapback alice bob carol; do
+  for u in $users; do
     echo "- name: $u"
     echo "  context:"
     echo "    cluster: local"

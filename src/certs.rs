@@ -25,7 +25,11 @@ pub enum CertError {
 
 /// Write `ca.crt`, `ca.key`, `tls.crt` and `tls.key` into `out`.
 pub fn generate(out: &Path, hosts: &[String]) -> Result<(), CertError> {
-    let hosts: Vec<&str> = hosts.iter().map(|h| h.trim()).filter(|h| !h.is_empty()).collect();
+    let hosts: Vec<&str> = hosts
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .collect();
     if hosts.is_empty() {
         return Err(CertError::NoHosts);
     }
@@ -108,7 +112,9 @@ mod tests {
         crate::tls::server_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
             .unwrap();
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join("tls.key")).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join("tls.key"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o077, 0, "key must not be group/world readable");
     }

@@ -98,7 +98,11 @@ pub struct ServeArgs {
     /// Kubeconfig context to use (default: the current context).
     #[arg(long, env = "SNAPBACK_KUBE_CONTEXT")]
     pub kube_context: Option<String>,
-    #[arg(long, env = "SNAPBACK_SNAPSHOT_NAMESPACE", default_value = "snapback-system")]
+    #[arg(
+        long,
+        env = "SNAPBACK_SNAPSHOT_NAMESPACE",
+        default_value = "snapback-system"
+    )]
     pub snapshot_namespace: String,
     /// Changes by one user with gaps shorter than this share an implicit action.
     #[arg(long, env = "SNAPBACK_SESSION_IDLE", default_value = "30s", value_parser = parse_duration)]
@@ -115,7 +119,12 @@ pub struct ServeArgs {
     /// Capture Secrets too (stored as Secrets, never in ConfigMaps).
     #[arg(long, env = "SNAPBACK_CAPTURE_SECRETS")]
     pub capture_secrets: bool,
-    #[arg(long, env = "SNAPBACK_CAPTURE_FAILURE", value_enum, default_value = "deny")]
+    #[arg(
+        long,
+        env = "SNAPBACK_CAPTURE_FAILURE",
+        value_enum,
+        default_value = "deny"
+    )]
     pub capture_failure: CaptureFailure,
     #[arg(long, env = "SNAPBACK_RETENTION", default_value = "168h", value_parser = parse_duration)]
     pub retention: Duration,
@@ -123,7 +132,12 @@ pub struct ServeArgs {
     pub max_actions: usize,
     #[arg(long, env = "SNAPBACK_ROLLBACK_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub rollback_window: Duration,
-    #[arg(long, env = "SNAPBACK_ROLLBACK_FAILURE_POLICY", value_enum, default_value = "abort")]
+    #[arg(
+        long,
+        env = "SNAPBACK_ROLLBACK_FAILURE_POLICY",
+        value_enum,
+        default_value = "abort"
+    )]
     pub rollback_failure_policy: FailurePolicy,
     #[arg(long, env = "SNAPBACK_ROLLBACK_RETRIES", default_value_t = 3)]
     pub rollback_retries: u32,
@@ -142,7 +156,12 @@ pub struct CertsArgs {
     #[arg(long, env = "SNAPBACK_CERTS_OUT")]
     pub out: PathBuf,
     /// DNS names and IP addresses the serving certificate is valid for.
-    #[arg(long, env = "SNAPBACK_CERTS_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    #[arg(
+        long,
+        env = "SNAPBACK_CERTS_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
     pub hosts: Vec<String>,
 }
 
@@ -158,7 +177,12 @@ pub struct WebhookConfigArgs {
     #[arg(long, env = "SNAPBACK_WEBHOOK_NAME", default_value = "snapback")]
     pub name: String,
     /// Namespaces whose changes are never sent to snapback.
-    #[arg(long, env = "SNAPBACK_WEBHOOK_EXCLUDE_NAMESPACES", value_delimiter = ',', default_value = "snapback-system,kube-system")]
+    #[arg(
+        long,
+        env = "SNAPBACK_WEBHOOK_EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "snapback-system,kube-system"
+    )]
     pub exclude_namespaces: Vec<String>,
     /// Only send namespaced changes from namespaces with this label (key=value).
     #[arg(long, env = "SNAPBACK_WEBHOOK_NAMESPACE_LABEL")]
@@ -168,6 +192,9 @@ pub struct WebhookConfigArgs {
     pub failure_policy: String,
     #[arg(long, env = "SNAPBACK_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
     pub timeout_seconds: u32,
+    /// Which objects the rules match: `*`, `Namespaced` or `Cluster`.
+    #[arg(long, env = "SNAPBACK_WEBHOOK_SCOPE", default_value = "*")]
+    pub scope: String,
 }
 
 /// Everything `serve` needs, as plain data.
@@ -382,7 +409,14 @@ mod tests {
     #[test]
     fn cli_defaults_match_spec() {
         let cli = Cli::try_parse_from([
-            "snapback", "serve", "--tls-cert", "c", "--tls-key", "k", "--self-user", "me",
+            "snapback",
+            "serve",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--self-user",
+            "me",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -399,6 +433,10 @@ mod tests {
         assert_eq!(cfg.rollback.window, Duration::from_secs(24 * 3600));
         assert_eq!(cfg.capture.capture_failure, CaptureFailure::Deny);
         assert_eq!(cfg.capture.self_users, vec!["me".to_string()]);
-        assert!(cfg.capture.exclude_users.contains(&"system:node:*".to_string()));
+        assert!(
+            cfg.capture
+                .exclude_users
+                .contains(&"system:node:*".to_string())
+        );
     }
 }

@@ -50,7 +50,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("building Kubernetes client")?;
     let metrics = Metrics::register(&prometheus::Registry::new());
     let tls = ServingTls::load(&cfg.tls_cert, &cfg.tls_key).context("loading TLS certificate")?;
-    tls.spawn_reloader(cfg.tls_cert.clone(), cfg.tls_key.clone(), Duration::from_secs(2));
+    tls.spawn_reloader(
+        cfg.tls_cert.clone(),
+        cfg.tls_key.clone(),
+        Duration::from_secs(2),
+    );
 
     let readiness = Readiness {
         tls_loaded: tls.loaded.clone(),
@@ -62,7 +66,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut servers = tokio::task::JoinSet::new();
 
     if cfg.role.webhook() {
-        let store = Arc::new(KubeStore::new(client.clone(), &cfg.capture.snapshot_namespace));
+        let store = Arc::new(KubeStore::new(
+            client.clone(),
+            &cfg.capture.snapshot_namespace,
+        ));
         let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
         tokio::spawn(open_actions::watch(
             client.clone(),
@@ -126,14 +133,15 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -158,10 +166,7 @@ pub fn metrics_router(metrics: Metrics, readiness: Readiness) -> Router {
         .route(
             "/metrics",
             get(|State((m, _)): State<(Metrics, Readiness)>| async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    m.render(),
-                )
+                ([("content-type", "text/plain; version=0.0.4")], m.render())
             }),
         )
         .route("/healthz", get(|| async { "ok" }))

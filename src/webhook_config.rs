@@ -8,13 +8,13 @@ use crate::config::WebhookConfigArgs;
 
 /// Rules: every resource of every group, plus the scale subresources
 /// (`*` alone matches no subresource).
-pub fn rules() -> Value {
+pub fn rules(scope: &str) -> Value {
     json!([{
         "apiGroups": ["*"],
         "apiVersions": ["*"],
         "operations": ["CREATE", "UPDATE", "DELETE"],
         "resources": ["*", "*/scale"],
-        "scope": "*"
+        "scope": scope
     }])
 }
 
@@ -27,6 +27,12 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
         return Err(format!(
             "--failure-policy must be Fail or Ignore (got {:?})",
             args.failure_policy
+        ));
+    }
+    if !matches!(args.scope.as_str(), "*" | "Namespaced" | "Cluster") {
+        return Err(format!(
+            "--scope must be *, Namespaced or Cluster (got {:?})",
+            args.scope
         ));
     }
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
@@ -52,7 +58,7 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
             "name": name,
             "admissionReviewVersions": ["v1"],
             "clientConfig": {"url": format!("{base}{path}"), "caBundle": ca},
-            "rules": rules(),
+            "rules": rules(&args.scope),
             "failurePolicy": args.failure_policy,
             "sideEffects": "NoneOnDryRun",
             "timeoutSeconds": args.timeout_seconds,

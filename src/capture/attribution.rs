@@ -226,7 +226,9 @@ mod tests {
         let a = Attribution::new(Duration::from_secs(30));
         a.leave_hint(key("x"), ActionId::parse("from-annotation").unwrap());
         a.set_open("alice", Some(ActionId::parse("opened").unwrap()));
-        let (id, o) = a.attribute("alice", Some("rb-1"), &[key("x")], now()).unwrap();
+        let (id, o) = a
+            .attribute("alice", Some("rb-1"), &[key("x")], now())
+            .unwrap();
         assert_eq!((id.as_str(), o), ("rb-1", Origin::Rollback));
         let (id, o) = a.attribute("alice", None, &[key("x")], now()).unwrap();
         assert_eq!((id.as_str(), o), ("from-annotation", Origin::Annotation));
@@ -255,7 +257,10 @@ mod tests {
     #[test]
     fn invalid_impersonation_extra_is_an_error() {
         let a = Attribution::new(Duration::from_secs(30));
-        assert!(a.attribute("alice", Some("not valid!"), &[], now()).is_err());
+        assert!(
+            a.attribute("alice", Some("not valid!"), &[], now())
+                .is_err()
+        );
     }
 
     #[test]

@@ -80,11 +80,9 @@ pub fn classify(review: &Review, cfg: &CaptureConfig) -> Decision {
     } else {
         format!("{resource}.{}", req.resource.group)
     };
-    if cfg
-        .exclude_resources
-        .iter()
-        .any(|p| glob_match(p, &qualified) || (req.resource.group.is_empty() && glob_match(p, resource)))
-    {
+    if cfg.exclude_resources.iter().any(|p| {
+        glob_match(p, &qualified) || (req.resource.group.is_empty() && glob_match(p, resource))
+    }) {
         return Decision::Skip(Skip::ExcludedResource);
     }
     let secret = req.resource.group.is_empty() && resource == "secrets";
@@ -144,20 +142,132 @@ mod tests {
     #[case("CREATE", "", "configmaps", "ns", "alice", false, Decision::Capture { operation: Operation::Create, secret: false })]
     #[case("UPDATE", "apps", "deployments", "ns", "alice", false, Decision::Capture { operation: Operation::Update, secret: false })]
     #[case("DELETE", "", "configmaps", "ns", "alice", false, Decision::Capture { operation: Operation::Delete, secret: false })]
-    #[case("CREATE", "", "configmaps", "ns", "alice", true, Decision::Skip(Skip::DryRun))]
-    #[case("CONNECT", "", "pods", "ns", "alice", false, Decision::Skip(Skip::Connect))]
-    #[case("CREATE", "", "configmaps", "snapback-system", "alice", false, Decision::Skip(Skip::SnapshotNamespace))]
-    #[case("CREATE", "", "configmaps", "ns", "system:serviceaccount:snapback-system:snapback", false, Decision::Skip(Skip::SelfUser))]
-    #[case("UPDATE", "", "nodes", "", "system:node:worker-1", false, Decision::Skip(Skip::ExcludedUser))]
-    #[case("UPDATE", "", "configmaps", "ns", "system:kube-scheduler", false, Decision::Skip(Skip::ExcludedUser))]
-    #[case("UPDATE", "", "configmaps", "ns", "system:serviceaccount:kube-system:generic", false, Decision::Skip(Skip::ExcludedUser))]
-    #[case("CREATE", "", "events", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
-    #[case("CREATE", "events.k8s.io", "events", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
-    #[case("UPDATE", "coordination.k8s.io", "leases", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
-    #[case("CREATE", "authorization.k8s.io", "subjectaccessreviews", "", "alice", false, Decision::Skip(Skip::ExcludedResource))]
-    #[case("CREATE", "authentication.k8s.io", "tokenreviews", "", "alice", false, Decision::Skip(Skip::ExcludedResource))]
-    #[case("UPDATE", "", "endpoints", "ns", "alice", false, Decision::Skip(Skip::ExcludedResource))]
-    #[case("UPDATE", "", "secrets", "ns", "alice", false, Decision::Skip(Skip::Secret))]
+    #[case(
+        "CREATE",
+        "",
+        "configmaps",
+        "ns",
+        "alice",
+        true,
+        Decision::Skip(Skip::DryRun)
+    )]
+    #[case(
+        "CONNECT",
+        "",
+        "pods",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::Connect)
+    )]
+    #[case(
+        "CREATE",
+        "",
+        "configmaps",
+        "snapback-system",
+        "alice",
+        false,
+        Decision::Skip(Skip::SnapshotNamespace)
+    )]
+    #[case(
+        "CREATE",
+        "",
+        "configmaps",
+        "ns",
+        "system:serviceaccount:snapback-system:snapback",
+        false,
+        Decision::Skip(Skip::SelfUser)
+    )]
+    #[case(
+        "UPDATE",
+        "",
+        "nodes",
+        "",
+        "system:node:worker-1",
+        false,
+        Decision::Skip(Skip::ExcludedUser)
+    )]
+    #[case(
+        "UPDATE",
+        "",
+        "configmaps",
+        "ns",
+        "system:kube-scheduler",
+        false,
+        Decision::Skip(Skip::ExcludedUser)
+    )]
+    #[case(
+        "UPDATE",
+        "",
+        "configmaps",
+        "ns",
+        "system:serviceaccount:kube-system:generic",
+        false,
+        Decision::Skip(Skip::ExcludedUser)
+    )]
+    #[case(
+        "CREATE",
+        "",
+        "events",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    #[case(
+        "CREATE",
+        "events.k8s.io",
+        "events",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    #[case(
+        "UPDATE",
+        "coordination.k8s.io",
+        "leases",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    #[case(
+        "CREATE",
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    #[case(
+        "CREATE",
+        "authentication.k8s.io",
+        "tokenreviews",
+        "",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    #[case(
+        "UPDATE",
+        "",
+        "endpoints",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    #[case(
+        "UPDATE",
+        "",
+        "secrets",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::Secret)
+    )]
     fn classifies(
         #[case] op: &str,
         #[case] group: &str,
@@ -167,7 +277,10 @@ mod tests {
         #[case] dry: bool,
         #[case] expected: Decision,
     ) {
-        assert_eq!(classify(&review(op, group, resource, ns, user, dry), &cfg()), expected);
+        assert_eq!(
+            classify(&review(op, group, resource, ns, user, dry), &cfg()),
+            expected
+        );
     }
 
     #[test]
@@ -176,7 +289,10 @@ mod tests {
         c.capture_secrets = true;
         assert_eq!(
             classify(&review("UPDATE", "", "secrets", "ns", "alice", false), &c),
-            Decision::Capture { operation: Operation::Update, secret: true }
+            Decision::Capture {
+                operation: Operation::Update,
+                secret: true
+            }
         );
     }
 

@@ -25,9 +25,7 @@ use crate::config::{CaptureConfig, CaptureFailure};
 use crate::metrics::Metrics;
 use crate::store::actions::ActionRecord;
 use crate::store::codec::{self, CHUNK_SIZE};
-use crate::store::model::{
-    ACTION_ANNOTATION, ActionId, ObjectRef, Operation, SnapshotMeta,
-};
+use crate::store::model::{ACTION_ANNOTATION, ActionId, ObjectRef, Operation, SnapshotMeta};
 use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 
 /// Leave the API server's webhook timeout (10s by default) room to deliver
@@ -158,10 +156,11 @@ impl CaptureService {
         };
         let op = op_label(&review.request.operation);
         let resp = AdmissionResponse::from(&review.request);
-        let annotation = review
-            .object
-            .as_ref()
-            .and_then(|o| o.get("metadata")?.get("annotations")?.get(ACTION_ANNOTATION));
+        let annotation = review.object.as_ref().and_then(|o| {
+            o.get("metadata")?
+                .get("annotations")?
+                .get(ACTION_ANNOTATION)
+        });
         let Some(annotation) = annotation else {
             self.record("mutate", op, "allowed", started);
             return Answer::from_response(resp);
@@ -176,9 +175,9 @@ impl CaptureService {
             }
             None => {
                 self.record("mutate", op, "denied", started);
-                return Answer::from_response(
-                    resp.deny(format!("snapback: annotation {ACTION_ANNOTATION} must be a string")),
-                );
+                return Answer::from_response(resp.deny(format!(
+                    "snapback: annotation {ACTION_ANNOTATION} must be a string"
+                )));
             }
         };
         if !review.request.dry_run {
@@ -277,12 +276,9 @@ impl CaptureService {
         let now = jiff::Timestamp::now();
         let user = review.username();
         let keys = hint_keys(review, false);
-        let (action, origin) = self.attribution.attribute(
-            user,
-            review.user_extra(ACTION_ANNOTATION),
-            &keys,
-            now,
-        )?;
+        let (action, origin) =
+            self.attribution
+                .attribute(user, review.user_extra(ACTION_ANNOTATION), &keys, now)?;
         let prior = match operation {
             Operation::Create => None,
             _ => Some(

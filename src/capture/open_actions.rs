@@ -22,8 +22,9 @@ fn parse(cm: &ConfigMap) -> Option<ActionRecord> {
 /// Run forever (the watcher retries with backoff on errors).
 pub async fn watch(client: Client, namespace: String, attribution: Arc<Attribution>) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let cfg = watcher::Config::default()
-        .labels(&format!("{LABEL_RECORD}={RECORD_ACTION},{LABEL_ORIGIN}=explicit"));
+    let cfg = watcher::Config::default().labels(&format!(
+        "{LABEL_RECORD}={RECORD_ACTION},{LABEL_ORIGIN}=explicit"
+    ));
     let stream = kube::runtime::watcher(api, cfg).default_backoff();
     futures::pin_mut!(stream);
     let mut initial: HashMap<String, ActionId> = HashMap::new();

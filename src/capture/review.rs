@@ -120,6 +120,12 @@ impl Review {
     }
 
     pub fn object_namespace(&self) -> Option<String> {
+        // The API server reports a Namespace's own name as request.namespace;
+        // the object itself is cluster-scoped.
+        let resource = &self.request.resource;
+        if resource.group.is_empty() && resource.resource == "namespaces" {
+            return None;
+        }
         self.request
             .namespace
             .clone()

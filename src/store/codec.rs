@@ -171,7 +171,11 @@ mod tests {
         }
         let obj = json!({"data": {"blob": s}});
         let enc = encode(&obj, CHUNK_SIZE).unwrap();
-        assert!(enc.chunks.len() > 1, "expected chunks, got {}", enc.chunks.len());
+        assert!(
+            enc.chunks.len() > 1,
+            "expected chunks, got {}",
+            enc.chunks.len()
+        );
         assert!(enc.chunks.iter().all(|c| c.len() <= CHUNK_SIZE));
         let chunks: Vec<&[u8]> = enc.chunks.iter().map(Vec::as_slice).collect();
         assert_eq!(decode(&chunks, &enc.sha256).unwrap(), obj);

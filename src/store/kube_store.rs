@@ -83,7 +83,11 @@ impl KubeStore {
     async fn write_snapshot(&self, snap: &NewSnapshot) -> Result<()> {
         let meta = &snap.meta;
         let name = &meta.snapshot_name;
-        let chunks: &[Vec<u8>] = snap.payload.as_ref().map(|p| p.chunks.as_slice()).unwrap_or(&[]);
+        let chunks: &[Vec<u8>] = snap
+            .payload
+            .as_ref()
+            .map(|p| p.chunks.as_slice())
+            .unwrap_or(&[]);
         // Extra chunks first: the main object is written last, so a snapshot
         // that exists is always complete.
         for (i, chunk) in chunks.iter().enumerate().skip(1) {
@@ -136,7 +140,11 @@ impl KubeStore {
         }
     }
 
-    fn record_to_cm(&self, record: &ActionRecord, resource_version: Option<String>) -> Result<ConfigMap> {
+    fn record_to_cm(
+        &self,
+        record: &ActionRecord,
+        resource_version: Option<String>,
+    ) -> Result<ConfigMap> {
         let labels = BTreeMap::from([
             (MANAGED_BY.to_string(), MANAGER.to_string()),
             (LABEL_RECORD.to_string(), RECORD_ACTION.to_string()),
@@ -178,7 +186,11 @@ impl KubeStore {
     }
 
     /// Replace an action record; `Conflict` when it changed since it was read.
-    pub async fn update_action(&self, record: &ActionRecord, resource_version: &str) -> Result<String> {
+    pub async fn update_action(
+        &self,
+        record: &ActionRecord,
+        resource_version: &str,
+    ) -> Result<String> {
         let cm = self.record_to_cm(record, Some(resource_version.to_string()))?;
         match self
             .config_maps
@@ -186,14 +198,21 @@ impl KubeStore {
             .await
         {
             Ok(cm) => Ok(cm.metadata.resource_version.unwrap_or_default()),
-            Err(e) if is_status(&e, 409) => Err(StoreError::Conflict(format!("action {}", record.id))),
-            Err(e) if is_status(&e, 404) => Err(StoreError::NotFound(format!("action {}", record.id))),
+            Err(e) if is_status(&e, 409) => {
+                Err(StoreError::Conflict(format!("action {}", record.id)))
+            }
+            Err(e) if is_status(&e, 404) => {
+                Err(StoreError::NotFound(format!("action {}", record.id)))
+            }
             Err(e) => Err(StoreError::Kube(e)),
         }
     }
 
     /// All action records, optionally only those in one state.
-    pub async fn list_actions(&self, state: Option<ActionState>) -> Result<Vec<(ActionRecord, String)>> {
+    pub async fn list_actions(
+        &self,
+        state: Option<ActionState>,
+    ) -> Result<Vec<(ActionRecord, String)>> {
         let mut selector = format!("{LABEL_RECORD}={RECORD_ACTION}");
         if let Some(st) = state {
             selector.push_str(&format!(",{LABEL_STATE}={st}"));
@@ -218,11 +237,19 @@ impl KubeStore {
         let selector = format!("{LABEL_ACTION}={action},!{LABEL_RECORD}");
         let lp = ListParams::default().labels(&selector);
         let mut out = Vec::new();
-        let cms = self.config_maps.list_metadata(&lp).await.map_err(StoreError::Kube)?;
+        let cms = self
+            .config_maps
+            .list_metadata(&lp)
+            .await
+            .map_err(StoreError::Kube)?;
         for item in cms.items {
             out.push(meta_of(&item.metadata, false)?);
         }
-        let secrets = self.secrets.list_metadata(&lp).await.map_err(StoreError::Kube)?;
+        let secrets = self
+            .secrets
+            .list_metadata(&lp)
+            .await
+            .map_err(StoreError::Kube)?;
         for item in secrets.items {
             out.push(meta_of(&item.metadata, true)?);
         }
@@ -317,7 +344,10 @@ fn parse_record(cm: &ConfigMap) -> Result<(ActionRecord, String)> {
         name: name.clone(),
         reason: e.to_string(),
     })?;
-    Ok((record, cm.metadata.resource_version.clone().unwrap_or_default()))
+    Ok((
+        record,
+        cm.metadata.resource_version.clone().unwrap_or_default(),
+    ))
 }
 
 impl SnapshotSink for KubeStore {
@@ -327,7 +357,10 @@ impl SnapshotSink for KubeStore {
             let now = Instant::now();
             {
                 let known = self.known_actions.lock().unwrap_or_else(|p| p.into_inner());
-                if known.get(&key).is_some_and(|at| now.duration_since(*at) < KNOWN_ACTION_TTL) {
+                if known
+                    .get(&key)
+                    .is_some_and(|at| now.duration_since(*at) < KNOWN_ACTION_TTL)
+                {
                     return Ok(());
                 }
             }

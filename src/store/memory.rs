@@ -29,7 +29,10 @@ impl MemoryStore {
     }
 
     pub fn snapshot_count(&self) -> usize {
-        self.snapshots.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 

@@ -15,7 +15,7 @@ use crate::store::model::SnapshotMeta;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Kubernetes API: {0}")]
+    #[error("{}", describe_kube_error(.0))]
     Kube(#[source] kube::Error),
     #[error("{0}")]
     Codec(#[from] codec::CodecError),
@@ -42,6 +42,21 @@ impl StoreError {
             StoreError::NotFound(_) => "not_found",
             StoreError::Conflict(_) => "conflict",
         }
+    }
+}
+
+/// The API server's own words for an API error; the client's for the rest.
+pub fn describe_kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                "Error"
+            } else {
+                status.reason.as_str()
+            };
+            format!("{} ({reason}, {})", status.message, status.code)
+        }
+        other => format!("Kubernetes API unreachable: {other}"),
     }
 }
 

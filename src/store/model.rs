@@ -446,7 +446,10 @@ mod tests {
     }
 
     #[rstest]
-    #[case("system:serviceaccount:default:builder", "system-serviceaccount-default-builder")]
+    #[case(
+        "system:serviceaccount:default:builder",
+        "system-serviceaccount-default-builder"
+    )]
     #[case("Alice@Example.com", "alice-example-com")]
     #[case("::", "user")]
     fn slugs(#[case] user: &str, #[case] slug: &str) {
@@ -488,8 +491,8 @@ mod tests {
             chunks: 1,
             secret: false,
         };
-        let back =
-            SnapshotMeta::from_stored("snap-1", &meta.labels(), &meta.annotations(), false).unwrap();
+        let back = SnapshotMeta::from_stored("snap-1", &meta.labels(), &meta.annotations(), false)
+            .unwrap();
         assert_eq!(back, meta);
         assert_eq!(
             meta.annotations()[ANN_TIMESTAMP],

@@ -1,0 +1,778 @@
+//! Capture on a real kube-apiserver, driven by real kubectl (issue #2).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use snapback::store::actions::{ActionRecord, ActionState};
+use snapback::store::model::{ActionId, Operation, SnapshotMeta};
+use support::*;
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
+fn app(ns: &str, image: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}, labels: {{app: web}}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: web, image: "{image}"}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings, namespace: {ns}}}
+data: {{mode: blue}}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {{name: w1, namespace: {ns}}}
+spec: {{size: 3}}
+"#
+    )
+}
+
+fn ensure_crd(c: &Cluster) {
+    c.kubectl_apply_str(CRD);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/widgets.example.com",
+    ]);
+}
+
+fn apply(c: &Cluster, user: &str, yaml: &str) {
+    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn summary(m: &SnapshotMeta) -> (Operation, String, String, Option<String>) {
+    (
+        m.operation,
+        m.object.resource.clone(),
+        m.object.name.clone(),
+        m.object.subresource.clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_changes_are_captured_in_one_session_with_their_prior_states() {
+    let c = cluster();
+    let sb = shared_snapback();
+    ensure_crd(c);
+    let user = "user9";
+    let ns = c.namespace("capture", &[user]);
+
+    apply(c, user, &app(&ns, "nginx:1.25"));
+    apply(c, user, &app(&ns, "nginx:1.26"));
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "settings",
+            "-p",
+            r#"{"data":{"mode":"green"}}"#,
+        ],
+    );
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "scale", "deployment", "web", "--replicas=3"],
+    );
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "deployment", "web"]);
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "create", "configmap", "a", "--from-literal=k=a"],
+    );
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "create", "configmap", "b", "--from-literal=k=b"],
+    );
+    // Server-side dry runs are never captured.
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "dry",
+            "--from-literal=k=v",
+            "--dry-run=server",
+        ],
+    );
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "a",
+            "--dry-run=server",
+            "-p",
+            r#"{"data":{"k":"x"}}"#,
+        ],
+    );
+    // DeleteCollection: every item admitted on its own with an empty name.
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmaps", "--all"]);
+
+    let client = c.client("admin").await;
+    let mut snaps = snapshots_in_namespace(&client, &sb.opts.snapshot_namespace, &ns).await;
+    // The namespace's rolebinding was created by admin, not the user.
+    snaps.retain(|m| m.user == user);
+    let got: Vec<_> = snaps.iter().map(summary).collect();
+    let s = |op, r: &str, n: &str, sub: Option<&str>| {
+        (op, r.to_string(), n.to_string(), sub.map(str::to_string))
+    };
+    use Operation::*;
+    let mut expected = vec![
+        s(Create, "deployments", "web", None),
+        s(Create, "services", "web", None),
+        s(Create, "configmaps", "settings", None),
+        s(Create, "widgets", "w1", None),
+        s(Update, "deployments", "web", None),
+        s(Update, "configmaps", "settings", None),
+        s(Update, "deployments", "web", Some("scale")),
+        s(Delete, "deployments", "web", None),
+        s(Create, "configmaps", "a", None),
+        s(Create, "configmaps", "b", None),
+    ];
+    assert_eq!(
+        &got[..expected.len().min(got.len())],
+        &expected[..],
+        "all: {got:#?}"
+    );
+    let mut deleted: Vec<_> = got[expected.len()..].to_vec();
+    deleted.sort();
+    let mut want_deleted = vec![
+        s(Delete, "configmaps", "a", None),
+        s(Delete, "configmaps", "b", None),
+        s(Delete, "configmaps", "settings", None),
+    ];
+    want_deleted.sort();
+    assert_eq!(deleted, want_deleted);
+    expected.extend(want_deleted);
+    assert_eq!(got.len(), expected.len());
+
+    // One implicit session for the whole sequence, named after the user.
+    let action = snaps[0].action.clone();
+    assert!(action.as_str().starts_with("user9-"), "{action}");
+    assert!(snaps.iter().all(|m| m.action == action && m.user == user));
+    let store = sb.store(c).await;
+    let (record, _) = store
+        .get_action(&action)
+        .await
+        .unwrap()
+        .expect("action record");
+    assert_eq!(record.origin, "session");
+    assert_eq!(record.owner, user);
+
+    // Prior states decode to the objects as they were.
+    let loaded = snapshots(&store, action.as_str()).await;
+    let prior = |op: Operation, resource: &str, name: &str, sub: Option<&str>| -> Option<Value> {
+        loaded
+            .iter()
+            .find(|(m, _)| {
+                m.operation == op
+                    && m.object.resource == resource
+                    && m.object.name == name
+                    && m.object.subresource.as_deref() == sub
+                    && m.object.namespace.as_deref() == Some(ns.as_str())
+            })
+            .unwrap_or_else(|| panic!("no {op} snapshot of {resource}/{name}"))
+            .1
+            .clone()
+    };
+    assert_eq!(
+        prior(Create, "deployments", "web", None),
+        None,
+        "create has no prior"
+    );
+    let before_image = prior(Update, "deployments", "web", None).unwrap();
+    assert_eq!(
+        before_image["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.25"
+    );
+    assert_eq!(
+        prior(Update, "configmaps", "settings", None).unwrap()["data"],
+        json!({"mode": "blue"})
+    );
+    let scale = prior(Update, "deployments", "web", Some("scale")).unwrap();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 1);
+    let deleted_dep = prior(Delete, "deployments", "web", None).unwrap();
+    assert_eq!(deleted_dep["spec"]["replicas"], 3);
+    assert_eq!(
+        deleted_dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.26"
+    );
+    assert_eq!(
+        prior(Delete, "configmaps", "settings", None).unwrap()["data"],
+        json!({"mode": "green"})
+    );
+    assert_eq!(
+        prior(Delete, "configmaps", "a", None).unwrap()["data"],
+        json!({"k": "a"})
+    );
+
+    // Metadata for rollback: the uid of created objects and the "after" fingerprint.
+    let widget = loaded
+        .iter()
+        .find(|(m, _)| m.object.resource == "widgets")
+        .expect("widget snapshot");
+    assert_eq!(widget.0.object.group, "example.com");
+    assert_eq!(widget.0.object.kind, "Widget");
+    assert!(widget.0.uid.is_some() && widget.0.after_fingerprint.is_some());
+    let del = loaded.iter().find(|(m, _)| m.operation == Delete).unwrap();
+    assert!(del.0.after_fingerprint.is_none() && del.0.payload_sha256.is_some());
+    assert!(del.0.resource_version.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotation_names_the_action_and_never_persists() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let ns = c.namespace("annot", &[]);
+    let action = format!("release-{:06x}", rand::random::<u32>() & 0xffffff);
+    let cm = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  namespace: {ns}\n  annotations:\n    snapback.io/action: {action}\n    team: web\ndata:\n  v: \"{v}\"\n"
+        )
+    };
+    c.kubectl_apply_str(&cm("1"));
+    c.kubectl_apply_str(&cm("2"));
+    let live: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "cm", "cfg", "-o", "json"]))
+            .unwrap();
+    let annotations = live["metadata"]["annotations"].as_object().unwrap();
+    assert!(
+        !annotations.contains_key("snapback.io/action"),
+        "{annotations:?}"
+    );
+    assert_eq!(annotations["team"], "web");
+
+    let store = sb.store(c).await;
+    let snaps = snapshots(&store, &action).await;
+    let ops: Vec<_> = snaps.iter().map(|(m, _)| m.operation).collect();
+    assert_eq!(ops, vec![Operation::Create, Operation::Update]);
+    assert_eq!(snaps[1].1.as_ref().unwrap()["data"]["v"], "1");
+    let (record, _) = store
+        .get_action(&ActionId::parse(&action).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.origin, "annotation");
+
+    // An action id that cannot be a label value is refused with a clear message.
+    let bad = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n  namespace: {ns}\n  annotations:\n    snapback.io/action: \"not a/valid id\"\n"
+    );
+    let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("snapback.io/action") && err.contains("invalid action id"),
+        "{err}"
+    );
+    assert!(
+        !c.kubectl("admin", &["-n", &ns, "get", "cm", "bad"])
+            .status
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_explicitly_opened_action_collects_the_users_changes_including_deletes() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let ns = c.namespace("explicit", &["alice"]);
+    c.kubectl_as_ok(
+        "alice",
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "keep",
+            "--from-literal=a=1",
+        ],
+    );
+    // What POST /api/v1/actions does: an open, explicit record owned by alice.
+    let store = sb.store(c).await;
+    let id = ActionId::parse(&format!("maint-{:06x}", rand::random::<u32>() & 0xffffff)).unwrap();
+    let mut record = ActionRecord::new(id.clone(), "explicit", "alice", jiff::Timestamp::now());
+    record.description = Some("maintenance".into());
+    assert!(store.create_action(&record).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await; // the webhook's watch
+
+    c.kubectl_as_ok("alice", &["-n", &ns, "delete", "configmap", "keep"]);
+    let snaps = snapshots(&store, id.as_str()).await;
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0].0.operation, Operation::Delete);
+    assert_eq!(snaps[0].1.as_ref().unwrap()["data"]["a"], "1");
+
+    // Completed: later changes fall back to alice's implicit session.
+    let (mut rec, rv) = store.get_action(&id).await.unwrap().unwrap();
+    rec.state = ActionState::Completed;
+    store.update_action(&rec, &rv).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kubectl_as_ok(
+        "alice",
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "later",
+            "--from-literal=a=2",
+        ],
+    );
+    assert_eq!(snapshots(&store, id.as_str()).await.len(), 1);
+    let client = c.client("admin").await;
+    let in_ns = snapshots_in_namespace(&client, &sb.opts.snapshot_namespace, &ns).await;
+    let later = in_ns.iter().find(|m| m.object.name == "later").unwrap();
+    assert!(
+        later.action.as_str().starts_with("alice-"),
+        "{}",
+        later.action
+    );
+}
+
+/// Random bytes as base64: compresses to ~75%, so big ones need chunks.
+fn incompressible(len: usize) -> String {
+    let bytes: Vec<u8> = (0..len * 3 / 4).map(|_| rand::random::<u8>()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_round_trip_including_chunked_ones() {
+    let c = cluster();
+    let sb = shared_snapback();
+    ensure_crd(c);
+    let ns = c.namespace("large", &[]);
+    let action = format!("big-{:06x}", rand::random::<u32>() & 0xffffff);
+    let client = c.client("admin").await;
+
+    // A ~900 KiB ConfigMap, updated.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let big = incompressible(900 * 1024);
+    let mut cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "big", "annotations": {"snapback.io/action": action}},
+        "data": {"blob": big}
+    }))
+    .unwrap();
+    cms.create(&Default::default(), &cm).await.unwrap();
+    cm.data = Some(BTreeMap::from([(
+        "blob".to_string(),
+        "small now".to_string(),
+    )]));
+    cms.replace("big", &Default::default(), &cm).await.unwrap();
+
+    // A custom resource near the API server's request size limit (etcd's
+    // 1.5 MiB), whose compressed form does not fit one ConfigMap.
+    let widgets: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::discovery::ApiResource {
+            group: "example.com".into(),
+            version: "v1".into(),
+            api_version: "example.com/v1".into(),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        },
+    );
+    let huge = incompressible(1_400 * 1024);
+    let w: kube::core::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "huge", "annotations": {"snapback.io/action": action}},
+        "spec": {"blob": huge}
+    }))
+    .unwrap();
+    let created = widgets.create(&Default::default(), &w).await.unwrap();
+    let mut small = created.clone();
+    small.data["spec"] = json!({"blob": "small now"});
+    small.metadata.annotations = Some(BTreeMap::from([(
+        "snapback.io/action".to_string(),
+        action.clone(),
+    )]));
+    widgets
+        .replace("huge", &Default::default(), &small)
+        .await
+        .unwrap();
+
+    let store = sb.store(c).await;
+    let snaps = snapshots(&store, &action).await;
+    let update = snaps
+        .iter()
+        .find(|(m, _)| m.operation == Operation::Update && m.object.resource == "configmaps")
+        .expect("configmap update snapshot");
+    assert_eq!(update.1.as_ref().unwrap()["data"]["blob"], big);
+    let deleted = snaps
+        .iter()
+        .find(|(m, _)| m.operation == Operation::Update && m.object.resource == "widgets")
+        .expect("widget update snapshot");
+    assert!(
+        deleted.0.chunks >= 2,
+        "expected a chunked snapshot, got {} chunk(s)",
+        deleted.0.chunks
+    );
+    assert_eq!(deleted.1.as_ref().unwrap()["spec"]["blob"], huge);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_a_configmap() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let ns = c.namespace("secret", &[]);
+    let marker = format!("s3cr3t-{:08x}", rand::random::<u32>());
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        &format!("--from-literal=password={marker}"),
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "secret",
+        "creds",
+        "-p",
+        r#"{"stringData":{"password":"rotated"}}"#,
+    ]);
+    c.kubectl_ok(&["-n", &ns, "delete", "secret", "creds"]);
+
+    // No snapshot of any Secret, and no payload anywhere with its data.
+    let client = c.client("admin").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &sb.opts.snapshot_namespace);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&marker);
+    for cm in cms.list(&ListParams::default()).await.unwrap() {
+        let text = serde_json::to_string(&cm).unwrap();
+        assert!(!text.contains(&marker) && !text.contains(&encoded));
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        assert_ne!(
+            labels.get("snapback.io/resource").map(String::as_str),
+            Some("secrets.core")
+        );
+        if let Some(bin) = cm
+            .binary_data
+            .as_ref()
+            .and_then(|b| b.get("object.json.gz"))
+        {
+            let mut out = String::new();
+            use std::io::Read;
+            // Chunked payloads are partial gzip streams; read what decodes.
+            let _ = flate2::read::GzDecoder::new(bin.0.as_slice()).read_to_string(&mut out);
+            assert!(!out.contains(&marker) && !out.contains(&encoded));
+        }
+    }
+
+    // With --capture-secrets, Secret snapshots are Secrets, never ConfigMaps.
+    let id = format!("sec{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &id);
+    opts.extra_args = vec!["--capture-secrets".into()];
+    let iso = Snapback::start(c, opts);
+    let ns2 = c.namespace("secret2", &[]);
+    c.kubectl_ok(&["label", "namespace", &ns2, &format!("snapback-test={id}")]);
+    std::thread::sleep(Duration::from_millis(500));
+    c.kubectl_ok(&[
+        "-n",
+        &ns2,
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        &format!("--from-literal=password={marker}"),
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns2,
+        "patch",
+        "secret",
+        "creds",
+        "-p",
+        r#"{"stringData":{"password":"rotated"}}"#,
+    ]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &iso.opts.snapshot_namespace);
+    let stored = secrets
+        .list(
+            &ListParams::default()
+                .labels("snapback.io/resource=secrets.core,snapback.io/operation=update"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.items.len(), 1, "one Secret snapshot of the update");
+    assert_eq!(
+        stored.items[0].type_.as_deref(),
+        Some("snapback.io/snapshot")
+    );
+    let iso_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &iso.opts.snapshot_namespace);
+    for cm in iso_cms.list(&ListParams::default()).await.unwrap() {
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        assert_ne!(
+            labels.get("snapback.io/resource").map(String::as_str),
+            Some("secrets.core")
+        );
+    }
+    let store = iso.store(c).await;
+    let action = SnapshotMeta::from_stored(
+        "x",
+        stored.items[0].metadata.labels.as_ref().unwrap(),
+        stored.items[0].metadata.annotations.as_ref().unwrap(),
+        true,
+    )
+    .unwrap()
+    .action;
+    let loaded = snapshots(&store, action.as_str()).await;
+    let update = loaded
+        .iter()
+        .find(|(m, _)| m.operation == Operation::Update)
+        .unwrap();
+    assert!(update.0.secret);
+    assert_eq!(
+        update.1.as_ref().unwrap()["data"]["password"],
+        base64::engine::general_purpose::STANDARD.encode(&marker)
+    );
+    iso.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_mode_rejects_a_change_whose_snapshot_cannot_be_stored() {
+    let c = cluster();
+    let id = format!("deny{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts::isolated(c, &id);
+    // Take away snapback's write access to its snapshot namespace.
+    c.kubectl_ok(&[
+        "-n",
+        &opts.snapshot_namespace,
+        "delete",
+        "rolebinding",
+        "snapback",
+    ]);
+    let ns = c.namespace("deny", &[]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=v=before",
+    ]);
+    let sb = Snapback::start(c, opts);
+    c.kubectl_ok(&["label", "namespace", &ns, &format!("snapback-test={id}")]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = c.kubectl(
+        "admin",
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "cfg",
+            "-p",
+            r#"{"data":{"v":"after"}}"#,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the change must be denied");
+    assert!(
+        err.contains("snapback could not record the prior state"),
+        "{err}"
+    );
+    assert!(
+        err.contains("forbidden") || err.contains("Forbidden"),
+        "{err}"
+    );
+    let v = c.kubectl_ok(&["-n", &ns, "get", "cm", "cfg", "-o", "jsonpath={.data.v}"]);
+    assert_eq!(v, "before");
+    let metrics = sb.metrics();
+    assert!(
+        metrics.contains("snapback_snapshot_failures_total{reason=\"forbidden\"}"),
+        "{metrics}"
+    );
+    sb.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_mode_admits_and_counts_uncaptured_changes() {
+    let c = cluster();
+    let id = format!("allow{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &id);
+    opts.extra_args = vec!["--capture-failure=allow".into()];
+    c.kubectl_ok(&[
+        "-n",
+        &opts.snapshot_namespace,
+        "delete",
+        "rolebinding",
+        "snapback",
+    ]);
+    let ns = c.namespace("allow", &[]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=v=before",
+    ]);
+    let sb = Snapback::start(c, opts);
+    c.kubectl_ok(&["label", "namespace", &ns, &format!("snapback-test={id}")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.kubectl(
+        "admin",
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "cfg",
+            "-p",
+            r#"{"data":{"v":"after"}}"#,
+        ],
+    );
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("snapback could not record the prior state")
+    );
+    assert!(
+        sb.metrics()
+            .contains("snapback_uncaptured_changes_admitted_total 1")
+    );
+    sb.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_writers_each_change_has_exactly_one_snapshot_in_the_right_action() {
+    const WRITERS: usize = 8;
+    const CHANGES: usize = 50;
+    let c = cluster();
+    let sb = shared_snapback();
+    let users: Vec<String> = (1..=WRITERS).map(|i| format!("user{i}")).collect();
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    let ns = c.namespace("parallel", &user_refs);
+
+    let handles: Vec<_> = users
+        .iter()
+        .cloned()
+        .map(|user| {
+            let ns = ns.clone();
+            std::thread::spawn(move || {
+                let c = cluster();
+                let name = format!("w-{user}");
+                c.kubectl_as_ok(
+                    &user,
+                    &[
+                        "-n",
+                        &ns,
+                        "create",
+                        "configmap",
+                        &name,
+                        "--from-literal=n=0",
+                    ],
+                );
+                for j in 1..=CHANGES {
+                    c.kubectl_as_ok(
+                        &user,
+                        &[
+                            "-n",
+                            &ns,
+                            "patch",
+                            "configmap",
+                            &name,
+                            "-p",
+                            &format!(r#"{{"data":{{"n":"{j}"}}}}"#),
+                        ],
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("writer thread");
+    }
+
+    let client = c.client("admin").await;
+    let mut snaps = snapshots_in_namespace(&client, &sb.opts.snapshot_namespace, &ns).await;
+    snaps.retain(|m| m.object.resource == "configmaps");
+    assert_eq!(
+        snaps.len(),
+        WRITERS * (CHANGES + 1),
+        "one snapshot per admitted change"
+    );
+    let store = sb.store(c).await;
+    for user in &users {
+        let mine: Vec<&SnapshotMeta> = snaps
+            .iter()
+            .filter(|m| m.object.name == format!("w-{user}"))
+            .collect();
+        assert_eq!(mine.len(), CHANGES + 1, "{user}");
+        assert!(mine.iter().all(|m| &m.user == user));
+        let action = &mine[0].action;
+        assert!(action.as_str().starts_with(&format!("{user}-")), "{action}");
+        assert!(
+            mine.iter().all(|m| &m.action == action),
+            "{user}'s changes split across actions"
+        );
+        // Each prior state is the value just before that change, in order.
+        let loaded = snapshots(&store, action.as_str()).await;
+        let priors: Vec<String> = loaded
+            .iter()
+            .filter(|(m, _)| m.operation == Operation::Update)
+            .map(|(_, p)| {
+                p.as_ref().unwrap()["data"]["n"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let want: Vec<String> = (0..CHANGES).map(|j| j.to_string()).collect();
+        assert_eq!(priors, want, "{user}");
+    }
+}

@@ -1,0 +1,507 @@
+//! The local control plane harness: one real etcd + kube-apiserver per test
+//! binary (started by `hack/cluster.sh`), snapback processes started from the
+//! built binary, and helpers to drive real `kubectl`.
+//!
+//! A missing control plane is a test failure, never a skip.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde_json::Value;
+use snapback::store::kube_store::KubeStore;
+use snapback::store::model::{ActionId, SnapshotMeta};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+    pub audit_log: PathBuf,
+    pub certs: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        snapback::tls::install_crypto_provider();
+        let tmp = tempfile::Builder::new()
+            .prefix("snapback-cp-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().join("cp");
+        let out = Command::new(format!("{ROOT}/hack/cluster.sh"))
+            .arg("up")
+            .arg(&dir)
+            .env("OWNER_PID", std::process::id().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running hack/cluster.sh");
+        assert!(
+            out.status.success(),
+            "the local control plane did not start (tests need it; see issue #2):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env: BTreeMap<String, String> = std::fs::read_to_string(dir.join("env"))
+            .expect("control plane env")
+            .lines()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let certs = tmp.path().join("certs");
+        let status = Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .args(["certs", "--hosts", "localhost,127.0.0.1", "--out"])
+            .arg(&certs)
+            .status()
+            .expect("snapback certs");
+        assert!(status.success());
+        let c = Cluster {
+            kubeconfig: PathBuf::from(&env["KUBECONFIG"]),
+            url: env["APISERVER_URL"].clone(),
+            audit_log: PathBuf::from(&env["AUDIT_LOG"]),
+            dir,
+            certs,
+            _tmp: tmp,
+        };
+        c.kubectl_ok(&["create", "namespace", "snapback-system"]);
+        c.kubectl_ok(&["apply", "-f", &format!("{ROOT}/manifests/rbac.yaml")]);
+        c.kubectl_ok(&[
+            "create",
+            "clusterrolebinding",
+            "snapback-user",
+            "--clusterrole=snapback",
+            "--user=snapback",
+        ]);
+        c.kubectl_ok(&[
+            "-n",
+            "snapback-system",
+            "create",
+            "rolebinding",
+            "snapback-user",
+            "--role=snapback",
+            "--user=snapback",
+        ]);
+        // An explicit role for test users: without a controller-manager the
+        // aggregated edit/admin roles are empty.
+        c.kubectl_apply_str(TEST_ROLES);
+        c
+    })
+}
+
+const TEST_ROLES: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: test-editor
+rules:
+  - apiGroups: ["", "apps", "batch", "example.com", "networking.k8s.io", "autoscaling"]
+    resources: ["*"]
+    verbs: ["*"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: test-cluster-editor
+rules:
+  - apiGroups: ["", "apiextensions.k8s.io", "rbac.authorization.k8s.io"]
+    resources: ["namespaces", "customresourcedefinitions", "clusterroles", "clusterrolebindings"]
+    verbs: ["*"]
+"#;
+
+impl Cluster {
+    pub fn kubectl(&self, context: &str, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg("--context")
+            .arg(context)
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// kubectl as admin; panics with kubectl's output on failure.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        self.kubectl_as_ok("admin", args)
+    }
+
+    pub fn kubectl_as_ok(&self, context: &str, args: &[&str]) -> String {
+        let out = self.kubectl(context, args);
+        assert!(
+            out.status.success(),
+            "kubectl --context {context} {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn kubectl_stdin(&self, context: &str, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg("--context")
+            .arg(context)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("writing to kubectl");
+        child.wait_with_output().expect("kubectl")
+    }
+
+    pub fn kubectl_apply_str(&self, yaml: &str) -> String {
+        let out = self.kubectl_stdin("admin", &["apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub async fn client(&self, context: &str) -> Client {
+        snapback::kube_client::client(Some(&self.kubeconfig), Some(context))
+            .await
+            .expect("kube client")
+    }
+
+    /// A fresh namespace where `users` may edit (explicit RBAC).
+    pub fn namespace(&self, prefix: &str, users: &[&str]) -> String {
+        let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
+        self.kubectl_ok(&["create", "namespace", &name]);
+        for user in users {
+            self.kubectl_ok(&[
+                "-n",
+                &name,
+                "create",
+                "rolebinding",
+                &format!("edit-{user}"),
+                "--clusterrole=test-editor",
+                &format!("--user={user}"),
+            ]);
+        }
+        name
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Options for one snapback process.
+#[derive(Clone)]
+pub struct SnapbackOpts {
+    pub snapshot_namespace: String,
+    /// Webhook configuration name (unique per instance).
+    pub webhook_name: String,
+    /// Only namespaces with this label (key=value) are sent to this instance,
+    /// and only namespaced objects (so an instance a test breaks cannot block
+    /// other tests).
+    pub namespace_label: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl SnapbackOpts {
+    pub fn shared() -> Self {
+        SnapbackOpts {
+            snapshot_namespace: "snapback-system".into(),
+            webhook_name: "snapback".into(),
+            namespace_label: None,
+            extra_args: vec![],
+        }
+    }
+
+    /// An instance of its own: own snapshot namespace, own webhook scoped to
+    /// namespaces labelled `snapback-test=<id>`.
+    pub fn isolated(cluster: &Cluster, id: &str) -> Self {
+        let ns = format!("sb-{id}");
+        cluster.kubectl_ok(&["create", "namespace", &ns]);
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns,
+            "create",
+            "role",
+            "snapback",
+            "--resource=configmaps,secrets",
+            "--verb=get,list,watch,create,update,delete,deletecollection",
+        ]);
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns,
+            "create",
+            "rolebinding",
+            "snapback",
+            "--role=snapback",
+            "--user=snapback",
+        ]);
+        SnapbackOpts {
+            snapshot_namespace: ns,
+            webhook_name: format!("snapback-{id}"),
+            namespace_label: Some(format!("snapback-test={id}")),
+            extra_args: vec![],
+        }
+    }
+}
+
+pub struct Snapback {
+    pub child: Child,
+    pub opts: SnapbackOpts,
+    pub webhook_port: u16,
+    pub api_port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Snapback {
+    pub fn start(cluster: &Cluster, opts: SnapbackOpts) -> Snapback {
+        let (webhook_port, api_port, metrics_port) = (free_port(), free_port(), free_port());
+        let log = cluster
+            .dir
+            .join(format!("snapback-{}-{webhook_port}.log", opts.webhook_name));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let certs = &cluster.certs;
+        let child = Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .arg("serve")
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["--kube-context", "snapback", "--self-user", "snapback"])
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--snapshot-namespace", &opts.snapshot_namespace])
+            .args(&opts.extra_args)
+            .env("RUST_LOG", "info,snapback=debug")
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting snapback");
+        let sb = Snapback {
+            child,
+            opts,
+            webhook_port,
+            api_port,
+            metrics_port,
+            log,
+        };
+        sb.wait_ready();
+        sb.register(cluster);
+        sb
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(body) = http_get(self.metrics_port, "/readyz")
+                && body.starts_with("ok")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("snapback did not become ready; log:\n{}", self.log_tail());
+    }
+
+    /// Register the webhooks and wait until the API server calls them.
+    pub fn register(&self, cluster: &Cluster) {
+        let mut args = vec![
+            "webhook-config".to_string(),
+            "--url".into(),
+            format!("https://127.0.0.1:{}", self.webhook_port),
+            "--ca".into(),
+            cluster.certs.join("ca.crt").display().to_string(),
+            "--name".into(),
+            self.opts.webhook_name.clone(),
+            "--exclude-namespaces".into(),
+            format!("{},kube-system", self.opts.snapshot_namespace),
+        ];
+        if let Some(label) = &self.opts.namespace_label {
+            args.extend([
+                "--namespace-label".into(),
+                label.clone(),
+                "--scope".into(),
+                "Namespaced".into(),
+            ]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .args(&args)
+            .output()
+            .expect("webhook-config");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.kubectl_apply_str(&String::from_utf8_lossy(&out.stdout));
+        // Registration takes effect asynchronously in the API server.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    pub fn unregister(&self, cluster: &Cluster) {
+        let name = &self.opts.webhook_name;
+        let _ = cluster.kubectl(
+            "admin",
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                name,
+                "--ignore-not-found",
+            ],
+        );
+        let _ = cluster.kubectl(
+            "admin",
+            &[
+                "delete",
+                "validatingwebhookconfiguration",
+                name,
+                "--ignore-not-found",
+            ],
+        );
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").expect("scraping metrics")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub async fn store(&self, cluster: &Cluster) -> KubeStore {
+        KubeStore::new(cluster.client("admin").await, &self.opts.snapshot_namespace)
+    }
+}
+
+impl Drop for Snapback {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static SHARED: OnceLock<Snapback> = OnceLock::new();
+
+/// The binary's shared snapback (all namespaces, cluster-scoped objects too).
+/// Tests using it isolate themselves by namespace and by action or user.
+pub fn shared_snapback() -> &'static Snapback {
+    SHARED.get_or_init(|| Snapback::start(cluster(), SnapbackOpts::shared()))
+}
+
+/// A tiny blocking HTTP/1.1 GET for the plain metrics port.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_string(),
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// All snapshots of an action, with their decoded prior objects.
+pub async fn snapshots(store: &KubeStore, action: &str) -> Vec<(SnapshotMeta, Option<Value>)> {
+    let id = ActionId::parse(action).expect("action id");
+    let metas = store.list_snapshots(&id).await.expect("listing snapshots");
+    let mut out = Vec::new();
+    for m in metas {
+        let payload = store.load_payload(&m).await.expect("loading payload");
+        out.push((m, payload));
+    }
+    out
+}
+
+/// Snapshots of changes in one namespace, grouped by action.
+pub async fn snapshots_in_namespace(
+    client: &Client,
+    snapshot_ns: &str,
+    namespace: &str,
+) -> Vec<SnapshotMeta> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), snapshot_ns);
+    let list = api
+        .list_metadata(
+            &ListParams::default()
+                .labels("app.kubernetes.io/managed-by=snapback,!snapback.io/record"),
+        )
+        .await
+        .expect("listing snapshots");
+    let empty = BTreeMap::new();
+    let mut out: Vec<SnapshotMeta> = list
+        .items
+        .iter()
+        .filter_map(|cm| {
+            SnapshotMeta::from_stored(
+                cm.metadata.name.as_deref().unwrap_or(""),
+                cm.metadata.labels.as_ref().unwrap_or(&empty),
+                cm.metadata.annotations.as_ref().unwrap_or(&empty),
+                false,
+            )
+            .ok()
+        })
+        .filter(|m| m.object.namespace.as_deref() == Some(namespace))
+        .collect();
+    out.sort_by_key(SnapshotMeta::order_key);
+    out
+}
+
+/// Poll `f` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn data_path(name: &str) -> PathBuf {
+    Path::new(ROOT).join("tests/data").join(name)
+}
