@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! Capture on a real kube-apiserver, driven by real kubectl (issue #2).
 
 mod support;

@@ -1,1 +1,255 @@
+//! Capture decisions on AdmissionReviews captured from a real API server
+//! (tests/data/), with an in-memory store.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::store::memory::MemoryStore;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn service(store: Arc<MemoryStore>, failure: CaptureFailure) -> (CaptureService, Metrics) {
+    let mut cfg = CaptureConfig::with_namespace("snapback-system");
+    cfg.self_users = vec!["snapback".into()];
+    cfg.capture_failure = failure;
+    let metrics = Metrics::standalone();
+    let svc = CaptureService::new(
+        cfg,
+        store,
+        Arc::new(Attribution::new(Duration::from_secs(30))),
+        metrics.clone(),
+    );
+    (svc, metrics)
+}
+
+fn response(answer: &Answer) -> &AdmissionResponse {
+    match answer {
+        Answer::Review(r) => r.response.as_ref().expect("response"),
+        Answer::BadRequest(m) => panic!("bad request: {m}"),
+    }
+}
+
+fn only_snapshot(store: &MemoryStore) -> NewSnapshot {
+    let snaps = store.snapshots.lock().unwrap();
+    assert_eq!(snaps.len(), 1, "{:?}", snaps.keys());
+    snaps.values().next().unwrap().clone()
+}
+
+#[tokio::test]
+async fn mutating_webhook_strips_the_annotation_and_hands_the_action_over() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    let answer = svc.mutate(&fixture("mutate-create-configmap-annotated.json"));
+    let resp = response(&answer);
+    assert!(resp.allowed);
+    let patch: Value = serde_json::from_slice(resp.patch.as_ref().expect("patch")).unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "remove", "path": "/metadata/annotations/snapback.io~1action"}])
+    );
+    // The validating call of the same request (another uid) finds the action.
+    let answer = svc
+        .validate(&fixture("validate-create-configmap-annotated.json"))
+        .await;
+    assert!(response(&answer).allowed);
+    let snap = only_snapshot(&store);
+    assert_eq!(snap.meta.action.as_str(), "release-42");
+    assert_eq!(snap.meta.operation, Operation::Create);
+    assert!(snap.payload.is_none(), "CREATE has no prior state");
+    assert!(snap.meta.uid.is_some(), "the uid the object got");
+    let actions = store.actions.lock().unwrap();
+    assert_eq!(actions["release-42"].origin, "annotation");
+    assert_eq!(actions["release-42"].owner, "admin");
+}
+
+#[tokio::test]
+async fn update_stores_the_prior_object_and_the_after_fingerprint() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    let body = fixture("validate-update-configmap.json");
+    assert!(svc.validate(&body).await.allowed());
+    let snap = only_snapshot(&store);
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    let payload = snap.payload.as_ref().unwrap();
+    let chunks: Vec<&[u8]> = payload.chunks.iter().map(Vec::as_slice).collect();
+    let prior = codec::decode(&chunks, &payload.sha256).unwrap();
+    assert_eq!(prior, review["request"]["oldObject"]);
+    assert_eq!(prior["data"]["mode"], "blue");
+    let m = &snap.meta;
+    assert_eq!(
+        m.after_fingerprint.as_deref(),
+        Some(codec::fingerprint(&review["request"]["object"]).as_str())
+    );
+    assert_eq!(
+        m.resource_version.as_deref(),
+        review["request"]["oldObject"]["metadata"]["resourceVersion"].as_str()
+    );
+    assert_eq!(m.labels()["snapback.io/resource"], "configmaps.core");
+    assert_eq!(m.labels()["snapback.io/operation"], "update");
+    assert_eq!(m.object.namespace.as_deref(), Some("fx"));
+    assert!(
+        m.action.as_str().starts_with("admin-"),
+        "implicit session: {}",
+        m.action
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("snapback_snapshots_stored_total{operation=\"update\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn scale_is_captured_as_a_subresource_change_of_the_deployment() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    assert!(
+        svc.validate(&fixture("validate-update-deployment-scale.json"))
+            .await
+            .allowed()
+    );
+    let m = only_snapshot(&store).meta;
+    assert_eq!(
+        (
+            m.object.group.as_str(),
+            m.object.resource.as_str(),
+            m.object.subresource.as_deref(),
+            m.object.kind.as_str()
+        ),
+        ("apps", "deployments", Some("scale"), "Scale")
+    );
+    assert_eq!(m.labels()["snapback.io/resource"], "deployments.apps");
+}
+
+#[tokio::test]
+async fn deletes_read_identity_from_the_old_object() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    let mut review: Value =
+        serde_json::from_slice(&fixture("validate-delete-configmap-collection.json")).unwrap();
+    // DeleteCollection items may come with an empty name.
+    review["request"]["name"] = json!("");
+    assert!(
+        svc.validate(&serde_json::to_vec(&review).unwrap())
+            .await
+            .allowed()
+    );
+    let snap = only_snapshot(&store);
+    assert_eq!(snap.meta.operation, Operation::Delete);
+    assert_eq!(snap.meta.object.name, "settings");
+    assert!(snap.meta.after_fingerprint.is_none());
+    assert!(snap.payload.is_some());
+}
+
+#[rstest::rstest]
+#[case("validate-create-configmap-dryrun.json", "dry_run")]
+#[case("validate-create-secret.json", "secret")]
+#[tokio::test]
+async fn skipped_changes_store_nothing(#[case] file: &str, #[case] reason: &str) {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    assert!(svc.validate(&fixture(file)).await.allowed());
+    assert_eq!(store.snapshot_count(), 0);
+    assert!(metrics.render().contains(&format!(
+        "snapback_captures_skipped_total{{reason=\"{reason}\"}} 1"
+    )));
+}
+
+#[tokio::test]
+async fn namespaces_are_cluster_scoped() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    assert!(
+        svc.validate(&fixture("validate-create-namespace.json"))
+            .await
+            .allowed()
+    );
+    let m = only_snapshot(&store).meta;
+    assert_eq!(m.object.namespace, None);
+    assert_eq!(m.object.name, "fx");
+}
+
+#[tokio::test]
+async fn store_failure_denies_in_deny_mode_and_warns_in_allow_mode() {
+    let body = fixture("validate-delete-deployment.json");
+    let store = Arc::new(MemoryStore::default());
+    *store.fail_with.lock().unwrap() = Some("disk on fire".into());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    let answer = svc.validate(&body).await;
+    let resp = response(&answer);
+    assert!(!resp.allowed);
+    assert!(
+        resp.result
+            .message
+            .starts_with("snapback could not record the prior state: "),
+        "{}",
+        resp.result.message
+    );
+    assert!(resp.result.message.contains("disk on fire"));
+
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Allow);
+    let answer = svc.validate(&body).await;
+    let resp = response(&answer);
+    assert!(resp.allowed);
+    assert!(resp.warnings.as_ref().unwrap()[0].contains("disk on fire"));
+    assert!(
+        metrics
+            .render()
+            .contains("snapback_uncaptured_changes_admitted_total 1")
+    );
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_invalid_or_400_never_a_panic() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    // No uid to answer to: 400.
+    for body in [
+        &b"not json"[..],
+        b"{}",
+        b"[]",
+        b"{\"apiVersion\":\"admission.k8s.io/v1\"}",
+    ] {
+        assert!(matches!(svc.validate(body).await, Answer::BadRequest(_)));
+        assert!(matches!(svc.mutate(body), Answer::BadRequest(_)));
+    }
+    // A uid but garbage elsewhere: an invalid response for that uid.
+    let mut review: Value =
+        serde_json::from_slice(&fixture("validate-update-configmap.json")).unwrap();
+    review["request"]["operation"] = json!(42);
+    let answer = svc.validate(&serde_json::to_vec(&review).unwrap()).await;
+    let resp = response(&answer);
+    assert!(!resp.allowed);
+    assert_eq!(resp.uid, review["request"]["uid"].as_str().unwrap());
+    // An UPDATE without oldObject cannot be captured: denied, clearly.
+    let mut review: Value =
+        serde_json::from_slice(&fixture("validate-update-configmap.json")).unwrap();
+    review["request"]["oldObject"] = Value::Null;
+    let answer = svc.validate(&serde_json::to_vec(&review).unwrap()).await;
+    assert!(response(&answer).result.message.contains("no oldObject"));
+    assert_eq!(store.snapshot_count(), 0);
+}
+
+#[tokio::test]
+async fn invalid_annotation_is_denied_by_the_mutating_webhook() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store, CaptureFailure::Deny);
+    let mut review: Value =
+        serde_json::from_slice(&fixture("mutate-create-configmap-annotated.json")).unwrap();
+    review["request"]["object"]["metadata"]["annotations"]["snapback.io/action"] =
+        json!("no spaces allowed");
+    let answer = svc.mutate(&serde_json::to_vec(&review).unwrap());
+    let resp = response(&answer);
+    assert!(!resp.allowed);
+    assert!(
+        resp.result.message.contains("invalid action id"),
+        "{}",
+        resp.result.message
+    );
+}
