@@ -8,6 +8,7 @@ pub mod certs;
 pub mod config;
 pub mod kube_client;
 pub mod metrics;
+pub mod restore;
 pub mod server;
 pub mod store;
 pub mod telemetry;

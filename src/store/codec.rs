@@ -90,17 +90,35 @@ pub fn decode(chunks: &[&[u8]], expected_sha256: &str) -> Result<Value, CodecErr
 
 /// Fields that change without anyone changing the object's content.
 const VOLATILE_METADATA: &[&str] = &["resourceVersion", "managedFields", "generation", "selfLink"];
+/// Annotations written by controllers, not by the people whose changes we track.
+const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &["deployment.kubernetes.io/"];
+/// Identity fields a recreated object gets anew.
+const IDENTITY_METADATA: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
 
-/// A stable hash of an object's content: canonical JSON (sorted keys) without
-/// status, resourceVersion, managedFields and generation.
+/// The conflict fingerprint: a stable hash of the object's content
+/// (canonical JSON, sorted keys) without status, resourceVersion,
+/// managedFields, generation and controller annotations. Outside `Scale`
+/// objects `spec.replicas` is left out too: autoscalers and scale-subresource
+/// writes change it constantly, and a scale inside an action is checked
+/// through the subresource's own fingerprint.
 pub fn fingerprint(object: &Value) -> String {
+    let mut stripped = strip_volatile(object);
+    if object.get("kind").and_then(Value::as_str) != Some("Scale")
+        && let Some(spec) = stripped.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.remove("replicas");
+    }
     let mut hasher = Sha256::new();
-    let stripped = strip_volatile(object);
     write_canonical(&stripped, &mut hasher);
     hex::encode(hasher.finalize())
 }
 
-/// The object without the fields [`fingerprint`] ignores.
+/// The object without status, volatile metadata and controller annotations.
 pub fn strip_volatile(object: &Value) -> Value {
     let mut copy = object.clone();
     if let Some(map) = copy.as_object_mut() {
@@ -109,9 +127,38 @@ pub fn strip_volatile(object: &Value) -> Value {
             for key in VOLATILE_METADATA {
                 meta.remove(*key);
             }
+            let mut empty = false;
+            if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                ann.retain(|k, _| !CONTROLLER_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)));
+                empty = ann.is_empty();
+            }
+            if empty {
+                meta.remove("annotations");
+            }
         }
     }
     copy
+}
+
+/// Whether two versions of an object have the same content, as a rollback
+/// sees it: everything but status, volatile and identity metadata. Unlike
+/// the fingerprint this includes `spec.replicas`.
+pub fn same_content(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut s = strip_volatile(v);
+        if let Some(meta) = s.get_mut("metadata").and_then(Value::as_object_mut) {
+            for key in IDENTITY_METADATA {
+                meta.remove(*key);
+            }
+            if let Some(refs) = meta.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                for r in refs.iter_mut().filter_map(Value::as_object_mut) {
+                    r.remove("uid");
+                }
+            }
+        }
+        s
+    };
+    strip(a) == strip(b)
 }
 
 fn write_canonical(value: &Value, out: &mut Sha256) {
@@ -214,5 +261,37 @@ mod tests {
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let c = json!({"metadata": {"name": "x"}, "spec": {"a": 1, "b": 3}});
         assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    #[test]
+    fn fingerprint_ignores_replicas_and_controller_annotations_except_on_scale() {
+        let dep = |r: u32, ann: Value| {
+            json!({"kind": "Deployment", "metadata": {"name": "w", "annotations": ann},
+                   "spec": {"replicas": r, "template": {}}})
+        };
+        assert_eq!(
+            fingerprint(&dep(1, json!({}))),
+            fingerprint(&dep(3, json!({"deployment.kubernetes.io/revision": "2"})))
+        );
+        assert_ne!(
+            fingerprint(&dep(1, json!({}))),
+            fingerprint(&dep(1, json!({"team": "a"})))
+        );
+        let scale = |r: u32| json!({"kind": "Scale", "metadata": {"name": "w"}, "spec": {"replicas": r}});
+        assert_ne!(fingerprint(&scale(1)), fingerprint(&scale(3)));
+    }
+
+    #[test]
+    fn same_content_ignores_identity_but_not_replicas() {
+        let a = json!({"metadata": {"name": "w", "uid": "1", "creationTimestamp": "t1",
+                        "ownerReferences": [{"kind": "X", "name": "o", "uid": "old"}]},
+                       "spec": {"replicas": 1}});
+        let b = json!({"metadata": {"name": "w", "uid": "2", "creationTimestamp": "t2",
+                        "ownerReferences": [{"kind": "X", "name": "o", "uid": "new"}]},
+                       "spec": {"replicas": 1}, "status": {"x": 1}});
+        assert!(same_content(&a, &b));
+        let mut c = b.clone();
+        c["spec"]["replicas"] = json!(2);
+        assert!(!same_content(&a, &c));
     }
 }

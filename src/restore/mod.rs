@@ -1,0 +1,3 @@
+//! Rollback: planning (pure) and execution (impersonated writes).
+
+pub mod plan;

@@ -1,0 +1,393 @@
+//! Rollback planning, pure: from an action's snapshots to per-object targets,
+//! and from a target and the object's current state to one step.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::store::codec;
+use crate::store::model::{ObjectRef, Operation, SnapshotMeta};
+
+/// Marker in the set of accepted states for "the object did not exist".
+pub const ABSENT: &str = "absent";
+
+/// One snapshot with its decoded prior object (or why it could not be read).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub meta: SnapshotMeta,
+    pub prior: Result<Option<Value>, String>,
+}
+
+/// What an object must become.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Created by the action: delete it, but only the object with this uid.
+    Absent { created_uid: Option<String> },
+    /// Existed before: this content.
+    Present(Value),
+    /// Only its scale subresource changed: restore this Scale through it.
+    Scale(Value),
+    /// The snapshot needed to restore it cannot be used.
+    Unreadable(String),
+}
+
+/// Everything the action did to one object.
+#[derive(Debug, Clone)]
+pub struct ObjectHistory {
+    /// The object (subresource: `scale` when the target is a Scale).
+    pub object: ObjectRef,
+    pub target: Target,
+    /// Conflict fingerprints of every state the action produced or started
+    /// from (`ABSENT` for "did not exist"). A current state outside this set
+    /// was made by someone else after the action.
+    pub accepted: HashSet<String>,
+    /// Dependency rank: lower is restored first, deleted last.
+    pub rank: u8,
+    /// Names of the snapshots, oldest first (for messages).
+    pub snapshots: Vec<String>,
+}
+
+impl ObjectHistory {
+    pub fn fetches_scale(&self) -> bool {
+        matches!(self.target, Target::Scale(_))
+    }
+}
+
+/// Build one history per object touched by the action.
+pub fn histories(mut loaded: Vec<Loaded>) -> Vec<ObjectHistory> {
+    loaded.sort_by_key(|l| l.meta.order_key());
+    let mut by_object: BTreeMap<(String, String, Option<String>, String), Vec<Loaded>> =
+        BTreeMap::new();
+    for l in loaded {
+        by_object.entry(l.meta.object.object_key()).or_default().push(l);
+    }
+    by_object.into_values().map(history).collect()
+}
+
+fn history(snaps: Vec<Loaded>) -> ObjectHistory {
+    let (main, subs): (Vec<&Loaded>, Vec<&Loaded>) =
+        snaps.iter().partition(|l| l.meta.object.subresource.is_none());
+    let names = snaps.iter().map(|l| l.meta.snapshot_name.clone()).collect();
+    let mut accepted = HashSet::new();
+    let fingerprints = |set: &mut HashSet<String>, list: &[&Loaded]| {
+        for l in list {
+            let m = &l.meta;
+            set.insert(match (&m.before_fingerprint, m.operation) {
+                (_, Operation::Create) => ABSENT.to_string(),
+                (Some(fp), _) => fp.clone(),
+                (None, _) => continue,
+            });
+            set.insert(match (&m.after_fingerprint, m.operation) {
+                (_, Operation::Delete) => ABSENT.to_string(),
+                (Some(fp), _) => fp.clone(),
+                (None, _) => continue,
+            });
+        }
+    };
+    let Some(first_main) = main.first() else {
+        // Only subresource writes (scale): restore through the subresource.
+        let first = subs[0];
+        fingerprints(&mut accepted, &subs);
+        let mut object = first.meta.object.clone();
+        object.subresource = Some(first.meta.object.subresource.clone().unwrap_or_default());
+        let target = match &first.prior {
+            Ok(Some(prior)) => Target::Scale(prior.clone()),
+            Ok(None) => Target::Unreadable(format!(
+                "snapshot {} has no prior state",
+                first.meta.snapshot_name
+            )),
+            Err(e) => Target::Unreadable(e.clone()),
+        };
+        return ObjectHistory {
+            rank: rank(&object.group, &object.resource),
+            object,
+            target,
+            accepted,
+            snapshots: names,
+        };
+    };
+    fingerprints(&mut accepted, &main);
+    let mut object = first_main.meta.object.clone();
+    object.subresource = None;
+    let target = match (first_main.meta.operation, &first_main.prior) {
+        (Operation::Create, _) => Target::Absent {
+            created_uid: first_main.meta.uid.clone(),
+        },
+        (_, Ok(Some(prior))) => {
+            let mut prior = prior.clone();
+            // Scale writes made before the first full change: the full prior
+            // already has the changed replicas; put the earlier value back.
+            if let Some(scale) = subs
+                .iter()
+                .find(|s| s.meta.order_key() < first_main.meta.order_key())
+                && let Ok(Some(scale_prior)) = &scale.prior
+                && let Some(replicas) = scale_prior.get("spec").and_then(|s| s.get("replicas"))
+                && let Some(spec) = prior.get_mut("spec").and_then(Value::as_object_mut)
+            {
+                spec.insert("replicas".into(), replicas.clone());
+            }
+            Target::Present(prior)
+        }
+        (_, Ok(None)) => Target::Unreadable(format!(
+            "snapshot {} has no prior state",
+            first_main.meta.snapshot_name
+        )),
+        (_, Err(e)) => Target::Unreadable(e.clone()),
+    };
+    if let Some(kind) = match &target {
+        Target::Present(p) => p.get("kind").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    } {
+        object.kind = kind;
+    }
+    ObjectHistory {
+        rank: rank(&object.group, &object.resource),
+        object,
+        target,
+        accepted,
+        snapshots: names,
+    }
+}
+
+/// Dependency order: namespaces, CRDs, service accounts, RBAC, config maps
+/// and secrets, storage, services, workloads, their children, the rest.
+pub fn rank(group: &str, resource: &str) -> u8 {
+    match (group, resource) {
+        ("", "namespaces") => 0,
+        ("apiextensions.k8s.io", "customresourcedefinitions") => 1,
+        ("", "serviceaccounts") => 2,
+        ("rbac.authorization.k8s.io", "clusterroles" | "roles") => 3,
+        ("rbac.authorization.k8s.io", "clusterrolebindings" | "rolebindings") => 4,
+        ("", "configmaps" | "secrets") => 5,
+        ("", "persistentvolumes") => 6,
+        ("", "persistentvolumeclaims") => 7,
+        ("", "services") => 8,
+        ("apps", "deployments" | "statefulsets" | "daemonsets") | ("batch", "cronjobs") => 9,
+        ("apps", "replicasets") | ("batch", "jobs") => 10,
+        ("", "pods") => 11,
+        _ => 12,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreOp {
+    Delete,
+    Replace,
+    Create,
+}
+
+impl RestoreOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreOp::Delete => "delete",
+            RestoreOp::Replace => "replace",
+            RestoreOp::Create => "create",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Restored,
+    Unchanged,
+    Planned,
+    Conflict,
+    Failed,
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Restored => "restored",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Planned => "planned",
+            Outcome::Conflict => "conflict",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// What to do with one object, decided from its history and current state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Nothing to do: `Unchanged`, `Conflict`, `Skipped` or `Failed`.
+    None(Outcome, String),
+    Delete { uid: String },
+    /// Create from this body (server-owned fields already stripped).
+    Create(Value),
+    /// Replace with this body (current resourceVersion and identity set).
+    Replace(Value),
+    /// Replace the scale subresource with this body.
+    ReplaceScale(Value),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub operation: RestoreOp,
+    pub action: Action,
+}
+
+impl Step {
+    pub fn is_write(&self) -> bool {
+        !matches!(self.action, Action::None(..))
+    }
+
+    /// The state the object will be in after the step (None: absent), for
+    /// dry-run patches.
+    pub fn target_body(&self) -> Option<&Value> {
+        match &self.action {
+            Action::Create(b) | Action::Replace(b) | Action::ReplaceScale(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+fn conflict_fp(current: Option<&Value>) -> String {
+    current.map(codec::fingerprint).unwrap_or_else(|| ABSENT.to_string())
+}
+
+/// Decide the step for one object. `current` is the object now (for a Scale
+/// target: its scale subresource), None when it does not exist.
+pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
+    let op = match (&h.target, current) {
+        (Target::Absent { .. }, _) => RestoreOp::Delete,
+        (Target::Present(_), None) => RestoreOp::Create,
+        _ => RestoreOp::Replace,
+    };
+    let none = |outcome, msg: String| Step {
+        operation: op,
+        action: Action::None(outcome, msg),
+    };
+    // Already in the target state: idempotence, and phantom snapshots of
+    // changes a later admission step rejected.
+    match (&h.target, current) {
+        (Target::Unreadable(reason), _) => {
+            return none(Outcome::Failed, format!("snapshot refused: {reason}"));
+        }
+        (Target::Absent { .. }, None) => return none(Outcome::Unchanged, "does not exist".into()),
+        (Target::Present(t), Some(c)) if codec::same_content(t, c) => {
+            return none(Outcome::Unchanged, "already in its prior state".into());
+        }
+        (Target::Scale(t), Some(c)) if replicas(t) == replicas(c) => {
+            return none(Outcome::Unchanged, "already at its prior scale".into());
+        }
+        (Target::Scale(_), None) => {
+            return none(
+                Outcome::Skipped,
+                "the object no longer exists; its scale cannot be restored".into(),
+            );
+        }
+        (Target::Absent { created_uid: Some(uid) }, Some(c)) if uid_of(c) != Some(uid) => {
+            return none(
+                Outcome::Skipped,
+                format!(
+                    "a different object (uid {}) now has this name; only the one created by the action (uid {uid}) would be deleted",
+                    uid_of(c).unwrap_or("?")
+                ),
+            );
+        }
+        _ => {}
+    }
+    if !force && !h.accepted.contains(&conflict_fp(current)) {
+        let what = if current.is_some() {
+            "changed after the action"
+        } else {
+            "deleted after the action"
+        };
+        return none(Outcome::Conflict, format!("{what} (use force=true to overwrite)"));
+    }
+    let action = match (&h.target, current) {
+        (Target::Absent { .. }, Some(c)) => Action::Delete {
+            uid: uid_of(c).unwrap_or_default().to_string(),
+        },
+        (Target::Present(t), None) => Action::Create(for_create(t)),
+        (Target::Present(t), Some(c)) => Action::Replace(for_replace(t, c)),
+        (Target::Scale(t), Some(c)) => Action::ReplaceScale(for_replace(t, c)),
+        _ => return none(Outcome::Unchanged, "nothing to do".into()),
+    };
+    Step {
+        operation: op,
+        action,
+    }
+}
+
+fn replicas(v: &Value) -> Option<&Value> {
+    v.get("spec")?.get("replicas")
+}
+
+fn uid_of(v: &Value) -> Option<&str> {
+    v.get("metadata")?.get("uid")?.as_str()
+}
+
+/// Fields the API server owns and a create must not carry.
+const SERVER_OWNED: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+];
+
+/// The prior object stripped of server-owned fields and status.
+pub fn for_create(target: &Value) -> Value {
+    let mut body = target.clone();
+    if let Some(map) = body.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            for key in SERVER_OWNED {
+                meta.remove(*key);
+            }
+        }
+    }
+    body
+}
+
+/// The prior content on top of the current object's identity and
+/// resourceVersion (optimistic concurrency); status stays as it is.
+pub fn for_replace(target: &Value, current: &Value) -> Value {
+    let mut body = for_create(target);
+    let cur_meta = current.get("metadata");
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in ["resourceVersion", "uid", "creationTimestamp"] {
+            if let Some(v) = cur_meta.and_then(|m| m.get(key)) {
+                meta.insert(key.into(), v.clone());
+            }
+        }
+    }
+    if let (Some(map), Some(status)) = (body.as_object_mut(), current.get("status")) {
+        map.insert("status".into(), status.clone());
+    }
+    body
+}
+
+/// Execution order: creates and replaces by ascending rank, then deletes by
+/// descending rank. Returns indices into `steps`, grouped in waves that may
+/// run concurrently.
+pub fn waves(histories: &[ObjectHistory], steps: &[Step]) -> Vec<Vec<usize>> {
+    let mut upserts: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
+    let mut deletes: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
+    for (i, (h, s)) in histories.iter().zip(steps).enumerate() {
+        if !s.is_write() {
+            continue;
+        }
+        match s.action {
+            Action::Delete { .. } => deletes.entry(h.rank).or_default().push(i),
+            _ => upserts.entry(h.rank).or_default().push(i),
+        }
+    }
+    upserts
+        .into_values()
+        .chain(deletes.into_values().rev())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+use serde_json::json;
+
+use super::*;
+use crate::store::model::ActionId;
+
+fn obj(name: &str, v: &str, uid: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": "10",
+                        "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "data": {"v": v}})
+}
+
+fn snap(
+    n: u32,
+    op: Operation,
+    name: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Loaded {
+    snap_sub(n, op, name, None, before, after)
+}
+
+fn snap_sub(
+    n: u32,
+    op: Operation,
+    name: &str,
+    sub: Option<&str>,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Loaded {
+    let uid = before
+        .or(after)
+        .and_then(|o| o["metadata"]["uid"].as_str())
+        .map(str::to_string);
+    Loaded {
+        meta: SnapshotMeta {
+            snapshot_name: format!("snap-{n}"),
+            action: ActionId::parse("a").unwrap(),
+            operation: op,
+            object: ObjectRef {
+                group: if sub.is_some() { "apps".into() } else { "".into() },
+                version: "v1".into(),
+                resource: if sub.is_some() { "deployments".into() } else { "configmaps".into() },
+                subresource: sub.map(str::to_string),
+                kind: if sub.is_some() { "Scale".into() } else { "ConfigMap".into() },
+                namespace: Some("ns".into()),
+                name: name.into(),
+            },
+            user: "alice".into(),
+            timestamp: jiff::Timestamp::from_second(1_000 + n as i64).unwrap(),
+            request_uid: format!("r{n}"),
+            resource_version: before.map(|_| n.to_string()),
+            uid,
+            payload_sha256: before.map(|_| "x".into()),
+            after_fingerprint: after.map(codec::fingerprint),
+            before_fingerprint: before.map(codec::fingerprint),
+            chunks: u32::from(before.is_some()),
+            secret: false,
+        },
+        prior: Ok(before.cloned()),
+    }
+}
+
+fn only(loaded: Vec<Loaded>) -> ObjectHistory {
+    let mut h = histories(loaded);
+    assert_eq!(h.len(), 1);
+    h.remove(0)
+}
+
+#[test]
+fn created_object_is_deleted_only_with_its_own_uid() {
+    let created = obj("c", "1", "u1");
+    let h = only(vec![snap(1, Operation::Create, "c", None, Some(&created))]);
+    assert_eq!(h.target, Target::Absent { created_uid: Some("u1".into()) });
+    let step = decide(&h, Some(&created), false);
+    assert_eq!(step.action, Action::Delete { uid: "u1".into() });
+    assert_eq!(step.operation, RestoreOp::Delete);
+    // Already gone (or a phantom create that never happened).
+    assert!(matches!(decide(&h, None, false).action, Action::None(Outcome::Unchanged, _)));
+    // Someone recreated it: never delete that one, even with force.
+    let other = obj("c", "1", "u2");
+    assert!(matches!(decide(&h, Some(&other), true).action, Action::None(Outcome::Skipped, _)));
+}
+
+#[test]
+fn updated_object_is_replaced_with_prior_content_and_current_resource_version() {
+    let before = obj("c", "1", "u1");
+    let mut after = obj("c", "2", "u1");
+    let h = only(vec![snap(1, Operation::Update, "c", Some(&before), Some(&after))]);
+    after["metadata"]["resourceVersion"] = json!("99");
+    after["status"] = json!({"observed": true});
+    let step = decide(&h, Some(&after), false);
+    let Action::Replace(body) = step.action else { panic!("{step:?}") };
+    assert_eq!(body["data"]["v"], "1");
+    assert_eq!(body["metadata"]["resourceVersion"], "99");
+    assert_eq!(body["status"], json!({"observed": true}), "status left to controllers");
+    assert!(body["metadata"].get("managedFields").is_none());
+}
+
+#[test]
+fn someone_elses_later_change_is_a_conflict_unless_forced() {
+    let before = obj("c", "1", "u1");
+    let after = obj("c", "2", "u1");
+    let h = only(vec![snap(1, Operation::Update, "c", Some(&before), Some(&after))]);
+    let later = obj("c", "3", "u1");
+    assert!(matches!(decide(&h, Some(&later), false).action, Action::None(Outcome::Conflict, _)));
+    assert!(matches!(decide(&h, Some(&later), true).action, Action::Replace(_)));
+    // Deleted by someone after the action: also a conflict.
+    let step = decide(&h, None, false);
+    assert!(matches!(step.action, Action::None(Outcome::Conflict, ref m) if m.contains("deleted")));
+}
+
+#[test]
+fn phantom_snapshots_restore_to_a_no_op() {
+    // The change was rejected by a later admission step: the object is still as before.
+    let before = obj("c", "1", "u1");
+    let after = obj("c", "2", "u1");
+    let h = only(vec![snap(1, Operation::Update, "c", Some(&before), Some(&after))]);
+    assert!(matches!(decide(&h, Some(&before), false).action, Action::None(Outcome::Unchanged, _)));
+    // A real change followed by a phantom one: the current state is the
+    // phantom's "before", which the action produced, so no conflict.
+    let (v1, v2, v3) = (obj("c", "1", "u1"), obj("c", "2", "u1"), obj("c", "3", "u1"));
+    let h = only(vec![
+        snap(1, Operation::Update, "c", Some(&v1), Some(&v2)),
+        snap(2, Operation::Update, "c", Some(&v2), Some(&v3)),
+    ]);
+    let Action::Replace(body) = decide(&h, Some(&v2), false).action else { panic!() };
+    assert_eq!(body["data"]["v"], "1");
+}
+
+#[test]
+fn deleted_object_is_created_without_server_owned_fields() {
+    let mut before = obj("c", "1", "u1");
+    before["metadata"]["managedFields"] = json!([{"manager": "kubectl"}]);
+    before["metadata"]["generation"] = json!(4);
+    let h = only(vec![snap(1, Operation::Delete, "c", Some(&before), None)]);
+    let step = decide(&h, None, false);
+    assert_eq!(step.operation, RestoreOp::Create);
+    let Action::Create(body) = step.action else { panic!() };
+    for key in ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"] {
+        assert!(body["metadata"].get(key).is_none(), "{key}");
+    }
+    assert_eq!(body["data"]["v"], "1");
+}
+
+#[test]
+fn earliest_change_wins_even_when_snapshots_arrive_out_of_order() {
+    let (v1, v2, v3) = (obj("c", "1", "u1"), obj("c", "2", "u1"), obj("c", "3", "u1"));
+    let loaded = vec![
+        snap(3, Operation::Update, "c", Some(&v2), Some(&v3)),
+        snap(1, Operation::Update, "c", Some(&v1), Some(&v2)),
+    ];
+    let h = only(loaded);
+    assert_eq!(h.target, Target::Present(v1.clone()));
+    assert_eq!(h.snapshots, vec!["snap-1", "snap-3"]);
+    // Created, updated, deleted within the action: it did not exist before.
+    let h = only(vec![
+        snap(9, Operation::Delete, "c", Some(&v2), None),
+        snap(5, Operation::Update, "c", Some(&v1), Some(&v2)),
+        snap(2, Operation::Create, "c", None, Some(&v1)),
+    ]);
+    assert!(matches!(h.target, Target::Absent { .. }));
+    assert!(matches!(decide(&h, None, false).action, Action::None(Outcome::Unchanged, _)));
+}
+
+#[test]
+fn scale_only_changes_restore_through_the_subresource() {
+    let scale = |r: u32| json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": r.to_string()},
+        "spec": {"replicas": r}});
+    let h = only(vec![snap_sub(1, Operation::Update, "web", Some("scale"), Some(&scale(1)), Some(&scale(3)))]);
+    assert!(h.fetches_scale());
+    assert_eq!(h.object.subresource.as_deref(), Some("scale"));
+    let Action::ReplaceScale(body) = decide(&h, Some(&scale(3)), false).action else { panic!() };
+    assert_eq!(body["spec"]["replicas"], 1);
+    assert_eq!(body["metadata"]["resourceVersion"], "3");
+    assert!(matches!(decide(&h, Some(&scale(1)), false).action, Action::None(Outcome::Unchanged, _)));
+    assert!(matches!(decide(&h, Some(&scale(5)), false).action, Action::None(Outcome::Conflict, _)));
+}
+
+#[test]
+fn a_scale_before_a_full_change_puts_the_earlier_replicas_into_the_target() {
+    let dep = |r: u32, image: &str| json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "d1"},
+        "spec": {"replicas": r, "template": {"image": image}}});
+    let scale = |r: u32| json!({"kind": "Scale", "metadata": {"name": "web", "uid": "d1"}, "spec": {"replicas": r}});
+    let mut full = snap(2, Operation::Update, "web", Some(&dep(3, "a")), Some(&dep(3, "b")));
+    full.meta.object.group = "apps".into();
+    full.meta.object.resource = "deployments".into();
+    let h = only(vec![
+        snap_sub(1, Operation::Update, "web", Some("scale"), Some(&scale(1)), Some(&scale(3))),
+        full,
+    ]);
+    let Target::Present(t) = &h.target else { panic!() };
+    assert_eq!(t["spec"]["replicas"], 1);
+    assert_eq!(t["spec"]["template"]["image"], "a");
+    assert_eq!(h.object.kind, "Deployment");
+}
+
+#[test]
+fn unreadable_snapshots_fail_their_object_only() {
+    let mut l = snap(1, Operation::Update, "c", Some(&obj("c", "1", "u")), Some(&obj("c", "2", "u")));
+    l.prior = Err("payload sha256 mismatch".into());
+    let h = histories(vec![l, snap(2, Operation::Create, "d", None, Some(&obj("d", "1", "u9")))]);
+    let current = [obj("c", "2", "u"), obj("d", "1", "u9")];
+    let steps: Vec<Step> = h.iter().zip(&current).map(|(h, c)| decide(h, Some(c), false)).collect();
+    assert!(matches!(&steps[0].action, Action::None(Outcome::Failed, m) if m.contains("sha256")));
+    assert!(matches!(steps[1].action, Action::Delete { .. }));
+}
+
+#[test]
+fn waves_follow_dependency_order_and_reverse_it_for_deletes() {
+    let mk = |group: &str, resource: &str, op: Operation, n: u32| {
+        let mut l = if op == Operation::Create {
+            snap(n, op, &format!("o{n}"), None, Some(&obj("x", "1", &format!("u{n}"))))
+        } else {
+            snap(n, op, &format!("o{n}"), Some(&obj("x", "1", "u")), None)
+        };
+        l.meta.object.group = group.into();
+        l.meta.object.resource = resource.into();
+        l
+    };
+    let h = histories(vec![
+        mk("apps", "deployments", Operation::Delete, 1),
+        mk("", "namespaces", Operation::Delete, 2),
+        mk("", "configmaps", Operation::Delete, 3),
+        mk("", "namespaces", Operation::Create, 4),
+        mk("apps", "deployments", Operation::Create, 5),
+    ]);
+    let steps: Vec<Step> = h
+        .iter()
+        .map(|h| match &h.target {
+            Target::Absent { created_uid } => decide(h, Some(&obj("x", "1", created_uid.as_deref().unwrap())), false),
+            _ => decide(h, None, false),
+        })
+        .collect();
+    let order: Vec<String> = waves(&h, &steps)
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{}:{}", steps[i].operation.as_str(), h[i].object.resource))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            "create:namespaces",
+            "create:configmaps",
+            "create:deployments",
+            "delete:deployments",
+            "delete:namespaces",
+        ]
+    );
+}
