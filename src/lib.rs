@@ -3,6 +3,7 @@
 //! Data flows one way: admission review → [`capture`] decision → [`store`];
 //! API request → auth → [`restore`] plan → execute → [`store`].
 
+pub mod api;
 pub mod capture;
 pub mod certs;
 pub mod config;

@@ -15,7 +15,10 @@ use axum_server::Handle;
 
 use crate::capture::attribution::Attribution;
 use crate::capture::{CaptureService, handler, open_actions};
-use crate::config::{Config, WebhookConfigArgs};
+use crate::api::ApiState;
+use crate::api::auth::Auth;
+use crate::config::{AuthMode, Config, WebhookConfigArgs};
+use crate::restore::rollback::Restorer;
 use crate::metrics::Metrics;
 use crate::store::kube_store::KubeStore;
 use crate::tls::ServingTls;
@@ -45,9 +48,16 @@ pub fn print_webhook_config(args: &WebhookConfigArgs) -> anyhow::Result<()> {
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::telemetry::init(cfg.log_format);
-    let client = crate::kube_client::client(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
+    if cfg.role.snapshotter() && cfg.auth == AuthMode::None && !cfg.api_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--auth=none is for local development only and refuses to listen on {} (use a loopback --api-addr such as 127.0.0.1:9443)",
+            cfg.api_addr
+        );
+    }
+    let kube_config = crate::kube_client::config(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
         .await
-        .context("building Kubernetes client")?;
+        .context("reading the Kubernetes client configuration")?;
+    let client = kube::Client::try_from(kube_config.clone()).context("building Kubernetes client")?;
     let metrics = Metrics::register(&prometheus::Registry::new());
     let tls = ServingTls::load(&cfg.tls_cert, &cfg.tls_key).context("loading TLS certificate")?;
     tls.spawn_reloader(
@@ -65,12 +75,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let handle: Handle<SocketAddr> = Handle::new();
     let mut servers = tokio::task::JoinSet::new();
 
+    let store = Arc::new(KubeStore::new(client.clone(), &cfg.capture.snapshot_namespace));
+    let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
     if cfg.role.webhook() {
-        let store = Arc::new(KubeStore::new(
-            client.clone(),
-            &cfg.capture.snapshot_namespace,
-        ));
-        let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
         tokio::spawn(open_actions::watch(
             client.clone(),
             cfg.capture.snapshot_namespace.clone(),
@@ -78,8 +85,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ));
         let capture = Arc::new(CaptureService::new(
             cfg.capture.clone(),
-            store,
-            attribution,
+            store.clone(),
+            attribution.clone(),
             metrics.clone(),
         ));
         let app = handler::router(capture, cfg.max_review_bytes);
@@ -88,6 +95,38 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .serve(app.into_make_service());
         tracing::info!(addr = %cfg.webhook_addr, "webhook listening");
         servers.spawn(async move { server.await.context("webhook server") });
+    }
+
+    if cfg.role.snapshotter() {
+        let restorer = Arc::new(Restorer::new(
+            store.clone(),
+            kube_config.clone(),
+            cfg.auth == AuthMode::Kubernetes,
+            cfg.rollback.clone(),
+            metrics.clone(),
+        ));
+        spawn_resumer(restorer.clone());
+        let state = Arc::new(ApiState {
+            store: store.clone(),
+            restorer,
+            auth: match cfg.auth {
+                AuthMode::Kubernetes => Auth::kubernetes(client.clone()),
+                AuthMode::None => {
+                    tracing::warn!("--auth=none: the rollback API is unauthenticated (local development only)");
+                    Auth::None
+                }
+            },
+            attribution: cfg.role.webhook().then(|| attribution.clone()),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            open_lock: tokio::sync::Mutex::new(()),
+        });
+        let app = crate::api::router(state);
+        let server = axum_server::bind_rustls(cfg.api_addr, tls.config.clone())
+            .handle(handle.clone())
+            .serve(app.into_make_service());
+        tracing::info!(addr = %cfg.api_addr, "rollback API listening");
+        servers.spawn(async move { server.await.context("API server") });
     }
 
     let metrics_app = metrics_router(metrics.clone(), readiness.clone());
@@ -149,6 +188,21 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Finish rollbacks a crashed snapshotter left behind (claims are guarded
+/// by the record's resourceVersion, so replicas do not both resume one).
+fn spawn_resumer(restorer: Arc<Restorer>) {
+    tokio::spawn(async move {
+        loop {
+            match restorer.resume_stale().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(resumed = n, "resumed interrupted rollbacks"),
+                Err(e) => tracing::warn!(error = %e, "looking for interrupted rollbacks"),
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
 }
 
 fn spawn_api_probe(client: kube::Client, reachable: Arc<AtomicBool>) {

@@ -1,3 +1,6 @@
-//! Rollback: planning (pure) and execution (impersonated writes).
+//! Rollback: planning (pure), execution (impersonated writes), reports.
 
+pub mod dynamic;
 pub mod plan;
+pub mod report;
+pub mod rollback;

@@ -369,13 +369,16 @@ pub fn for_replace(target: &Value, current: &Value) -> Value {
 }
 
 /// Execution order: creates and replaces by ascending rank, then deletes by
-/// descending rank. Returns indices into `steps`, grouped in waves that may
+/// descending rank (failed-at-planning objects included). Returns indices into `steps`, grouped in waves that may
 /// run concurrently.
 pub fn waves(histories: &[ObjectHistory], steps: &[Step]) -> Vec<Vec<usize>> {
     let mut upserts: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
     let mut deletes: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
     for (i, (h, s)) in histories.iter().zip(steps).enumerate() {
-        if !s.is_write() {
+        // Failures found while planning take their place in the order, so
+        // that `abort` stops there.
+        let failed = matches!(s.action, Action::None(Outcome::Failed, _));
+        if !s.is_write() && !failed {
             continue;
         }
         match s.action {

@@ -257,6 +257,23 @@ impl KubeStore {
         Ok(out)
     }
 
+    /// Metadata of every snapshot (not chunks or records), for listing actions.
+    pub async fn all_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER},{LABEL_ACTION},!{LABEL_RECORD}"));
+        let mut out = Vec::new();
+        for item in self.config_maps.list_metadata(&lp).await.map_err(StoreError::Kube)?.items {
+            if let Ok(m) = meta_of(&item.metadata, false) {
+                out.push(m);
+            }
+        }
+        for item in self.secrets.list_metadata(&lp).await.map_err(StoreError::Kube)?.items {
+            if let Ok(m) = meta_of(&item.metadata, true) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
     /// Load and verify the prior object of a snapshot (None for CREATE).
     pub async fn load_payload(&self, meta: &SnapshotMeta) -> Result<Option<Value>> {
         let Some(sha) = &meta.payload_sha256 else {
@@ -290,12 +307,43 @@ impl KubeStore {
             })?;
             chunks.push(bytes.0);
         }
-        let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-        let decoded = tokio::task::block_in_place(|| codec::decode(&refs, sha));
+        let sha = sha.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            codec::decode(&refs, &sha)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            name: meta.snapshot_name.clone(),
+            reason: e.to_string(),
+        })?;
         decoded.map(Some).map_err(|e| StoreError::Corrupt {
             name: meta.snapshot_name.clone(),
             reason: e.to_string(),
         })
+    }
+
+    /// Every snapshot of an action with its decoded prior object, in two LIST
+    /// calls (ConfigMaps and Secrets) rather than one GET per snapshot. A
+    /// snapshot that cannot be decoded carries the reason instead of failing
+    /// the whole action.
+    pub async fn load_action(&self, action: &ActionId) -> Result<Vec<crate::restore::plan::Loaded>> {
+        let lp = ListParams::default().labels(&format!("{LABEL_ACTION}={action}"));
+        let mut raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)> = Vec::new();
+        for cm in self.config_maps.list(&lp).await.map_err(StoreError::Kube)?.items {
+            let payload = cm.binary_data.and_then(|mut d| d.remove(PAYLOAD_KEY)).map(|b| b.0);
+            raw.push((cm.metadata, payload, false));
+        }
+        for s in self.secrets.list(&lp).await.map_err(StoreError::Kube)?.items {
+            let payload = s.data.and_then(|mut d| d.remove(PAYLOAD_KEY)).map(|b| b.0);
+            raw.push((s.metadata, payload, true));
+        }
+        tokio::task::spawn_blocking(move || assemble(raw))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                name: action.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// Delete everything stored for an action: snapshots, chunks, the record.
@@ -316,6 +364,66 @@ impl KubeStore {
             .remove(action.as_str());
         Ok(())
     }
+}
+
+/// Pair snapshots with their chunks and decode them.
+fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore::plan::Loaded> {
+    let mut chunks: HashMap<(String, u32), Vec<u8>> = HashMap::new();
+    let mut mains = Vec::new();
+    for (om, payload, secret) in raw {
+        let labels = om.labels.clone().unwrap_or_default();
+        match labels.get(LABEL_RECORD).map(String::as_str) {
+            Some(RECORD_CHUNK) => {
+                let index = om
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANN_CHUNK_INDEX))
+                    .and_then(|i| i.parse().ok());
+                if let (Some(of), Some(i), Some(p)) = (labels.get(LABEL_CHUNK_OF), index, payload) {
+                    chunks.insert((of.clone(), i), p);
+                }
+            }
+            Some(_) => {}
+            None => mains.push((om, payload, secret)),
+        }
+    }
+    mains
+        .into_iter()
+        .filter_map(|(om, payload, secret)| {
+            let meta = match meta_of(&om, secret) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping unreadable snapshot");
+                    return None;
+                }
+            };
+            let prior = decode_payload(&meta, payload, &mut chunks);
+            Some(crate::restore::plan::Loaded { meta, prior })
+        })
+        .collect()
+}
+
+fn decode_payload(
+    meta: &SnapshotMeta,
+    first: Option<Vec<u8>>,
+    chunks: &mut HashMap<(String, u32), Vec<u8>>,
+) -> std::result::Result<Option<Value>, String> {
+    let Some(sha) = &meta.payload_sha256 else {
+        return Ok(None);
+    };
+    let name = &meta.snapshot_name;
+    let mut parts = vec![first.ok_or_else(|| format!("snapshot {name}: payload is missing"))?];
+    for i in 1..meta.chunks {
+        parts.push(
+            chunks
+                .remove(&(name.clone(), i))
+                .ok_or_else(|| format!("snapshot {name}: chunk {i} is missing"))?,
+        );
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    codec::decode(&refs, sha)
+        .map(Some)
+        .map_err(|e| format!("snapshot {name}: {e}"))
 }
 
 fn meta_of(om: &ObjectMeta, secret: bool) -> Result<SnapshotMeta> {

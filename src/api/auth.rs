@@ -1,0 +1,185 @@
+//! Authentication (bearer token → TokenReview) and authorisation
+//! (SubjectAccessReview on `actions.snapback.io`). Tokens are never logged;
+//! results are cached for a few seconds under the token's sha256.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use crate::api::error::ApiError;
+use crate::restore::rollback::Caller;
+
+const CACHE_TTL: Duration = Duration::from_secs(10);
+const CACHE_LIMIT: usize = 10_000;
+pub const API_GROUP: &str = "snapback.io";
+pub const RESOURCE: &str = "actions";
+
+/// The identity used for every call under `--auth=none`.
+pub const LOCAL_USER: &str = "snapback:local-development";
+
+pub enum Auth {
+    /// `--auth=none`: everyone is LOCAL_USER and may do anything.
+    None,
+    Kubernetes {
+        client: Client,
+        tokens: Mutex<HashMap<String, (Caller, Instant)>>,
+        decisions: Mutex<HashMap<(String, String, Option<String>), (bool, Instant)>>,
+    },
+}
+
+impl Auth {
+    pub fn kubernetes(client: Client) -> Self {
+        Auth::Kubernetes {
+            client,
+            tokens: Mutex::default(),
+            decisions: Mutex::default(),
+        }
+    }
+
+    /// Authenticate the request and authorise `verb` on the action `name`.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        verb: &str,
+        name: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        let Auth::Kubernetes {
+            client,
+            tokens,
+            decisions,
+        } = self
+        else {
+            return Ok(Caller {
+                user: LOCAL_USER.into(),
+                groups: vec![],
+            });
+        };
+        let token = bearer(headers)?;
+        let key = crate::store::codec::sha256_hex(token.as_bytes());
+        let cached = cache_get(tokens, &key);
+        let caller = match cached {
+            Some(c) => c,
+            None => {
+                let c = token_review(client, token).await?;
+                cache_put(tokens, key, c.clone());
+                c
+            }
+        };
+        let dkey = (caller.user.clone() + "\u{0}" + &caller.groups.join(","), verb.to_string(), name.map(str::to_string));
+        let allowed = match cache_get(decisions, &dkey) {
+            Some(a) => a,
+            None => {
+                let a = access_review(client, &caller, verb, name).await?;
+                cache_put(decisions, dkey, a);
+                a
+            }
+        };
+        if !allowed {
+            return Err(ApiError::forbidden(format!(
+                "user {:?} may not {verb} {RESOURCE}.{API_GROUP}{}",
+                caller.user,
+                name.map(|n| format!(" {n:?}")).unwrap_or_default()
+            )));
+        }
+        Ok(caller)
+    }
+}
+
+fn cache_get<K: std::hash::Hash + Eq, V: Clone>(m: &Mutex<HashMap<K, (V, Instant)>>, k: &K) -> Option<V> {
+    let m = m.lock().unwrap_or_else(|p| p.into_inner());
+    m.get(k)
+        .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+        .map(|(v, _)| v.clone())
+}
+
+fn cache_put<K: std::hash::Hash + Eq, V>(m: &Mutex<HashMap<K, (V, Instant)>>, k: K, v: V) {
+    let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() >= CACHE_LIMIT {
+        m.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+    }
+    m.insert(k, (v, Instant::now()));
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be \"Bearer <token>\""))?;
+    if token.len() > 16 * 1024 {
+        return Err(ApiError::unauthorized("the bearer token is too long"));
+    }
+    Ok(token)
+}
+
+async fn token_review(client: &Client, token: &str) -> Result<Caller, ApiError> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_string()),
+            audiences: None,
+        },
+        ..Default::default()
+    };
+    let api: Api<TokenReview> = Api::all(client.clone());
+    let result = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| ApiError::internal("authenticating the caller (TokenReview)", &e))?;
+    let status = result.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(ApiError::unauthorized("the bearer token is not valid"));
+    }
+    let user = status.user.unwrap_or_default();
+    let name = user.username.unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::unauthorized("the bearer token names no user"));
+    }
+    Ok(Caller {
+        user: name,
+        groups: user.groups.unwrap_or_default(),
+    })
+}
+
+async fn access_review(
+    client: &Client,
+    caller: &Caller,
+    verb: &str,
+    name: Option<&str>,
+) -> Result<bool, ApiError> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(caller.user.clone()),
+            groups: Some(caller.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(API_GROUP.into()),
+                resource: Some(RESOURCE.into()),
+                verb: Some(verb.into()),
+                name: name.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let result = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| ApiError::internal("authorising the caller (SubjectAccessReview)", &e))?;
+    Ok(result.status.map(|s| s.allowed).unwrap_or(false))
+}

@@ -1,0 +1,130 @@
+//! The JSON error model of SPEC §5: `{"error": {"code", "message"}}`.
+//! Internal details are logged, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::restore::rollback::RollbackError;
+use crate::store::StoreError;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
+    /// Conflict, PayloadTooLarge, UnsupportedMediaType, Internal
+    pub code: String,
+    pub message: String,
+    /// For conflicts: the objects changed after the action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub objects: Option<Vec<String>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            objects: None,
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, m)
+    }
+    /// Log the cause, answer with a generic message.
+    pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{context} failed; details are in snapback's log"),
+        )
+    }
+
+    fn code(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+            StatusCode::CONFLICT => "Conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+            StatusCode::SERVICE_UNAVAILABLE => "Unavailable",
+            _ => "Internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.message,
+                objects: self.objects,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<RollbackError> for ApiError {
+    fn from(e: RollbackError) -> Self {
+        match e {
+            RollbackError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RollbackError::TooOld { .. } => ApiError::bad_request(e.to_string()),
+            RollbackError::Conflict(ref objects) => ApiError {
+                status: StatusCode::CONFLICT,
+                objects: Some(objects.clone()),
+                message: e.to_string(),
+            },
+            RollbackError::Running(_) | RollbackError::NotOpen { .. } => {
+                ApiError::conflict(e.to_string())
+            }
+            RollbackError::Store(ref s) => ApiError::from_store("rollback", s),
+            RollbackError::Client(_) => ApiError::internal("rollback", &e),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn from_store(context: &str, e: &StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::not_found(format!("{m} not found")),
+            StoreError::Conflict(m) => ApiError::conflict(format!("{m} was changed concurrently; retry")),
+            _ => ApiError::internal(context, e),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! HTTP handlers: authenticate, authorise, translate. Decisions live in
+//! `restore` and `store`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::api::error::{ApiError, ErrorBody};
+use crate::api::model::*;
+use crate::api::ApiState;
+use crate::config::FailurePolicy;
+use crate::restore::plan::Target;
+use crate::restore::report::{Report, Trigger};
+use crate::restore::rollback::{Params, Restorer, strip_for_diff};
+use crate::store::actions::{ActionRecord, ActionState};
+use crate::store::model::{ActionId, SnapshotMeta};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+fn query(raw: Option<String>) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(ApiError::bad_request(format!("query parameter {k:?} given more than once")));
+        }
+    }
+    Ok(out)
+}
+
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "query parameter {name} must be true or false, not {other:?}"
+        ))),
+    }
+}
+
+fn action_id(id: &str) -> Result<ActionId> {
+    ActionId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn record(state: &ApiState, id: &ActionId) -> Result<(ActionRecord, String)> {
+    state
+        .store
+        .get_action(id)
+        .await
+        .map_err(|e| ApiError::from_store("reading the action", &e))?
+        .ok_or_else(|| ApiError::not_found(format!("action {id} not found")))
+}
+
+/// List actions, newest first.
+#[utoipa::path(get, path = "/api/v1/actions", tag = "actions",
+    params(
+        ("user" = Option<String>, Query, description = "only actions owned by this user"),
+        ("namespace" = Option<String>, Query, description = "only actions that touched this namespace"),
+        ("state" = Option<String>, Query, description = "open, completed, cancelled, rolling-back, rolled-back or rollback-failed"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration such as 1h (created at or after)"),
+        ("limit" = Option<u32>, Query, description = "at most this many (1-1000, default 100)"),
+    ),
+    responses(
+        (status = 200, body = ActionList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ))]
+pub async fn list_actions(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<ActionList>> {
+    let q = query(raw)?;
+    let filter_state = match q.get("state") {
+        Some(s) => Some(ActionState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state must be one of open, completed, cancelled, rolling-back, rolled-back, rollback-failed; not {s:?}"
+            ))
+        })?),
+        None => None,
+    };
+    let since = match q.get("since") {
+        Some(s) => Some(parse_since(s)?),
+        None => None,
+    };
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be a number from 1 to 1000, not {l:?}")))?,
+        None => 100,
+    };
+    state.auth.check(&headers, "list", None).await?;
+    let records = state
+        .store
+        .list_actions(filter_state)
+        .await
+        .map_err(|e| ApiError::from_store("listing actions", &e))?;
+    let metas = state
+        .store
+        .all_snapshot_metas()
+        .await
+        .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
+    let mut by_action: HashMap<&str, Vec<&SnapshotMeta>> = HashMap::new();
+    for m in &metas {
+        by_action.entry(m.action.as_str()).or_default().push(m);
+    }
+    let mut actions: Vec<ActionSummary> = records
+        .iter()
+        .map(|(r, _)| ActionSummary::new(r, by_action.get(r.id.as_str()).map(Vec::as_slice).unwrap_or(&[])))
+        .filter(|a| q.get("user").is_none_or(|u| &a.owner == u))
+        .filter(|a| q.get("namespace").is_none_or(|ns| a.namespaces.contains(ns)))
+        .filter(|a| since.is_none_or(|s| a.created_at >= s))
+        .collect();
+    actions.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    actions.truncate(limit);
+    Ok(Json(ActionList { actions }))
+}
+
+fn parse_since(s: &str) -> Result<Timestamp> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let d = crate::config::parse_duration(s).map_err(|_| {
+        ApiError::bad_request(format!("since must be an RFC 3339 time or a duration such as 1h, not {s:?}"))
+    })?;
+    let d = jiff::SignedDuration::try_from(d).map_err(|_| ApiError::bad_request("since is out of range"))?;
+    Timestamp::now()
+        .checked_sub(d)
+        .map_err(|_| ApiError::bad_request("since is out of range"))
+}
+
+/// Open an action for the caller: their changes (DELETEs included) are grouped
+/// into it until it is completed.
+#[utoipa::path(post, path = "/api/v1/actions", tag = "actions",
+    request_body(content = OpenAction, description = "optional id and description", content_type = "application/json"),
+    responses(
+        (status = 201, body = ActionSummary),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the caller already has an open action, or the id is taken"),
+        (status = 413, body = ErrorBody),
+    ))]
+pub async fn create_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let body = read_body(body)?;
+    let req: OpenAction = if body.iter().all(u8::is_ascii_whitespace) {
+        OpenAction::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    if let Some(d) = &req.description
+        && d.len() > 4096
+    {
+        return Err(ApiError::bad_request("description must be at most 4096 bytes"));
+    }
+    let caller = state.auth.check(&headers, "create", req.id.as_deref()).await?;
+    let now = Timestamp::now();
+    let id = match &req.id {
+        Some(id) => action_id(id)?,
+        None => crate::capture::attribution::session_id(&caller.user, now, rand::random()),
+    };
+    let _serial = state.open_lock.lock().await;
+    let open = state
+        .store
+        .list_actions(Some(ActionState::Open))
+        .await
+        .map_err(|e| ApiError::from_store("listing actions", &e))?;
+    if let Some((r, _)) = open
+        .iter()
+        .find(|(r, _)| r.origin == "explicit" && r.owner == caller.user)
+    {
+        return Err(ApiError::conflict(format!(
+            "{} already has an open action {}; complete or cancel it first",
+            caller.user, r.id
+        )));
+    }
+    let mut record = ActionRecord::new(id.clone(), "explicit", &caller.user, now);
+    record.description = req.description.clone();
+    let created = state
+        .store
+        .create_action(&record)
+        .await
+        .map_err(|e| ApiError::from_store("creating the action", &e))?;
+    if !created {
+        return Err(ApiError::conflict(format!("action {id} already exists")));
+    }
+    if let Some(a) = &state.attribution {
+        a.set_open(&caller.user, Some(id.clone()));
+    }
+    state.metrics.open_actions.inc();
+    Ok((StatusCode::CREATED, Json(ActionSummary::new(&record, &[]))).into_response())
+}
+
+fn read_body(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+        } else {
+            ApiError::bad_request(format!("reading the request body: {e}"))
+        }
+    })
+}
+
+/// An action with its changes and rollback reports.
+#[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
+    params(("id" = String, Path, description = "action id")),
+    responses(
+        (status = 200, body = ActionDetail),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ))]
+pub async fn get_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ActionDetail>> {
+    let id = action_id(&id)?;
+    state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    let (record, _) = record(&state, &id).await?;
+    let metas = state
+        .store
+        .list_snapshots(&id)
+        .await
+        .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
+    let refs: Vec<&SnapshotMeta> = metas.iter().collect();
+    Ok(Json(ActionDetail {
+        summary: ActionSummary::new(&record, &refs),
+        changes_list: metas.iter().map(Change::from).collect(),
+        rollback_reports: record.rollbacks.clone(),
+    }))
+}
+
+/// Per object: the prior state against the current one, as the caller sees it.
+#[utoipa::path(get, path = "/api/v1/actions/{id}/diff", tag = "actions",
+    params(("id" = String, Path, description = "action id")),
+    responses(
+        (status = 200, body = DiffResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ))]
+pub async fn diff_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<DiffResponse>> {
+    let id = action_id(&id)?;
+    let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    record(&state, &id).await?;
+    let histories = state.restorer.histories(&id).await?;
+    let client = state.restorer.client_for(&caller, None)?;
+    let current = Restorer::current_states(&client, &histories).await;
+    let objects = histories
+        .iter()
+        .zip(current)
+        .map(|(h, cur)| {
+            let o = &h.object;
+            let mut d = ObjectDiff {
+                group: o.group.clone(),
+                version: o.version.clone(),
+                resource: o.resource.clone(),
+                subresource: o.subresource.clone(),
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                change: String::new(),
+                diff: String::new(),
+                patch: Value::Array(vec![]),
+                error: None,
+            };
+            let prior = match &h.target {
+                Target::Present(p) | Target::Scale(p) => Some(strip_for_diff(p)),
+                Target::Absent { .. } => None,
+                Target::Unreadable(e) => {
+                    d.change = "error".into();
+                    d.error = Some(e.clone());
+                    return d;
+                }
+            };
+            let cur = match cur {
+                Ok(c) => c.map(|c| strip_for_diff(&c)),
+                Err(e) => {
+                    d.change = "error".into();
+                    d.error = Some(e);
+                    return d;
+                }
+            };
+            d.change = match (&prior, &cur) {
+                (None, None) => "unchanged",
+                (None, Some(_)) => "created",
+                (Some(_), None) => "deleted",
+                (Some(p), Some(c)) if crate::store::codec::same_content(p, c) => "unchanged",
+                _ => "modified",
+            }
+            .into();
+            let yaml = |v: &Option<Value>| v.as_ref().and_then(|v| serde_yaml::to_string(v).ok()).unwrap_or_default();
+            let (py, cy) = (yaml(&prior), yaml(&cur));
+            d.diff = similar::TextDiff::from_lines(&py, &cy)
+                .unified_diff()
+                .context_radius(3)
+                .header("prior", "current")
+                .to_string();
+            let null = Value::Null;
+            d.patch = serde_json::to_value(json_patch::diff(cur.as_ref().unwrap_or(&null), prior.as_ref().unwrap_or(&null)))
+                .unwrap_or(Value::Null);
+            d
+        })
+        .collect();
+    Ok(Json(DiffResponse {
+        action: id.to_string(),
+        objects,
+    }))
+}
+
+/// The prior state of every object the action touched, as multi-document
+/// YAML (server-owned fields stripped): ready to commit to git.
+#[utoipa::path(get, path = "/api/v1/actions/{id}/manifests", tag = "actions",
+    params(("id" = String, Path, description = "action id")),
+    responses(
+        (status = 200, content_type = "application/yaml", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ))]
+pub async fn manifests(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = action_id(&id)?;
+    state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    record(&state, &id).await?;
+    let mut histories = state.restorer.histories(&id).await?;
+    histories.sort_by_key(|h| (h.rank, h.object.namespace.clone(), h.object.name.clone()));
+    let mut out = format!("# Prior state of the objects of action {id}, captured by snapback.\n");
+    for h in &histories {
+        let o = &h.object;
+        match &h.target {
+            Target::Present(p) => {
+                let doc = serde_yaml::to_string(&crate::restore::plan::for_create(p))
+                    .map_err(|e| ApiError::internal("rendering YAML", &e))?;
+                out.push_str("---\n");
+                out.push_str(&doc);
+            }
+            Target::Scale(p) => out.push_str(&format!(
+                "---\n# {o}: only its scale changed; prior replicas: {}\n",
+                p.get("spec").and_then(|s| s.get("replicas")).unwrap_or(&Value::Null)
+            )),
+            Target::Absent { .. } => out.push_str(&format!("---\n# {o}: did not exist before the action\n")),
+            Target::Unreadable(e) => out.push_str(&format!("---\n# {o}: snapshot unreadable: {e}\n")),
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], out).into_response())
+}
+
+/// Close an open action.
+#[utoipa::path(post, path = "/api/v1/actions/{id}/complete", tag = "actions",
+    params(("id" = String, Path, description = "action id")),
+    responses(
+        (status = 200, body = ActionSummary),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the action is not open"),
+    ))]
+pub async fn complete_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ActionSummary>> {
+    let id = action_id(&id)?;
+    state.auth.check(&headers, "update", Some(id.as_str())).await?;
+    let (mut rec, rv) = record(&state, &id).await?;
+    if rec.state != ActionState::Open {
+        return Err(ApiError::conflict(format!("action {id} is {}, not open", rec.state)));
+    }
+    let now = Timestamp::now();
+    rec.state = ActionState::Completed;
+    rec.completed_at = Some(now);
+    rec.updated_at = now;
+    state
+        .store
+        .update_action(&rec, &rv)
+        .await
+        .map_err(|e| ApiError::from_store("completing the action", &e))?;
+    if let Some(a) = &state.attribution {
+        a.close_if(&rec.owner, &id);
+    }
+    state.metrics.open_actions.dec();
+    let metas = state.store.list_snapshots(&id).await.unwrap_or_default();
+    let refs: Vec<&SnapshotMeta> = metas.iter().collect();
+    Ok(Json(ActionSummary::new(&rec, &refs)))
+}
+
+fn rollback_params(state: &ApiState, q: &HashMap<String, String>) -> Result<Params> {
+    let failure_policy = match q.get("failurePolicy").map(String::as_str) {
+        None | Some("") => state.restorer.config().failure_policy,
+        Some("abort") => FailurePolicy::Abort,
+        Some("continue") => FailurePolicy::Continue,
+        Some("retry") => FailurePolicy::Retry,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "failurePolicy must be abort, continue or retry, not {other:?}"
+            )));
+        }
+    };
+    Ok(Params {
+        dry_run: flag(q, "dryRun")?,
+        force: flag(q, "force")?,
+        failure_policy,
+        recreate: flag(q, "recreate")?,
+    })
+}
+
+/// Restore every object the action touched to its state before the action.
+#[utoipa::path(post, path = "/api/v1/actions/{id}/rollback", tag = "actions",
+    params(
+        ("id" = String, Path, description = "action id"),
+        ("dryRun" = Option<bool>, Query, description = "return the plan (outcome planned, with a JSON patch per object) and change nothing"),
+        ("force" = Option<bool>, Query, description = "overwrite objects changed after the action, and ignore the rollback window"),
+        ("failurePolicy" = Option<String>, Query, description = "abort (default), continue or retry"),
+        ("recreate" = Option<bool>, Query, description = "restore objects whose replace hits an immutable field by delete and create"),
+    ),
+    responses(
+        (status = 200, body = Report),
+        (status = 400, body = ErrorBody, description = "bad parameter, or the action is older than the rollback window"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "objects changed after the action (named), or a rollback is already running"),
+    ))]
+pub async fn rollback_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Report>> {
+    run_rollback(state, headers, id, raw, Trigger::Request, "rollback").await
+}
+
+/// Close an open action and roll it back (trigger `cancel`).
+#[utoipa::path(post, path = "/api/v1/actions/{id}/cancel", tag = "actions",
+    params(
+        ("id" = String, Path, description = "action id"),
+        ("dryRun" = Option<bool>, Query, description = "return the plan and change nothing"),
+        ("force" = Option<bool>, Query, description = "overwrite objects changed after the action, and ignore the rollback window"),
+        ("failurePolicy" = Option<String>, Query, description = "abort (default), continue or retry"),
+        ("recreate" = Option<bool>, Query, description = "restore objects whose replace hits an immutable field by delete and create"),
+    ),
+    responses(
+        (status = 200, body = Report),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the action is not open, objects changed after it, or a rollback is running"),
+    ))]
+pub async fn cancel_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Report>> {
+    run_rollback(state, headers, id, raw, Trigger::Cancel, "cancel").await
+}
+
+async fn run_rollback(
+    state: Arc<ApiState>,
+    headers: HeaderMap,
+    id: String,
+    raw: Option<String>,
+    trigger: Trigger,
+    verb: &str,
+) -> Result<Json<Report>> {
+    let id = action_id(&id)?;
+    let q = query(raw)?;
+    let params = rollback_params(&state, &q)?;
+    let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
+    // Run detached: a client that disconnects does not abandon a rollback halfway.
+    let restorer = state.restorer.clone();
+    let task = tokio::spawn(async move { restorer.rollback(&id, trigger, params, &caller).await });
+    let report = task
+        .await
+        .map_err(|e| ApiError::internal("rollback task", &e))??;
+    if trigger == Trigger::Cancel && !params.dry_run {
+        state.metrics.open_actions.dec();
+    }
+    Ok(Json(report))
+}
+
+/// Delete the action's snapshots and its record.
+#[utoipa::path(delete, path = "/api/v1/actions/{id}", tag = "actions",
+    params(("id" = String, Path, description = "action id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a rollback of the action is running"),
+    ))]
+pub async fn delete_action(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let id = action_id(&id)?;
+    state.auth.check(&headers, "delete", Some(id.as_str())).await?;
+    let (rec, _) = record(&state, &id).await?;
+    if rec.state == ActionState::RollingBack {
+        return Err(ApiError::conflict(format!("a rollback of action {id} is running")));
+    }
+    state
+        .store
+        .delete_action(&id)
+        .await
+        .map_err(|e| ApiError::from_store("deleting the action", &e))?;
+    if rec.state == ActionState::Open {
+        if let Some(a) = &state.attribution {
+            a.close_if(&rec.owner, &id);
+        }
+        state.metrics.open_actions.dec();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: certificates loaded and the API server answering.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, body = String), (status = 503, body = String)))]
+pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, &'static str) {
+    if state.readiness.ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}

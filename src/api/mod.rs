@@ -1,0 +1,105 @@
+//! The rollback API (SPEC §5): JSON over TLS. Routes and the OpenAPI document
+//! are built from the same annotations, so `/openapi.json` cannot drift from
+//! what the router serves.
+
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod model;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::capture::attribution::Attribution;
+use crate::metrics::Metrics;
+use crate::restore::rollback::Restorer;
+use crate::server::Readiness;
+use crate::store::kube_store::KubeStore;
+
+/// Largest request body the API accepts.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub struct ApiState {
+    pub store: Arc<KubeStore>,
+    pub restorer: Arc<Restorer>,
+    pub auth: auth::Auth,
+    /// The webhook's attribution when it runs in the same process, told
+    /// about opened/completed actions at once (other replicas learn it from
+    /// their watch on the records).
+    pub attribution: Option<Arc<Attribution>>,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    /// Serialises "open an action" so a user cannot end up with two.
+    pub open_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "snapback rollback API",
+        description = "Actions group the changes snapback captured; a rollback restores every object an action touched to its state before the action. Every call needs `Authorization: Bearer <Kubernetes token>`; calls are authorised with SubjectAccessReview on resource `actions` of API group `snapback.io` (verbs list, get, create, update, rollback, cancel, delete), and restore writes are made impersonating the caller.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "actions"), (name = "probes"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The router and the OpenAPI document it serves, from one source.
+pub fn router_and_spec(state: Arc<ApiState>) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::list_actions, handlers::create_action))
+        .routes(routes!(handlers::get_action, handlers::delete_action))
+        .routes(routes!(handlers::diff_action))
+        .routes(routes!(handlers::manifests))
+        .routes(routes!(handlers::complete_action))
+        .routes(routes!(handlers::rollback_action))
+        .routes(routes!(handlers::cancel_action))
+        .routes(routes!(handlers::healthz))
+        .routes(routes!(handlers::readyz))
+        .with_state(state)
+        .split_for_parts();
+    (router, spec)
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let (router, spec) = router_and_spec(state);
+    let json = Arc::new(spec.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move { ([("content-type", "application/json")], json.as_str().to_owned()) }
+            }),
+        )
+        .fallback(|| async { error::ApiError::not_found("no such endpoint").into_response() })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+                .into_response()
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}

@@ -1,0 +1,161 @@
+//! Request and response bodies of the HTTP API.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::store::actions::ActionRecord;
+use crate::store::model::SnapshotMeta;
+
+/// `POST /api/v1/actions`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAction {
+    /// Label-safe id (at most 63 characters of `[A-Za-z0-9_.-]`, alphanumeric
+    /// at both ends); generated when absent.
+    pub id: Option<String>,
+    pub description: Option<String>,
+}
+
+/// An action as listed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionSummary {
+    pub id: String,
+    /// open, completed, cancelled, rolling-back, rolled-back, rollback-failed
+    pub state: String,
+    /// explicit, annotation, session or rollback
+    pub origin: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub completed_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_change_at: Option<Timestamp>,
+    /// Number of captured changes.
+    pub changes: usize,
+    /// Namespaces of the objects the action touched.
+    pub namespaces: BTreeSet<String>,
+    /// For a rollback action: the action it rolled back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+    pub rollbacks: usize,
+}
+
+impl ActionSummary {
+    pub fn new(r: &ActionRecord, snaps: &[&SnapshotMeta]) -> Self {
+        ActionSummary {
+            id: r.id.to_string(),
+            state: r.state.to_string(),
+            origin: r.origin.clone(),
+            owner: r.owner.clone(),
+            description: r.description.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            completed_at: r.completed_at,
+            last_change_at: snaps.iter().map(|s| s.timestamp).max(),
+            changes: snaps.len(),
+            namespaces: snaps.iter().filter_map(|s| s.object.namespace.clone()).collect(),
+            rollback_of: r.rollback_of.as_ref().map(|a| a.to_string()),
+            rollbacks: r.rollbacks.len(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActionList {
+    pub actions: Vec<ActionSummary>,
+}
+
+/// One captured change.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub snapshot: String,
+    /// create, update or delete
+    pub operation: String,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub user: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: Timestamp,
+}
+
+impl From<&SnapshotMeta> for Change {
+    fn from(m: &SnapshotMeta) -> Self {
+        Change {
+            snapshot: m.snapshot_name.clone(),
+            operation: m.operation.to_string(),
+            group: m.object.group.clone(),
+            version: m.object.version.clone(),
+            resource: m.object.resource.clone(),
+            subresource: m.object.subresource.clone(),
+            kind: m.object.kind.clone(),
+            namespace: m.object.namespace.clone(),
+            name: m.object.name.clone(),
+            user: m.user.clone(),
+            timestamp: m.timestamp,
+        }
+    }
+}
+
+/// `GET /api/v1/actions/{id}`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionDetail {
+    #[serde(flatten)]
+    pub summary: ActionSummary,
+    pub changes_list: Vec<Change>,
+    /// Reports of the rollbacks of this action, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub rollback_reports: Vec<Value>,
+}
+
+/// One object in `GET /api/v1/actions/{id}/diff`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectDiff {
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// created (did not exist before the action), modified, deleted (does not
+    /// exist now), unchanged, or error
+    pub change: String,
+    /// Unified diff from the prior state to the current one (YAML).
+    pub diff: String,
+    /// RFC 6902 JSON patch from the current object to its prior state: what a
+    /// rollback applies.
+    #[schema(value_type = Vec<Object>)]
+    pub patch: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiffResponse {
+    pub action: String,
+    pub objects: Vec<ObjectDiff>,
+}

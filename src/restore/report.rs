@@ -1,0 +1,124 @@
+//! The rollback report of SPEC §5.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::restore::plan::{ObjectHistory, Outcome, RestoreOp};
+
+/// What started a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Request,
+    Cancel,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Request => "request",
+            Trigger::Cancel => "cancel",
+        }
+    }
+}
+
+/// One object of a rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectResult {
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[schema(value_type = String, example = "replace")]
+    pub operation: RestoreOp,
+    #[schema(value_type = String, example = "restored")]
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub message: String,
+    /// Dry run: RFC 6902 JSON patch from the current object to the target
+    /// (for a delete, the whole object is removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub patch: Option<Value>,
+}
+
+impl ObjectResult {
+    pub fn new(h: &ObjectHistory, operation: RestoreOp, outcome: Outcome, message: String) -> Self {
+        let o = &h.object;
+        ObjectResult {
+            group: o.group.clone(),
+            version: o.version.clone(),
+            resource: o.resource.clone(),
+            subresource: o.subresource.clone(),
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+            operation,
+            outcome,
+            message,
+            patch: None,
+        }
+    }
+
+    /// Identity of the object across a resumed rollback.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.group,
+            self.resource,
+            self.subresource.as_deref().unwrap_or(""),
+            self.namespace.as_deref().unwrap_or(""),
+            self.name
+        )
+    }
+
+    pub fn display_name(&self) -> String {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", self.group)
+        };
+        match &self.namespace {
+            Some(ns) => format!("{}{group}/{} in namespace {ns}", self.resource, self.name),
+            None => format!("{}{group}/{}", self.resource, self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub action: String,
+    /// The action that recorded the restore writes (none for a dry run).
+    pub rollback_action: Option<String>,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+    /// The action's state after the rollback.
+    pub state: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub finished_at: Timestamp,
+    /// The caller the restore writes were made as.
+    #[serde(default)]
+    pub user: String,
+    pub results: Vec<ObjectResult>,
+    /// Objects per outcome.
+    pub counts: BTreeMap<String, usize>,
+}
+
+pub fn counts(results: &[ObjectResult]) -> BTreeMap<String, usize> {
+    let mut c = BTreeMap::new();
+    for r in results {
+        *c.entry(r.outcome.as_str().to_string()).or_insert(0) += 1;
+    }
+    c
+}

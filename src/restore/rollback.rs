@@ -1,0 +1,800 @@
+//! Running a rollback: single flight through the action record, planning
+//! against the objects as the caller sees them, execution in dependency waves
+//! with the failure policy, progress kept in the record so a restarted
+//! snapshotter can finish, and the rollback recorded as an action of its own.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{FailurePolicy, RollbackConfig};
+use crate::metrics::Metrics;
+use crate::restore::dynamic;
+use crate::restore::plan::{self, Action, ObjectHistory, Outcome, RestoreOp, Step, Target};
+use crate::restore::report::{ObjectResult, Report, Trigger, counts};
+use crate::store::actions::{ActionRecord, ActionState};
+use crate::store::kube_store::KubeStore;
+use crate::store::model::{ACTION_ANNOTATION, ActionId};
+use crate::store::{StoreError, describe_kube_error};
+
+/// Objects restored at the same time within one dependency wave.
+const PARALLELISM: usize = 8;
+/// Progress is written to the action record after this many objects.
+const PROGRESS_BATCH: usize = 50;
+/// A rolling-back record whose heartbeat is older than this is resumed.
+pub const STALE_AFTER: Duration = Duration::from_secs(15);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+const PROGRESS_KEY: &str = "rollback";
+
+/// The authenticated caller a rollback acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    pub dry_run: bool,
+    pub force: bool,
+    pub failure_policy: FailurePolicy,
+    /// Restore objects whose replace hits an immutable field by delete+create.
+    pub recreate: bool,
+}
+
+/// Kept in the action record while a rollback runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    rollback_action: ActionId,
+    trigger: Trigger,
+    params: Params,
+    caller: Caller,
+    started_at: Timestamp,
+    heartbeat: Timestamp,
+    instance: String,
+    #[serde(default)]
+    results: Vec<ObjectResult>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("action {0} not found")]
+    NotFound(ActionId),
+    #[error("action {id} last changed {age} ago, outside the rollback window of {window}; use force=true to roll back anyway")]
+    TooOld {
+        id: ActionId,
+        age: String,
+        window: String,
+    },
+    #[error("{} object(s) changed after the action: {}; use force=true to overwrite", .0.len(), .0.join(", "))]
+    Conflict(Vec<String>),
+    #[error("a rollback of action {0} is already running")]
+    Running(ActionId),
+    #[error("action {id} is {state}; only an open action can be cancelled")]
+    NotOpen { id: ActionId, state: ActionState },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("building the impersonating client: {0}")]
+    Client(String),
+}
+
+pub struct Restorer {
+    store: Arc<KubeStore>,
+    base: kube::Config,
+    impersonate: bool,
+    cfg: RollbackConfig,
+    metrics: Metrics,
+    instance: String,
+    running: Mutex<HashSet<ActionId>>,
+}
+
+struct RunningGuard<'a>(&'a Restorer, ActionId);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.running).remove(&self.1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Restorer {
+    /// `impersonate`: make every read and write of a rollback as the caller
+    /// (false only under `--auth=none`).
+    pub fn new(
+        store: Arc<KubeStore>,
+        base: kube::Config,
+        impersonate: bool,
+        cfg: RollbackConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Restorer {
+            store,
+            base,
+            impersonate,
+            cfg,
+            metrics,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            running: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<KubeStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &RollbackConfig {
+        &self.cfg
+    }
+
+    /// A client acting as `caller`; restore writes also carry the rollback
+    /// action in the impersonation extra, so admission attributes them.
+    pub fn client_for(
+        &self,
+        caller: &Caller,
+        action: Option<&ActionId>,
+    ) -> Result<kube::Client, RollbackError> {
+        let mut cfg = self.base.clone();
+        if self.impersonate {
+            cfg.auth_info.impersonate = Some(caller.user.clone());
+            cfg.auth_info.impersonate_groups =
+                Some(caller.groups.clone()).filter(|g| !g.is_empty());
+            cfg.auth_info.impersonate_user_extra = action.map(|a| {
+                HashMap::from([(ACTION_ANNOTATION.to_string(), vec![a.to_string()])])
+            });
+        }
+        kube::Client::try_from(cfg).map_err(|e| RollbackError::Client(e.to_string()))
+    }
+
+    /// The histories of an action's objects.
+    pub async fn histories(&self, id: &ActionId) -> Result<Vec<ObjectHistory>, RollbackError> {
+        let loaded = self.store.load_action(id).await?;
+        Ok(plan::histories(loaded))
+    }
+
+    /// Current state of every object (bounded concurrency), as the caller sees it.
+    pub async fn current_states(
+        client: &kube::Client,
+        histories: &[ObjectHistory],
+    ) -> Vec<Result<Option<Value>, String>> {
+        let objects: Vec<_> = histories.iter().map(|h| h.object.clone()).collect();
+        futures::stream::iter(objects)
+            .map(|object| {
+                let client = client.clone();
+                async move {
+                    dynamic::get(&client, &object)
+                        .await
+                        .map_err(|e| format!("reading the current object: {}", describe_kube_error(&e)))
+                }
+            })
+            .buffered(PARALLELISM * 2)
+            .collect()
+            .await
+    }
+
+    fn decide_all(
+        histories: &[ObjectHistory],
+        current: &[Result<Option<Value>, String>],
+        force: bool,
+    ) -> Vec<Step> {
+        histories
+            .iter()
+            .zip(current)
+            .map(|(h, c)| match c {
+                Ok(c) => plan::decide(h, c.as_ref(), force),
+                Err(e) => Step {
+                    operation: match h.target {
+                        Target::Absent { .. } => RestoreOp::Delete,
+                        _ => RestoreOp::Replace,
+                    },
+                    action: Action::None(Outcome::Failed, e.clone()),
+                },
+            })
+            .collect()
+    }
+
+    /// Roll an action back (or cancel it).
+    #[tracing::instrument(skip_all, fields(action = %id, trigger = trigger.as_str(), user = %caller.user, dry_run = params.dry_run, outcome))]
+    pub async fn rollback(
+        &self,
+        id: &ActionId,
+        trigger: Trigger,
+        params: Params,
+        caller: &Caller,
+    ) -> Result<Report, RollbackError> {
+        let started = Instant::now();
+        let started_at = Timestamp::now();
+        let (record, rv) = self
+            .store
+            .get_action(id)
+            .await?
+            .ok_or_else(|| RollbackError::NotFound(id.clone()))?;
+        if record.state == ActionState::RollingBack || lock(&self.running).contains(id) {
+            return Err(RollbackError::Running(id.clone()));
+        }
+        if trigger == Trigger::Cancel && record.state != ActionState::Open {
+            return Err(RollbackError::NotOpen {
+                id: id.clone(),
+                state: record.state,
+            });
+        }
+        let loaded = self.store.load_action(id).await?;
+        let last_change = loaded
+            .iter()
+            .map(|l| l.meta.timestamp)
+            .max()
+            .unwrap_or(record.created_at);
+        let age = Timestamp::now().duration_since(last_change);
+        let window = jiff::SignedDuration::try_from(self.cfg.window).unwrap_or(jiff::SignedDuration::MAX);
+        if !params.force && age > window {
+            return Err(RollbackError::TooOld {
+                id: id.clone(),
+                age: crate::config::format_duration(age.unsigned_abs()),
+                window: crate::config::format_duration(self.cfg.window),
+            });
+        }
+        let histories = plan::histories(loaded);
+        let rollback_id = id.rollback_id(record.rollbacks.len() as u32 + 1);
+        let client = self.client_for(caller, Some(&rollback_id))?;
+        let current = Self::current_states(&client, &histories).await;
+        let steps = Self::decide_all(&histories, &current, params.force);
+        let conflicts: Vec<String> = histories
+            .iter()
+            .zip(&steps)
+            .filter(|(_, s)| matches!(s.action, Action::None(Outcome::Conflict, _)))
+            .map(|(h, _)| ObjectResult::new(h, RestoreOp::Replace, Outcome::Conflict, String::new()).display_name())
+            .collect();
+        if !conflicts.is_empty() {
+            self.metrics.rollback_conflicts.inc();
+            tracing::Span::current().record("outcome", "conflict");
+            return Err(RollbackError::Conflict(conflicts));
+        }
+        if params.dry_run {
+            let results = histories
+                .iter()
+                .zip(&steps)
+                .zip(&current)
+                .map(|((h, s), c)| dry_run_result(h, s, c))
+                .collect::<Vec<_>>();
+            tracing::Span::current().record("outcome", "dry_run");
+            return Ok(Report {
+                action: id.to_string(),
+                rollback_action: None,
+                trigger,
+                dry_run: true,
+                state: record.state.to_string(),
+                started_at,
+                finished_at: Timestamp::now(),
+                user: caller.user.clone(),
+                counts: counts(&results),
+                results,
+            });
+        }
+
+        // Claim the action: one rollback at a time, across replicas too.
+        let _guard = {
+            let mut running = lock(&self.running);
+            if !running.insert(id.clone()) {
+                return Err(RollbackError::Running(id.clone()));
+            }
+            RunningGuard(self, id.clone())
+        };
+        let progress = Progress {
+            rollback_action: rollback_id.clone(),
+            trigger,
+            params,
+            caller: caller.clone(),
+            started_at,
+            heartbeat: started_at,
+            instance: self.instance.clone(),
+            results: vec![],
+        };
+        let mut claimed = record.clone();
+        claimed.state = ActionState::RollingBack;
+        claimed.updated_at = started_at;
+        claimed
+            .extensions
+            .insert(PROGRESS_KEY.into(), serde_json::to_value(&progress).unwrap_or(Value::Null));
+        match self.store.update_action(&claimed, &rv).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => return Err(RollbackError::Running(id.clone())),
+            Err(e) => return Err(e.into()),
+        }
+        let report = self.execute(id, &record, progress, histories, steps, &client).await;
+        self.observe(&report, started.elapsed());
+        tracing::Span::current().record("outcome", report.state.as_str());
+        Ok(report)
+    }
+
+    fn observe(&self, report: &Report, elapsed: Duration) {
+        self.metrics
+            .rollbacks
+            .with_label_values(&[report.trigger.as_str(), &report.state])
+            .inc();
+        self.metrics.rollback_duration.observe(elapsed.as_secs_f64());
+        for r in &report.results {
+            self.metrics
+                .objects_restored
+                .with_label_values(&[r.operation.as_str(), r.outcome.as_str()])
+                .inc();
+        }
+    }
+
+    /// Execute a claimed rollback to the end and record it.
+    async fn execute(
+        &self,
+        id: &ActionId,
+        record: &ActionRecord,
+        progress: Progress,
+        histories: Vec<ObjectHistory>,
+        steps: Vec<Step>,
+        client: &kube::Client,
+    ) -> Report {
+        let mut rollback_record = ActionRecord::new(
+            progress.rollback_action.clone(),
+            "rollback",
+            &progress.caller.user,
+            Timestamp::now(),
+        );
+        rollback_record.rollback_of = Some(id.clone());
+        rollback_record.description = Some(format!(
+            "{} of {id} ({})",
+            if progress.trigger == Trigger::Cancel { "cancel" } else { "rollback" },
+            progress.trigger.as_str()
+        ));
+        if let Err(e) = self.store.create_action(&rollback_record).await {
+            tracing::warn!(error = %e, "creating the rollback action record");
+        }
+
+        let previous: HashMap<String, ObjectResult> = progress
+            .results
+            .iter()
+            .map(|r| (r.key(), r.clone()))
+            .collect();
+        let mut results: Vec<Option<ObjectResult>> = vec![None; histories.len()];
+        // Objects with nothing to do are settled up front.
+        for (i, (h, s)) in histories.iter().zip(&steps).enumerate() {
+            if let Action::None(outcome, msg) = &s.action
+                && *outcome != Outcome::Failed
+            {
+                results[i] = Some(ObjectResult::new(h, s.operation, *outcome, msg.clone()));
+            }
+        }
+        let stop = AtomicBool::new(false);
+        let retries = match progress.params.failure_policy {
+            FailurePolicy::Retry => self.cfg.retries,
+            _ => 0,
+        };
+        let heartbeat = self.spawn_heartbeat(id.clone());
+        let mut done_since_progress = 0usize;
+        for wave in plan::waves(&histories, &steps) {
+            for batch in wave.chunks(PROGRESS_BATCH) {
+                let outcomes: Vec<(usize, ObjectResult)> = futures::stream::iter(batch.iter().copied())
+                    .map(|i| {
+                        let (h, s, stop) = (&histories[i], &steps[i], &stop);
+                        async move {
+                            if stop.load(Ordering::SeqCst) {
+                                return (i, ObjectResult::new(h, s.operation, Outcome::Skipped,
+                                    "not attempted: the rollback stopped after a failure (failurePolicy)".into()));
+                            }
+                            let r = self.restore_one(client, h, s, &progress.params, retries).await;
+                            if r.outcome == Outcome::Failed
+                                && progress.params.failure_policy != FailurePolicy::Continue
+                            {
+                                stop.store(true, Ordering::SeqCst);
+                            }
+                            (i, r)
+                        }
+                    })
+                    .buffer_unordered(PARALLELISM)
+                    .collect()
+                    .await;
+                for (i, r) in outcomes {
+                    results[i] = Some(r);
+                }
+                done_since_progress += batch.len();
+                if done_since_progress >= PROGRESS_BATCH {
+                    done_since_progress = 0;
+                    self.save_progress(id, &results).await;
+                }
+            }
+        }
+        heartbeat.abort();
+        let mut results: Vec<ObjectResult> = results
+            .into_iter()
+            .zip(&histories)
+            .zip(&steps)
+            .map(|((r, h), s)| {
+                r.unwrap_or_else(|| ObjectResult::new(h, s.operation, Outcome::Skipped, "not attempted".into()))
+            })
+            .map(|mut r| {
+                // A resumed rollback finds what it restored before unchanged now.
+                if r.outcome == Outcome::Unchanged
+                    && let Some(p) = previous.get(&r.key())
+                    && p.outcome == Outcome::Restored
+                {
+                    r.outcome = Outcome::Restored;
+                    r.message = p.message.clone();
+                }
+                r
+            })
+            .collect();
+        results.sort_by_key(|r| r.key());
+        let failed = results
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed | Outcome::Conflict)
+                || (r.outcome == Outcome::Skipped && r.message.starts_with("not attempted")));
+        let state = match (failed, progress.trigger) {
+            (true, _) => ActionState::RollbackFailed,
+            (false, Trigger::Cancel) => ActionState::Cancelled,
+            (false, Trigger::Request) => ActionState::RolledBack,
+        };
+        let report = Report {
+            action: id.to_string(),
+            rollback_action: Some(progress.rollback_action.to_string()),
+            trigger: progress.trigger,
+            dry_run: false,
+            state: state.to_string(),
+            started_at: progress.started_at,
+            finished_at: Timestamp::now(),
+            user: progress.caller.user.clone(),
+            counts: counts(&results),
+            results,
+        };
+        let report_json = serde_json::to_value(&report).unwrap_or(Value::Null);
+        let finished = report.finished_at;
+        let was_open = record.state == ActionState::Open;
+        self.modify_record(id, |r| {
+            r.state = state;
+            r.updated_at = finished;
+            if was_open || r.completed_at.is_none() {
+                r.completed_at = Some(finished);
+            }
+            r.extensions.remove(PROGRESS_KEY);
+            r.rollbacks.push(report_json.clone());
+        })
+        .await;
+        self.modify_record(&progress.rollback_action, |r| {
+            r.state = ActionState::Completed;
+            r.completed_at = Some(finished);
+            r.updated_at = finished;
+        })
+        .await;
+        report
+    }
+
+    /// Restore one object, retrying per the policy.
+    async fn restore_one(
+        &self,
+        client: &kube::Client,
+        h: &ObjectHistory,
+        step: &Step,
+        params: &Params,
+        retries: u32,
+    ) -> ObjectResult {
+        let mut step = step.clone();
+        let mut last_error = String::new();
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt.min(6) - 1))).await;
+                match dynamic::get(client, &h.object).await {
+                    Ok(current) => step = plan::decide(h, current.as_ref(), params.force),
+                    Err(e) => {
+                        last_error = format!("reading the current object: {}", describe_kube_error(&e));
+                        continue;
+                    }
+                }
+            }
+            match self.apply(client, h, &step, params.recreate).await {
+                Ok(r) if r.outcome != Outcome::Failed => return r,
+                Ok(r) => last_error = r.message,
+                Err(e) => last_error = e,
+            }
+        }
+        let suffix = if retries > 0 {
+            format!(" (after {} attempts)", retries + 1)
+        } else {
+            String::new()
+        };
+        ObjectResult::new(h, step.operation, Outcome::Failed, format!("{last_error}{suffix}"))
+    }
+
+    async fn apply(
+        &self,
+        client: &kube::Client,
+        h: &ObjectHistory,
+        step: &Step,
+        recreate: bool,
+    ) -> Result<ObjectResult, String> {
+        let ok = |msg: &str| ObjectResult::new(h, step.operation, Outcome::Restored, msg.to_string());
+        let api_err = |e: kube::Error| describe_kube_error(&e);
+        match &step.action {
+            Action::None(outcome, msg) => Ok(ObjectResult::new(h, step.operation, *outcome, msg.clone())),
+            Action::Delete { uid } => {
+                dynamic::delete(client, &h.object, uid).await.map_err(api_err)?;
+                Ok(ok("deleted: it did not exist before the action"))
+            }
+            Action::Create(body) => {
+                let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
+                dynamic::create(client, &h.object, &body).await.map_err(api_err)?;
+                Ok(ok(&format!("recreated from its prior state{note}")))
+            }
+            Action::ReplaceScale(body) => {
+                dynamic::replace(client, &h.object, body).await.map_err(api_err)?;
+                Ok(ok("scale restored through the scale subresource"))
+            }
+            Action::Replace(body) => {
+                let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
+                match dynamic::replace(client, &h.object, &body).await {
+                    Ok(_) => Ok(ok(&format!("replaced with its prior state{note}"))),
+                    Err(kube::Error::Api(s)) if s.code == 422 && recreate => {
+                        let uid = body["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                        dynamic::delete(client, &h.object, &uid).await.map_err(api_err)?;
+                        let fresh = plan::for_create(&body);
+                        dynamic::create(client, &h.object, &fresh).await.map_err(|e| {
+                            format!("deleted to recreate (immutable field: {}), but creating failed: {}", s.message, describe_kube_error(&e))
+                        })?;
+                        Ok(ok(&format!("recreated (delete and create) because a field is immutable: {}", s.message)))
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 422 => Err(format!(
+                        "{} (Invalid, 422); the object was left unchanged. Use recreate=true to restore it by delete and create",
+                        s.message
+                    )),
+                    Err(e) => Err(api_err(e)),
+                }
+            }
+        }
+    }
+
+    /// Keep owner references only where the owner exists, pointing at the
+    /// owner's current uid (a restored owner gets a new one).
+    async fn fix_owner_references(
+        &self,
+        client: &kube::Client,
+        h: &ObjectHistory,
+        mut body: Value,
+    ) -> (Value, String) {
+        let Some(refs) = body
+            .get("metadata")
+            .and_then(|m| m.get("ownerReferences"))
+            .and_then(Value::as_array)
+            .cloned()
+        else {
+            return (body, String::new());
+        };
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for r in refs {
+            let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+            let kind = r.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+            let owner_uid = match kube::discovery::pinned_kind(client, &gvk).await {
+                Ok((ar, caps)) => {
+                    let owner = crate::store::model::ObjectRef {
+                        group: ar.group,
+                        version: ar.version,
+                        resource: ar.plural,
+                        subresource: None,
+                        kind: ar.kind,
+                        namespace: match caps.scope {
+                            kube::discovery::Scope::Namespaced => h.object.namespace.clone(),
+                            kube::discovery::Scope::Cluster => None,
+                        },
+                        name: name.to_string(),
+                    };
+                    dynamic::get(client, &owner)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string))
+                }
+                Err(_) => None,
+            };
+            match owner_uid {
+                Some(uid) => {
+                    let mut r = r.clone();
+                    r["uid"] = Value::String(uid);
+                    kept.push(r);
+                }
+                None => dropped.push(format!("{kind}/{name}")),
+            }
+        }
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            if kept.is_empty() {
+                meta.remove("ownerReferences");
+            } else {
+                meta.insert("ownerReferences".into(), Value::Array(kept));
+            }
+        }
+        let note = if dropped.is_empty() {
+            String::new()
+        } else {
+            format!("; owner reference(s) to missing {} dropped", dropped.join(", "))
+        };
+        (body, note)
+    }
+
+    fn spawn_heartbeat(&self, id: ActionId) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                let _ = modify(&store, &id, |r| {
+                    if let Some(p) = r.extensions.get_mut(PROGRESS_KEY) {
+                        p["heartbeat"] = serde_json::to_value(Timestamp::now()).unwrap_or(Value::Null);
+                    }
+                })
+                .await;
+            }
+        })
+    }
+
+    async fn save_progress(&self, id: &ActionId, results: &[Option<ObjectResult>]) {
+        let done: Vec<ObjectResult> = results.iter().flatten().cloned().collect();
+        let done = serde_json::to_value(done).unwrap_or(Value::Null);
+        self.modify_record(id, |r| {
+            if let Some(p) = r.extensions.get_mut(PROGRESS_KEY) {
+                p["results"] = done.clone();
+                p["heartbeat"] = serde_json::to_value(Timestamp::now()).unwrap_or(Value::Null);
+            }
+        })
+        .await;
+    }
+
+    async fn modify_record(&self, id: &ActionId, f: impl FnMut(&mut ActionRecord)) {
+        if let Err(e) = modify(&self.store, id, f).await {
+            tracing::error!(action = %id, error = %e, "updating the action record");
+        }
+    }
+
+    /// Finish rollbacks whose snapshotter died: claim records stuck in
+    /// rolling-back with a stale heartbeat and run them again (restores are
+    /// idempotent; what was already restored is found unchanged).
+    pub async fn resume_stale(&self) -> Result<usize, StoreError> {
+        let mut resumed = 0;
+        for (record, rv) in self.store.list_actions(Some(ActionState::RollingBack)).await? {
+            if lock(&self.running).contains(&record.id) {
+                continue;
+            }
+            let Some(progress) = record
+                .extensions
+                .get(PROGRESS_KEY)
+                .and_then(|p| serde_json::from_value::<Progress>(p.clone()).ok())
+            else {
+                continue;
+            };
+            let stale = jiff::SignedDuration::try_from(STALE_AFTER).unwrap_or_default();
+            if Timestamp::now().duration_since(progress.heartbeat) < stale {
+                continue;
+            }
+            let mut claimed = record.clone();
+            let mut progress = progress;
+            progress.heartbeat = Timestamp::now();
+            progress.instance = self.instance.clone();
+            claimed
+                .extensions
+                .insert(PROGRESS_KEY.into(), serde_json::to_value(&progress).unwrap_or(Value::Null));
+            match self.store.update_action(&claimed, &rv).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            let _guard = {
+                let mut running = lock(&self.running);
+                if !running.insert(record.id.clone()) {
+                    continue;
+                }
+                RunningGuard(self, record.id.clone())
+            };
+            tracing::info!(action = %record.id, "resuming an interrupted rollback");
+            let started = Instant::now();
+            let client = match self.client_for(&progress.caller, Some(&progress.rollback_action)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot resume rollback");
+                    continue;
+                }
+            };
+            let histories = match self.histories(&record.id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot resume rollback");
+                    continue;
+                }
+            };
+            let current = Self::current_states(&client, &histories).await;
+            let steps = Self::decide_all(&histories, &current, progress.params.force);
+            let mut original = record.clone();
+            original.state = match progress.trigger {
+                Trigger::Cancel => ActionState::Open,
+                Trigger::Request => ActionState::Completed,
+            };
+            let report = self
+                .execute(&record.id, &original, progress, histories, steps, &client)
+                .await;
+            self.observe(&report, started.elapsed());
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+}
+
+/// Read-modify-write of a record with optimistic concurrency, retried on conflict.
+pub async fn modify(
+    store: &KubeStore,
+    id: &ActionId,
+    mut f: impl FnMut(&mut ActionRecord),
+) -> Result<ActionRecord, StoreError> {
+    let mut last = None;
+    for _ in 0..8 {
+        let (mut record, rv) = store
+            .get_action(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("action {id}")))?;
+        f(&mut record);
+        match store.update_action(&record, &rv).await {
+            Ok(_) => return Ok(record),
+            Err(StoreError::Conflict(m)) => last = Some(StoreError::Conflict(m)),
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20 + rand::random::<u64>() % 80)).await;
+    }
+    Err(last.unwrap_or_else(|| StoreError::Conflict(format!("action {id}"))))
+}
+
+fn dry_run_result(h: &ObjectHistory, s: &Step, current: &Result<Option<Value>, String>) -> ObjectResult {
+    match &s.action {
+        Action::None(outcome, msg) => ObjectResult::new(h, s.operation, *outcome, msg.clone()),
+        action => {
+            let cur = current.as_ref().ok().cloned().flatten().unwrap_or(Value::Null);
+            let target = match action {
+                Action::Delete { .. } => Value::Null,
+                _ => s.target_body().cloned().unwrap_or(Value::Null),
+            };
+            let patch = json_patch::diff(&strip_for_diff(&cur), &strip_for_diff(&target));
+            let mut r = ObjectResult::new(h, s.operation, Outcome::Planned, describe(s));
+            r.patch = serde_json::to_value(patch).ok();
+            r
+        }
+    }
+}
+
+fn describe(s: &Step) -> String {
+    match s.action {
+        Action::Delete { .. } => "would delete: it did not exist before the action".into(),
+        Action::Create(_) => "would recreate from its prior state".into(),
+        Action::Replace(_) => "would replace with its prior state".into(),
+        Action::ReplaceScale(_) => "would restore the scale subresource".into(),
+        Action::None(..) => String::new(),
+    }
+}
+
+/// Leave out what a rollback does not change, so a patch shows the content.
+pub fn strip_for_diff(v: &Value) -> Value {
+    if v.is_null() {
+        return Value::Null;
+    }
+    let mut s = v.clone();
+    if let Some(map) = s.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in ["resourceVersion", "managedFields", "generation", "selfLink"] {
+                meta.remove(k);
+            }
+        }
+    }
+    s
+}
