@@ -146,6 +146,8 @@ if [ -n "${OWNER_PID:-}" ]; then
     trap '' HUP
     while kill -0 "$OWNER_PID" 2>/dev/null && [ -d "$dir" ]; do sleep 1; done
     stop "$dir" 2>/dev/null || true
+    rm -rf "$dir"
+
   ) </dev/null >/dev/null 2>&1 &
   echo $! >"$dir/watchdog.pid.keep"
 fi

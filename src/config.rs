@@ -184,6 +184,13 @@ pub struct WebhookConfigArgs {
         default_value = "snapback-system,kube-system"
     )]
     pub exclude_namespaces: Vec<String>,
+    /// Namespaces carrying this label are never sent to snapback.
+    #[arg(
+        long,
+        env = "SNAPBACK_WEBHOOK_EXCLUDE_LABEL",
+        default_value = "snapback.io/exclude"
+    )]
+    pub exclude_label: String,
     /// Only send namespaced changes from namespaces with this label (key=value).
     #[arg(long, env = "SNAPBACK_WEBHOOK_NAMESPACE_LABEL")]
     pub namespace_label: Option<String>,

@@ -13,13 +13,13 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum_server::Handle;
 
-use crate::capture::attribution::Attribution;
-use crate::capture::{CaptureService, handler, open_actions};
 use crate::api::ApiState;
 use crate::api::auth::Auth;
+use crate::capture::attribution::Attribution;
+use crate::capture::{CaptureService, handler, open_actions};
 use crate::config::{AuthMode, Config, WebhookConfigArgs};
-use crate::restore::rollback::Restorer;
 use crate::metrics::Metrics;
+use crate::restore::rollback::Restorer;
 use crate::store::kube_store::KubeStore;
 use crate::tls::ServingTls;
 
@@ -54,10 +54,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.api_addr
         );
     }
-    let kube_config = crate::kube_client::config(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
-        .await
-        .context("reading the Kubernetes client configuration")?;
-    let client = kube::Client::try_from(kube_config.clone()).context("building Kubernetes client")?;
+    let kube_config =
+        crate::kube_client::config(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
+            .await
+            .context("reading the Kubernetes client configuration")?;
+    let client =
+        kube::Client::try_from(kube_config.clone()).context("building Kubernetes client")?;
     let metrics = Metrics::register(&prometheus::Registry::new());
     let tls = ServingTls::load(&cfg.tls_cert, &cfg.tls_key).context("loading TLS certificate")?;
     tls.spawn_reloader(
@@ -75,7 +77,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let handle: Handle<SocketAddr> = Handle::new();
     let mut servers = tokio::task::JoinSet::new();
 
-    let store = Arc::new(KubeStore::new(client.clone(), &cfg.capture.snapshot_namespace));
+    let store = Arc::new(KubeStore::new(
+        client.clone(),
+        &cfg.capture.snapshot_namespace,
+    ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
     if cfg.role.webhook() {
         tokio::spawn(open_actions::watch(
@@ -112,7 +117,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             auth: match cfg.auth {
                 AuthMode::Kubernetes => Auth::kubernetes(client.clone()),
                 AuthMode::None => {
-                    tracing::warn!("--auth=none: the rollback API is unauthenticated (local development only)");
+                    tracing::warn!(
+                        "--auth=none: the rollback API is unauthenticated (local development only)"
+                    );
                     Auth::None
                 }
             },

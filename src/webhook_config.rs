@@ -51,7 +51,7 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
     // kubernetes.io/metadata.name is set by the API server from 1.21 on; on
     // older servers the expression is simply never matched, so also exclude
     // by the label that `manifests/` puts on snapback's own namespace.
-    expressions.push(json!({"key": "snapback.io/exclude", "operator": "DoesNotExist"}));
+    expressions.push(json!({"key": args.exclude_label, "operator": "DoesNotExist"}));
     let selector = json!({"matchExpressions": expressions, "matchLabels": match_labels});
     let webhook = |name: &str, path: &str| {
         json!({

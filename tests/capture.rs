@@ -520,8 +520,7 @@ async fn secrets_never_reach_a_configmap() {
     opts.extra_args = vec!["--capture-secrets".into()];
     let iso = Snapback::start(c, opts);
     let ns2 = c.namespace("secret2", &[]);
-    c.kubectl_ok(&["label", "namespace", &ns2, &format!("snapback-test={id}")]);
-    std::thread::sleep(Duration::from_millis(500));
+    iso.adopt_namespace(c, &ns2);
     c.kubectl_ok(&[
         "-n",
         &ns2,
@@ -606,8 +605,7 @@ async fn deny_mode_rejects_a_change_whose_snapshot_cannot_be_stored() {
         "--from-literal=v=before",
     ]);
     let sb = Snapback::start(c, opts);
-    c.kubectl_ok(&["label", "namespace", &ns, &format!("snapback-test={id}")]);
-    std::thread::sleep(Duration::from_millis(500));
+    sb.adopt_namespace(c, &ns);
 
     let out = c.kubectl(
         "admin",
@@ -664,8 +662,8 @@ async fn allow_mode_admits_and_counts_uncaptured_changes() {
         "--from-literal=v=before",
     ]);
     let sb = Snapback::start(c, opts);
-    c.kubectl_ok(&["label", "namespace", &ns, &format!("snapback-test={id}")]);
-    std::thread::sleep(Duration::from_millis(500));
+    sb.adopt_namespace(c, &ns);
+    let before = uncaptured(&sb);
     let out = c.kubectl(
         "admin",
         &[
@@ -682,10 +680,7 @@ async fn allow_mode_admits_and_counts_uncaptured_changes() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("snapback could not record the prior state")
     );
-    assert!(
-        sb.metrics()
-            .contains("snapback_uncaptured_changes_admitted_total 1")
-    );
+    assert_eq!(uncaptured(&sb), before + 1);
     sb.unregister(c);
 }
 
@@ -776,4 +771,12 @@ async fn parallel_writers_each_change_has_exactly_one_snapshot_in_the_right_acti
         let want: Vec<String> = (0..CHANGES).map(|j| j.to_string()).collect();
         assert_eq!(priors, want, "{user}");
     }
+}
+
+fn uncaptured(sb: &Snapback) -> u64 {
+    sb.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("snapback_uncaptured_changes_admitted_total "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
 }

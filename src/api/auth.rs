@@ -25,23 +25,29 @@ pub const RESOURCE: &str = "actions";
 /// The identity used for every call under `--auth=none`.
 pub const LOCAL_USER: &str = "snapback:local-development";
 
+/// (user and groups, verb, action name) → allowed
+type DecisionKey = (String, String, Option<String>);
+type Cache<K, V> = Mutex<HashMap<K, (V, Instant)>>;
+
 pub enum Auth {
     /// `--auth=none`: everyone is LOCAL_USER and may do anything.
     None,
-    Kubernetes {
-        client: Client,
-        tokens: Mutex<HashMap<String, (Caller, Instant)>>,
-        decisions: Mutex<HashMap<(String, String, Option<String>), (bool, Instant)>>,
-    },
+    Kubernetes(Box<KubernetesAuth>),
+}
+
+pub struct KubernetesAuth {
+    client: Client,
+    tokens: Cache<String, Caller>,
+    decisions: Cache<DecisionKey, bool>,
 }
 
 impl Auth {
     pub fn kubernetes(client: Client) -> Self {
-        Auth::Kubernetes {
+        Auth::Kubernetes(Box::new(KubernetesAuth {
             client,
             tokens: Mutex::default(),
             decisions: Mutex::default(),
-        }
+        }))
     }
 
     /// Authenticate the request and authorise `verb` on the action `name`.
@@ -51,12 +57,7 @@ impl Auth {
         verb: &str,
         name: Option<&str>,
     ) -> Result<Caller, ApiError> {
-        let Auth::Kubernetes {
-            client,
-            tokens,
-            decisions,
-        } = self
-        else {
+        let Auth::Kubernetes(k) = self else {
             return Ok(Caller {
                 user: LOCAL_USER.into(),
                 groups: vec![],
@@ -64,21 +65,25 @@ impl Auth {
         };
         let token = bearer(headers)?;
         let key = crate::store::codec::sha256_hex(token.as_bytes());
-        let cached = cache_get(tokens, &key);
+        let cached = cache_get(&k.tokens, &key);
         let caller = match cached {
             Some(c) => c,
             None => {
-                let c = token_review(client, token).await?;
-                cache_put(tokens, key, c.clone());
+                let c = token_review(&k.client, token).await?;
+                cache_put(&k.tokens, key, c.clone());
                 c
             }
         };
-        let dkey = (caller.user.clone() + "\u{0}" + &caller.groups.join(","), verb.to_string(), name.map(str::to_string));
-        let allowed = match cache_get(decisions, &dkey) {
+        let dkey = (
+            caller.user.clone() + "\u{0}" + &caller.groups.join(","),
+            verb.to_string(),
+            name.map(str::to_string),
+        );
+        let allowed = match cache_get(&k.decisions, &dkey) {
             Some(a) => a,
             None => {
-                let a = access_review(client, &caller, verb, name).await?;
-                cache_put(decisions, dkey, a);
+                let a = access_review(&k.client, &caller, verb, name).await?;
+                cache_put(&k.decisions, dkey, a);
                 a
             }
         };
@@ -93,14 +98,17 @@ impl Auth {
     }
 }
 
-fn cache_get<K: std::hash::Hash + Eq, V: Clone>(m: &Mutex<HashMap<K, (V, Instant)>>, k: &K) -> Option<V> {
+fn cache_get<K: std::hash::Hash + Eq, V: Clone>(
+    m: &Mutex<HashMap<K, (V, Instant)>>,
+    k: &K,
+) -> Option<V> {
     let m = m.lock().unwrap_or_else(|p| p.into_inner());
     m.get(k)
         .filter(|(_, at)| at.elapsed() < CACHE_TTL)
         .map(|(v, _)| v.clone())
 }
 
-fn cache_put<K: std::hash::Hash + Eq, V>(m: &Mutex<HashMap<K, (V, Instant)>>, k: K, v: V) {
+fn cache_put<K: std::hash::Hash + Eq, V>(m: &Cache<K, V>, k: K, v: V) {
     let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
     if m.len() >= CACHE_LIMIT {
         m.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -120,7 +128,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be \"Bearer <token>\""))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")
+        })?;
     if token.len() > 16 * 1024 {
         return Err(ApiError::unauthorized("the bearer token is too long"));
     }

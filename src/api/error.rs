@@ -123,7 +123,9 @@ impl ApiError {
     pub fn from_store(context: &str, e: &StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(format!("{m} not found")),
-            StoreError::Conflict(m) => ApiError::conflict(format!("{m} was changed concurrently; retry")),
+            StoreError::Conflict(m) => {
+                ApiError::conflict(format!("{m} was changed concurrently; retry"))
+            }
             _ => ApiError::internal(context, e),
         }
     }

@@ -4,18 +4,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use jiff::Timestamp;
 use serde_json::Value;
 
+use crate::api::ApiState;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::model::*;
-use crate::api::ApiState;
 use crate::config::FailurePolicy;
 use crate::restore::plan::Target;
 use crate::restore::report::{Report, Trigger};
@@ -29,7 +29,9 @@ fn query(raw: Option<String>) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(ApiError::bad_request(format!("query parameter {k:?} given more than once")));
+            return Err(ApiError::bad_request(format!(
+                "query parameter {k:?} given more than once"
+            )));
         }
     }
     Ok(out)
@@ -94,7 +96,9 @@ pub async fn list_actions(
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::bad_request(format!("limit must be a number from 1 to 1000, not {l:?}")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be a number from 1 to 1000, not {l:?}"))
+            })?,
         None => 100,
     };
     state.auth.check(&headers, "list", None).await?;
@@ -114,9 +118,20 @@ pub async fn list_actions(
     }
     let mut actions: Vec<ActionSummary> = records
         .iter()
-        .map(|(r, _)| ActionSummary::new(r, by_action.get(r.id.as_str()).map(Vec::as_slice).unwrap_or(&[])))
+        .map(|(r, _)| {
+            ActionSummary::new(
+                r,
+                by_action
+                    .get(r.id.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+            )
+        })
         .filter(|a| q.get("user").is_none_or(|u| &a.owner == u))
-        .filter(|a| q.get("namespace").is_none_or(|ns| a.namespaces.contains(ns)))
+        .filter(|a| {
+            q.get("namespace")
+                .is_none_or(|ns| a.namespaces.contains(ns))
+        })
         .filter(|a| since.is_none_or(|s| a.created_at >= s))
         .collect();
     actions.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
@@ -129,9 +144,12 @@ fn parse_since(s: &str) -> Result<Timestamp> {
         return Ok(t);
     }
     let d = crate::config::parse_duration(s).map_err(|_| {
-        ApiError::bad_request(format!("since must be an RFC 3339 time or a duration such as 1h, not {s:?}"))
+        ApiError::bad_request(format!(
+            "since must be an RFC 3339 time or a duration such as 1h, not {s:?}"
+        ))
     })?;
-    let d = jiff::SignedDuration::try_from(d).map_err(|_| ApiError::bad_request("since is out of range"))?;
+    let d = jiff::SignedDuration::try_from(d)
+        .map_err(|_| ApiError::bad_request("since is out of range"))?;
     Timestamp::now()
         .checked_sub(d)
         .map_err(|_| ApiError::bad_request("since is out of range"))
@@ -156,14 +174,20 @@ pub async fn create_action(
     let req: OpenAction = if body.iter().all(u8::is_ascii_whitespace) {
         OpenAction::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     if let Some(d) = &req.description
         && d.len() > 4096
     {
-        return Err(ApiError::bad_request("description must be at most 4096 bytes"));
+        return Err(ApiError::bad_request(
+            "description must be at most 4096 bytes",
+        ));
     }
-    let caller = state.auth.check(&headers, "create", req.id.as_deref()).await?;
+    let caller = state
+        .auth
+        .check(&headers, "create", req.id.as_deref())
+        .await?;
     let now = Timestamp::now();
     let id = match &req.id {
         Some(id) => action_id(id)?,
@@ -300,7 +324,11 @@ pub async fn diff_action(
                 _ => "modified",
             }
             .into();
-            let yaml = |v: &Option<Value>| v.as_ref().and_then(|v| serde_yaml::to_string(v).ok()).unwrap_or_default();
+            let yaml = |v: &Option<Value>| {
+                v.as_ref()
+                    .and_then(|v| serde_yaml::to_string(v).ok())
+                    .unwrap_or_default()
+            };
             let (py, cy) = (yaml(&prior), yaml(&cur));
             d.diff = similar::TextDiff::from_lines(&py, &cy)
                 .unified_diff()
@@ -308,8 +336,11 @@ pub async fn diff_action(
                 .header("prior", "current")
                 .to_string();
             let null = Value::Null;
-            d.patch = serde_json::to_value(json_patch::diff(cur.as_ref().unwrap_or(&null), prior.as_ref().unwrap_or(&null)))
-                .unwrap_or(Value::Null);
+            d.patch = serde_json::to_value(json_patch::diff(
+                cur.as_ref().unwrap_or(&null),
+                prior.as_ref().unwrap_or(&null),
+            ))
+            .unwrap_or(Value::Null);
             d
         })
         .collect();
@@ -349,13 +380,23 @@ pub async fn manifests(
             }
             Target::Scale(p) => out.push_str(&format!(
                 "---\n# {o}: only its scale changed; prior replicas: {}\n",
-                p.get("spec").and_then(|s| s.get("replicas")).unwrap_or(&Value::Null)
+                p.get("spec")
+                    .and_then(|s| s.get("replicas"))
+                    .unwrap_or(&Value::Null)
             )),
-            Target::Absent { .. } => out.push_str(&format!("---\n# {o}: did not exist before the action\n")),
-            Target::Unreadable(e) => out.push_str(&format!("---\n# {o}: snapshot unreadable: {e}\n")),
+            Target::Absent { .. } => {
+                out.push_str(&format!("---\n# {o}: did not exist before the action\n"))
+            }
+            Target::Unreadable(e) => {
+                out.push_str(&format!("---\n# {o}: snapshot unreadable: {e}\n"))
+            }
         }
     }
-    Ok(([(header::CONTENT_TYPE, "application/yaml; charset=utf-8")], out).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        out,
+    )
+        .into_response())
 }
 
 /// Close an open action.
@@ -372,10 +413,16 @@ pub async fn complete_action(
     Path(id): Path<String>,
 ) -> Result<Json<ActionSummary>> {
     let id = action_id(&id)?;
-    state.auth.check(&headers, "update", Some(id.as_str())).await?;
+    state
+        .auth
+        .check(&headers, "update", Some(id.as_str()))
+        .await?;
     let (mut rec, rv) = record(&state, &id).await?;
     if rec.state != ActionState::Open {
-        return Err(ApiError::conflict(format!("action {id} is {}, not open", rec.state)));
+        return Err(ApiError::conflict(format!(
+            "action {id} is {}, not open",
+            rec.state
+        )));
     }
     let now = Timestamp::now();
     rec.state = ActionState::Completed;
@@ -500,10 +547,15 @@ pub async fn delete_action(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let id = action_id(&id)?;
-    state.auth.check(&headers, "delete", Some(id.as_str())).await?;
+    state
+        .auth
+        .check(&headers, "delete", Some(id.as_str()))
+        .await?;
     let (rec, _) = record(&state, &id).await?;
     if rec.state == ActionState::RollingBack {
-        return Err(ApiError::conflict(format!("a rollback of action {id} is running")));
+        return Err(ApiError::conflict(format!(
+            "a rollback of action {id} is running"
+        )));
     }
     state
         .store

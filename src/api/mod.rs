@@ -92,13 +92,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/openapi.json",
             get(move || {
                 let json = json.clone();
-                async move { ([("content-type", "application/json")], json.as_str().to_owned()) }
+                async move {
+                    (
+                        [("content-type", "application/json")],
+                        json.as_str().to_owned(),
+                    )
+                }
             }),
         )
         .fallback(|| async { error::ApiError::not_found("no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
-            error::ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
-                .into_response()
+            error::ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+            .into_response()
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -65,7 +65,10 @@ impl ActionSummary {
             completed_at: r.completed_at,
             last_change_at: snaps.iter().map(|s| s.timestamp).max(),
             changes: snaps.len(),
-            namespaces: snaps.iter().filter_map(|s| s.object.namespace.clone()).collect(),
+            namespaces: snaps
+                .iter()
+                .filter_map(|s| s.object.namespace.clone())
+                .collect(),
             rollback_of: r.rollback_of.as_ref().map(|a| a.to_string()),
             rollbacks: r.rollbacks.len(),
         }

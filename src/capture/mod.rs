@@ -181,6 +181,7 @@ impl CaptureService {
             }
         };
         if !review.request.dry_run {
+            tracing::debug!(%action, name = %review.object_name(), op, "action annotation handed over");
             for key in hint_keys(&review, true) {
                 self.attribution.leave_hint(key, action.clone());
             }
@@ -233,6 +234,12 @@ impl CaptureService {
             Ok(action) => {
                 span.record("action", action.as_str());
                 span.record("outcome", "captured");
+                tracing::debug!(
+                    name = %review.object_name(),
+                    namespace = review.object_namespace().as_deref().unwrap_or(""),
+                    resource = %review.request.resource.resource,
+                    "captured"
+                );
                 self.record("validate", op, "captured", started);
                 Answer::from_response(resp)
             }

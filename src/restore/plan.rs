@@ -60,14 +60,18 @@ pub fn histories(mut loaded: Vec<Loaded>) -> Vec<ObjectHistory> {
     let mut by_object: BTreeMap<(String, String, Option<String>, String), Vec<Loaded>> =
         BTreeMap::new();
     for l in loaded {
-        by_object.entry(l.meta.object.object_key()).or_default().push(l);
+        by_object
+            .entry(l.meta.object.object_key())
+            .or_default()
+            .push(l);
     }
     by_object.into_values().map(history).collect()
 }
 
 fn history(snaps: Vec<Loaded>) -> ObjectHistory {
-    let (main, subs): (Vec<&Loaded>, Vec<&Loaded>) =
-        snaps.iter().partition(|l| l.meta.object.subresource.is_none());
+    let (main, subs): (Vec<&Loaded>, Vec<&Loaded>) = snaps
+        .iter()
+        .partition(|l| l.meta.object.subresource.is_none());
     let names = snaps.iter().map(|l| l.meta.snapshot_name.clone()).collect();
     let mut accepted = HashSet::new();
     let fingerprints = |set: &mut HashSet<String>, list: &[&Loaded]| {
@@ -217,7 +221,9 @@ impl Outcome {
 pub enum Action {
     /// Nothing to do: `Unchanged`, `Conflict`, `Skipped` or `Failed`.
     None(Outcome, String),
-    Delete { uid: String },
+    Delete {
+        uid: String,
+    },
     /// Create from this body (server-owned fields already stripped).
     Create(Value),
     /// Replace with this body (current resourceVersion and identity set).
@@ -248,7 +254,9 @@ impl Step {
 }
 
 fn conflict_fp(current: Option<&Value>) -> String {
-    current.map(codec::fingerprint).unwrap_or_else(|| ABSENT.to_string())
+    current
+        .map(codec::fingerprint)
+        .unwrap_or_else(|| ABSENT.to_string())
 }
 
 /// Decide the step for one object. `current` is the object now (for a Scale
@@ -282,7 +290,12 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
                 "the object no longer exists; its scale cannot be restored".into(),
             );
         }
-        (Target::Absent { created_uid: Some(uid) }, Some(c)) if uid_of(c) != Some(uid) => {
+        (
+            Target::Absent {
+                created_uid: Some(uid),
+            },
+            Some(c),
+        ) if uid_of(c) != Some(uid) => {
             return none(
                 Outcome::Skipped,
                 format!(
@@ -299,7 +312,10 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         } else {
             "deleted after the action"
         };
-        return none(Outcome::Conflict, format!("{what} (use force=true to overwrite)"));
+        return none(
+            Outcome::Conflict,
+            format!("{what} (use force=true to overwrite)"),
+        );
     }
     let action = match (&h.target, current) {
         (Target::Absent { .. }, Some(c)) => Action::Delete {

@@ -69,7 +69,9 @@ struct Progress {
 pub enum RollbackError {
     #[error("action {0} not found")]
     NotFound(ActionId),
-    #[error("action {id} last changed {age} ago, outside the rollback window of {window}; use force=true to roll back anyway")]
+    #[error(
+        "action {id} last changed {age} ago, outside the rollback window of {window}; use force=true to roll back anyway"
+    )]
     TooOld {
         id: ActionId,
         age: String,
@@ -150,9 +152,8 @@ impl Restorer {
             cfg.auth_info.impersonate = Some(caller.user.clone());
             cfg.auth_info.impersonate_groups =
                 Some(caller.groups.clone()).filter(|g| !g.is_empty());
-            cfg.auth_info.impersonate_user_extra = action.map(|a| {
-                HashMap::from([(ACTION_ANNOTATION.to_string(), vec![a.to_string()])])
-            });
+            cfg.auth_info.impersonate_user_extra = action
+                .map(|a| HashMap::from([(ACTION_ANNOTATION.to_string(), vec![a.to_string()])]));
         }
         kube::Client::try_from(cfg).map_err(|e| RollbackError::Client(e.to_string()))
     }
@@ -173,9 +174,9 @@ impl Restorer {
             .map(|object| {
                 let client = client.clone();
                 async move {
-                    dynamic::get(&client, &object)
-                        .await
-                        .map_err(|e| format!("reading the current object: {}", describe_kube_error(&e)))
+                    dynamic::get(&client, &object).await.map_err(|e| {
+                        format!("reading the current object: {}", describe_kube_error(&e))
+                    })
                 }
             })
             .buffered(PARALLELISM * 2)
@@ -236,7 +237,8 @@ impl Restorer {
             .max()
             .unwrap_or(record.created_at);
         let age = Timestamp::now().duration_since(last_change);
-        let window = jiff::SignedDuration::try_from(self.cfg.window).unwrap_or(jiff::SignedDuration::MAX);
+        let window =
+            jiff::SignedDuration::try_from(self.cfg.window).unwrap_or(jiff::SignedDuration::MAX);
         if !params.force && age > window {
             return Err(RollbackError::TooOld {
                 id: id.clone(),
@@ -253,7 +255,10 @@ impl Restorer {
             .iter()
             .zip(&steps)
             .filter(|(_, s)| matches!(s.action, Action::None(Outcome::Conflict, _)))
-            .map(|(h, _)| ObjectResult::new(h, RestoreOp::Replace, Outcome::Conflict, String::new()).display_name())
+            .map(|(h, _)| {
+                ObjectResult::new(h, RestoreOp::Replace, Outcome::Conflict, String::new())
+                    .display_name()
+            })
             .collect();
         if !conflicts.is_empty() {
             self.metrics.rollback_conflicts.inc();
@@ -303,15 +308,18 @@ impl Restorer {
         let mut claimed = record.clone();
         claimed.state = ActionState::RollingBack;
         claimed.updated_at = started_at;
-        claimed
-            .extensions
-            .insert(PROGRESS_KEY.into(), serde_json::to_value(&progress).unwrap_or(Value::Null));
+        claimed.extensions.insert(
+            PROGRESS_KEY.into(),
+            serde_json::to_value(&progress).unwrap_or(Value::Null),
+        );
         match self.store.update_action(&claimed, &rv).await {
             Ok(_) => {}
             Err(StoreError::Conflict(_)) => return Err(RollbackError::Running(id.clone())),
             Err(e) => return Err(e.into()),
         }
-        let report = self.execute(id, &record, progress, histories, steps, &client).await;
+        let report = self
+            .execute(id, &record, progress, histories, steps, &client)
+            .await;
         self.observe(&report, started.elapsed());
         tracing::Span::current().record("outcome", report.state.as_str());
         Ok(report)
@@ -322,7 +330,9 @@ impl Restorer {
             .rollbacks
             .with_label_values(&[report.trigger.as_str(), &report.state])
             .inc();
-        self.metrics.rollback_duration.observe(elapsed.as_secs_f64());
+        self.metrics
+            .rollback_duration
+            .observe(elapsed.as_secs_f64());
         for r in &report.results {
             self.metrics
                 .objects_restored
@@ -350,18 +360,51 @@ impl Restorer {
         rollback_record.rollback_of = Some(id.clone());
         rollback_record.description = Some(format!(
             "{} of {id} ({})",
-            if progress.trigger == Trigger::Cancel { "cancel" } else { "rollback" },
+            if progress.trigger == Trigger::Cancel {
+                "cancel"
+            } else {
+                "rollback"
+            },
             progress.trigger.as_str()
         ));
         if let Err(e) = self.store.create_action(&rollback_record).await {
             tracing::warn!(error = %e, "creating the rollback action record");
         }
 
-        let previous: HashMap<String, ObjectResult> = progress
+        let mut previous: HashMap<String, ObjectResult> = progress
             .results
             .iter()
             .map(|r| (r.key(), r.clone()))
             .collect();
+        // A resumed rollback: objects written by the interrupted run after its
+        // last progress save are known from the rollback action's snapshots.
+        if progress.heartbeat != progress.started_at
+            && let Ok(metas) = self.store.list_snapshots(&progress.rollback_action).await
+        {
+            for m in metas {
+                let o = &m.object;
+                let key = format!(
+                    "{}/{}/{}/{}/{}",
+                    o.group,
+                    o.resource,
+                    o.subresource.as_deref().unwrap_or(""),
+                    o.namespace.as_deref().unwrap_or(""),
+                    o.name
+                );
+                previous.entry(key).or_insert_with(|| ObjectResult {
+                    group: o.group.clone(),
+                    version: o.version.clone(),
+                    resource: o.resource.clone(),
+                    subresource: o.subresource.clone(),
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                    operation: RestoreOp::Replace,
+                    outcome: Outcome::Restored,
+                    message: "restored before the snapshotter restarted".into(),
+                    patch: None,
+                });
+            }
+        }
         let mut results: Vec<Option<ObjectResult>> = vec![None; histories.len()];
         // Objects with nothing to do are settled up front.
         for (i, (h, s)) in histories.iter().zip(&steps).enumerate() {
@@ -416,7 +459,9 @@ impl Restorer {
             .zip(&histories)
             .zip(&steps)
             .map(|((r, h), s)| {
-                r.unwrap_or_else(|| ObjectResult::new(h, s.operation, Outcome::Skipped, "not attempted".into()))
+                r.unwrap_or_else(|| {
+                    ObjectResult::new(h, s.operation, Outcome::Skipped, "not attempted".into())
+                })
             })
             .map(|mut r| {
                 // A resumed rollback finds what it restored before unchanged now.
@@ -431,10 +476,10 @@ impl Restorer {
             })
             .collect();
         results.sort_by_key(|r| r.key());
-        let failed = results
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Failed | Outcome::Conflict)
-                || (r.outcome == Outcome::Skipped && r.message.starts_with("not attempted")));
+        let failed = results.iter().any(|r| {
+            matches!(r.outcome, Outcome::Failed | Outcome::Conflict)
+                || (r.outcome == Outcome::Skipped && r.message.starts_with("not attempted"))
+        });
         let state = match (failed, progress.trigger) {
             (true, _) => ActionState::RollbackFailed,
             (false, Trigger::Cancel) => ActionState::Cancelled,
@@ -491,7 +536,8 @@ impl Restorer {
                 match dynamic::get(client, &h.object).await {
                     Ok(current) => step = plan::decide(h, current.as_ref(), params.force),
                     Err(e) => {
-                        last_error = format!("reading the current object: {}", describe_kube_error(&e));
+                        last_error =
+                            format!("reading the current object: {}", describe_kube_error(&e));
                         continue;
                     }
                 }
@@ -507,7 +553,12 @@ impl Restorer {
         } else {
             String::new()
         };
-        ObjectResult::new(h, step.operation, Outcome::Failed, format!("{last_error}{suffix}"))
+        ObjectResult::new(
+            h,
+            step.operation,
+            Outcome::Failed,
+            format!("{last_error}{suffix}"),
+        )
     }
 
     async fn apply(
@@ -517,21 +568,30 @@ impl Restorer {
         step: &Step,
         recreate: bool,
     ) -> Result<ObjectResult, String> {
-        let ok = |msg: &str| ObjectResult::new(h, step.operation, Outcome::Restored, msg.to_string());
+        let ok =
+            |msg: &str| ObjectResult::new(h, step.operation, Outcome::Restored, msg.to_string());
         let api_err = |e: kube::Error| describe_kube_error(&e);
         match &step.action {
-            Action::None(outcome, msg) => Ok(ObjectResult::new(h, step.operation, *outcome, msg.clone())),
+            Action::None(outcome, msg) => {
+                Ok(ObjectResult::new(h, step.operation, *outcome, msg.clone()))
+            }
             Action::Delete { uid } => {
-                dynamic::delete(client, &h.object, uid).await.map_err(api_err)?;
+                dynamic::delete(client, &h.object, uid)
+                    .await
+                    .map_err(api_err)?;
                 Ok(ok("deleted: it did not exist before the action"))
             }
             Action::Create(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
-                dynamic::create(client, &h.object, &body).await.map_err(api_err)?;
+                dynamic::create(client, &h.object, &body)
+                    .await
+                    .map_err(api_err)?;
                 Ok(ok(&format!("recreated from its prior state{note}")))
             }
             Action::ReplaceScale(body) => {
-                dynamic::replace(client, &h.object, body).await.map_err(api_err)?;
+                dynamic::replace(client, &h.object, body)
+                    .await
+                    .map_err(api_err)?;
                 Ok(ok("scale restored through the scale subresource"))
             }
             Action::Replace(body) => {
@@ -539,13 +599,21 @@ impl Restorer {
                 match dynamic::replace(client, &h.object, &body).await {
                     Ok(_) => Ok(ok(&format!("replaced with its prior state{note}"))),
                     Err(kube::Error::Api(s)) if s.code == 422 && recreate => {
-                        let uid = body["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-                        dynamic::delete(client, &h.object, &uid).await.map_err(api_err)?;
+                        let uid = body["metadata"]["uid"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        dynamic::delete(client, &h.object, &uid)
+                            .await
+                            .map_err(api_err)?;
                         let fresh = plan::for_create(&body);
                         dynamic::create(client, &h.object, &fresh).await.map_err(|e| {
                             format!("deleted to recreate (immutable field: {}), but creating failed: {}", s.message, describe_kube_error(&e))
                         })?;
-                        Ok(ok(&format!("recreated (delete and create) because a field is immutable: {}", s.message)))
+                        Ok(ok(&format!(
+                            "recreated (delete and create) because a field is immutable: {}",
+                            s.message
+                        )))
                     }
                     Err(kube::Error::Api(s)) if s.code == 422 => Err(format!(
                         "{} (Invalid, 422); the object was left unchanged. Use recreate=true to restore it by delete and create",
@@ -576,7 +644,10 @@ impl Restorer {
         let mut kept = Vec::new();
         let mut dropped = Vec::new();
         for r in refs {
-            let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+            let api_version = r
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let kind = r.get("kind").and_then(Value::as_str).unwrap_or_default();
             let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -622,7 +693,10 @@ impl Restorer {
         let note = if dropped.is_empty() {
             String::new()
         } else {
-            format!("; owner reference(s) to missing {} dropped", dropped.join(", "))
+            format!(
+                "; owner reference(s) to missing {} dropped",
+                dropped.join(", ")
+            )
         };
         (body, note)
     }
@@ -634,7 +708,8 @@ impl Restorer {
                 tokio::time::sleep(HEARTBEAT_EVERY).await;
                 let _ = modify(&store, &id, |r| {
                     if let Some(p) = r.extensions.get_mut(PROGRESS_KEY) {
-                        p["heartbeat"] = serde_json::to_value(Timestamp::now()).unwrap_or(Value::Null);
+                        p["heartbeat"] =
+                            serde_json::to_value(Timestamp::now()).unwrap_or(Value::Null);
                     }
                 })
                 .await;
@@ -665,7 +740,11 @@ impl Restorer {
     /// idempotent; what was already restored is found unchanged).
     pub async fn resume_stale(&self) -> Result<usize, StoreError> {
         let mut resumed = 0;
-        for (record, rv) in self.store.list_actions(Some(ActionState::RollingBack)).await? {
+        for (record, rv) in self
+            .store
+            .list_actions(Some(ActionState::RollingBack))
+            .await?
+        {
             if lock(&self.running).contains(&record.id) {
                 continue;
             }
@@ -684,9 +763,10 @@ impl Restorer {
             let mut progress = progress;
             progress.heartbeat = Timestamp::now();
             progress.instance = self.instance.clone();
-            claimed
-                .extensions
-                .insert(PROGRESS_KEY.into(), serde_json::to_value(&progress).unwrap_or(Value::Null));
+            claimed.extensions.insert(
+                PROGRESS_KEY.into(),
+                serde_json::to_value(&progress).unwrap_or(Value::Null),
+            );
             match self.store.update_action(&claimed, &rv).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict(_)) => continue,
@@ -755,11 +835,20 @@ pub async fn modify(
     Err(last.unwrap_or_else(|| StoreError::Conflict(format!("action {id}"))))
 }
 
-fn dry_run_result(h: &ObjectHistory, s: &Step, current: &Result<Option<Value>, String>) -> ObjectResult {
+fn dry_run_result(
+    h: &ObjectHistory,
+    s: &Step,
+    current: &Result<Option<Value>, String>,
+) -> ObjectResult {
     match &s.action {
         Action::None(outcome, msg) => ObjectResult::new(h, s.operation, *outcome, msg.clone()),
         action => {
-            let cur = current.as_ref().ok().cloned().flatten().unwrap_or(Value::Null);
+            let cur = current
+                .as_ref()
+                .ok()
+                .cloned()
+                .flatten()
+                .unwrap_or(Value::Null);
             let target = match action {
                 Action::Delete { .. } => Value::Null,
                 _ => s.target_body().cloned().unwrap_or(Value::Null),

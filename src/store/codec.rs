@@ -129,7 +129,11 @@ pub fn strip_volatile(object: &Value) -> Value {
             }
             let mut empty = false;
             if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-                ann.retain(|k, _| !CONTROLLER_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)));
+                ann.retain(|k, _| {
+                    !CONTROLLER_ANNOTATION_PREFIXES
+                        .iter()
+                        .any(|p| k.starts_with(p))
+                });
                 empty = ann.is_empty();
             }
             if empty {
@@ -150,7 +154,10 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
             for key in IDENTITY_METADATA {
                 meta.remove(*key);
             }
-            if let Some(refs) = meta.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+            if let Some(refs) = meta
+                .get_mut("ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
                 for r in refs.iter_mut().filter_map(Value::as_object_mut) {
                     r.remove("uid");
                 }
@@ -277,7 +284,8 @@ mod tests {
             fingerprint(&dep(1, json!({}))),
             fingerprint(&dep(1, json!({"team": "a"})))
         );
-        let scale = |r: u32| json!({"kind": "Scale", "metadata": {"name": "w"}, "spec": {"replicas": r}});
+        let scale =
+            |r: u32| json!({"kind": "Scale", "metadata": {"name": "w"}, "spec": {"replicas": r}});
         assert_ne!(fingerprint(&scale(1)), fingerprint(&scale(3)));
     }
 

@@ -259,14 +259,28 @@ impl KubeStore {
 
     /// Metadata of every snapshot (not chunks or records), for listing actions.
     pub async fn all_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
-        let lp = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER},{LABEL_ACTION},!{LABEL_RECORD}"));
+        let lp = ListParams::default().labels(&format!(
+            "{MANAGED_BY}={MANAGER},{LABEL_ACTION},!{LABEL_RECORD}"
+        ));
         let mut out = Vec::new();
-        for item in self.config_maps.list_metadata(&lp).await.map_err(StoreError::Kube)?.items {
+        for item in self
+            .config_maps
+            .list_metadata(&lp)
+            .await
+            .map_err(StoreError::Kube)?
+            .items
+        {
             if let Ok(m) = meta_of(&item.metadata, false) {
                 out.push(m);
             }
         }
-        for item in self.secrets.list_metadata(&lp).await.map_err(StoreError::Kube)?.items {
+        for item in self
+            .secrets
+            .list_metadata(&lp)
+            .await
+            .map_err(StoreError::Kube)?
+            .items
+        {
             if let Ok(m) = meta_of(&item.metadata, true) {
                 out.push(m);
             }
@@ -327,14 +341,32 @@ impl KubeStore {
     /// calls (ConfigMaps and Secrets) rather than one GET per snapshot. A
     /// snapshot that cannot be decoded carries the reason instead of failing
     /// the whole action.
-    pub async fn load_action(&self, action: &ActionId) -> Result<Vec<crate::restore::plan::Loaded>> {
+    pub async fn load_action(
+        &self,
+        action: &ActionId,
+    ) -> Result<Vec<crate::restore::plan::Loaded>> {
         let lp = ListParams::default().labels(&format!("{LABEL_ACTION}={action}"));
         let mut raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)> = Vec::new();
-        for cm in self.config_maps.list(&lp).await.map_err(StoreError::Kube)?.items {
-            let payload = cm.binary_data.and_then(|mut d| d.remove(PAYLOAD_KEY)).map(|b| b.0);
+        for cm in self
+            .config_maps
+            .list(&lp)
+            .await
+            .map_err(StoreError::Kube)?
+            .items
+        {
+            let payload = cm
+                .binary_data
+                .and_then(|mut d| d.remove(PAYLOAD_KEY))
+                .map(|b| b.0);
             raw.push((cm.metadata, payload, false));
         }
-        for s in self.secrets.list(&lp).await.map_err(StoreError::Kube)?.items {
+        for s in self
+            .secrets
+            .list(&lp)
+            .await
+            .map_err(StoreError::Kube)?
+            .items
+        {
             let payload = s.data.and_then(|mut d| d.remove(PAYLOAD_KEY)).map(|b| b.0);
             raw.push((s.metadata, payload, true));
         }

@@ -40,7 +40,7 @@ pub fn cluster() -> &'static Cluster {
             .prefix("snapback-cp-")
             .tempdir()
             .expect("tempdir");
-        let dir = tmp.path().join("cp");
+        let dir = tmp.path().to_path_buf();
         let out = Command::new(format!("{ROOT}/hack/cluster.sh"))
             .arg("up")
             .arg(&dir)
@@ -63,7 +63,7 @@ pub fn cluster() -> &'static Cluster {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
-        let certs = tmp.path().join("certs");
+        let certs = tmp.path().join("snapback-certs");
         let status = Command::new(env!("CARGO_BIN_EXE_snapback"))
             .args(["certs", "--hosts", "localhost,127.0.0.1", "--out"])
             .arg(&certs)
@@ -345,13 +345,16 @@ impl Snapback {
             "--exclude-namespaces".into(),
             format!("{},kube-system", self.opts.snapshot_namespace),
         ];
-        if let Some(label) = &self.opts.namespace_label {
-            args.extend([
+        match &self.opts.namespace_label {
+            Some(label) => args.extend([
                 "--namespace-label".into(),
                 label.clone(),
                 "--scope".into(),
                 "Namespaced".into(),
-            ]);
+            ]),
+            // The shared instance leaves the namespaces of isolated instances
+            // alone (its mutating webhook would strip their annotations first).
+            None => args.extend(["--exclude-label".into(), "snapback-test".into()]),
         }
         let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
             .args(&args)
@@ -363,8 +366,59 @@ impl Snapback {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.kubectl_apply_str(&String::from_utf8_lossy(&out.stdout));
-        // Registration takes effect asynchronously in the API server.
-        std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    /// Wait until changes in `ns` reach this instance (webhook registration
+    /// and namespace labels take effect asynchronously in the API server).
+    /// Probe changes are made as admin, in an action of their own.
+    pub fn wait_capturing(&self, cluster: &Cluster, ns: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        loop {
+            let probe = format!("snapback-probe-{n}");
+            n += 1;
+            let _ = cluster.kubectl("admin", &["-n", ns, "create", "configmap", &probe]);
+            // Any decision on a change (captured, or denied/uncaptured when a
+            // test broke the store on purpose) shows the webhook is called.
+            let captured = self.metrics().lines().any(|l| {
+                l.starts_with("snapback_admission_requests_total")
+                    && l.contains("webhook=\"validate\"")
+                    && ["captured", "denied", "uncaptured"]
+                        .iter()
+                        .any(|o| l.contains(&format!("outcome=\"{o}\"")))
+            });
+            let _ = cluster.kubectl(
+                "admin",
+                &[
+                    "-n",
+                    ns,
+                    "delete",
+                    "configmap",
+                    &probe,
+                    "--ignore-not-found",
+                ],
+            );
+            if captured {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "snapback never received changes in {ns}; log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Label `ns` for this (isolated) instance and wait until it captures there.
+    pub fn adopt_namespace(&self, cluster: &Cluster, ns: &str) {
+        let label = self
+            .opts
+            .namespace_label
+            .as_deref()
+            .expect("an isolated instance");
+        cluster.kubectl_ok(&["label", "namespace", ns, label, "--overwrite"]);
+        self.wait_capturing(cluster, ns);
     }
 
     pub fn unregister(&self, cluster: &Cluster) {
@@ -416,7 +470,13 @@ static SHARED: OnceLock<Snapback> = OnceLock::new();
 /// The binary's shared snapback (all namespaces, cluster-scoped objects too).
 /// Tests using it isolate themselves by namespace and by action or user.
 pub fn shared_snapback() -> &'static Snapback {
-    SHARED.get_or_init(|| Snapback::start(cluster(), SnapbackOpts::shared()))
+    SHARED.get_or_init(|| {
+        let c = cluster();
+        let sb = Snapback::start(c, SnapbackOpts::shared());
+        let _ = c.kubectl("admin", &["create", "namespace", "snapback-probe"]);
+        sb.wait_capturing(c, "snapback-probe");
+        sb
+    })
 }
 
 /// A tiny blocking HTTP/1.1 GET for the plain metrics port.
@@ -504,4 +564,150 @@ where
 
 pub fn data_path(name: &str) -> PathBuf {
     Path::new(ROOT).join("tests/data").join(name)
+}
+
+impl Cluster {
+    /// The bearer token of a test user.
+    pub fn token(&self, user: &str) -> String {
+        std::fs::read_to_string(self.dir.join("tokens.csv"))
+            .expect("tokens.csv")
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split(',');
+                let token = f.next()?;
+                (f.next()? == user).then(|| token.to_string())
+            })
+            .unwrap_or_else(|| panic!("no token for {user}"))
+    }
+
+    /// Let `user` call every verb of the rollback API.
+    pub fn grant_api(&self, user: &str) {
+        self.kubectl_apply_str(API_ROLE);
+        let _ = self.kubectl(
+            "admin",
+            &[
+                "create",
+                "clusterrolebinding",
+                &format!("snapback-api-{user}"),
+                "--clusterrole=snapback-api-user",
+                &format!("--user={user}"),
+            ],
+        );
+    }
+
+    /// Let `user` edit everything the tests use, in every namespace.
+    pub fn grant_cluster_edit(&self, user: &str) {
+        for role in ["test-editor", "test-cluster-editor"] {
+            let _ = self.kubectl(
+                "admin",
+                &[
+                    "create",
+                    "clusterrolebinding",
+                    &format!("{role}-{user}"),
+                    &format!("--clusterrole={role}"),
+                    &format!("--user={user}"),
+                ],
+            );
+        }
+    }
+}
+
+const API_ROLE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: snapback-api-user
+rules:
+  - apiGroups: ["snapback.io"]
+    resources: ["actions"]
+    verbs: ["list", "get", "create", "update", "rollback", "cancel", "delete"]
+"#;
+
+/// A client of snapback's HTTP API (TLS, trusting the test CA).
+pub struct ApiClient {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(cluster: &Cluster, port: u16) -> Self {
+        snapback::tls::install_crypto_provider();
+        let ca = std::fs::read(cluster.certs.join("ca.crt")).expect("ca.crt");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("http client");
+        ApiClient {
+            base: format!("https://127.0.0.1:{port}"),
+            http,
+        }
+    }
+
+    /// Send a request; returns the status and the body (JSON when it parses,
+    /// else a JSON string).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("API request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("API body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Like `call`, for a request whose server may die under it.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+    ) -> Result<u16, reqwest::Error> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+}
+
+impl Snapback {
+    pub fn api(&self, cluster: &Cluster) -> ApiClient {
+        ApiClient::new(cluster, self.api_port)
+    }
+
+    /// Kill with SIGKILL (no graceful shutdown).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Assert the SPEC error shape and return the message.
+pub fn error_message(body: &Value) -> String {
+    let err = body
+        .get("error")
+        .unwrap_or_else(|| panic!("no error object in {body}"));
+    assert!(err["code"].is_string(), "{body}");
+    err["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
+        .to_string()
 }

@@ -38,11 +38,23 @@ fn snap_sub(
             action: ActionId::parse("a").unwrap(),
             operation: op,
             object: ObjectRef {
-                group: if sub.is_some() { "apps".into() } else { "".into() },
+                group: if sub.is_some() {
+                    "apps".into()
+                } else {
+                    "".into()
+                },
                 version: "v1".into(),
-                resource: if sub.is_some() { "deployments".into() } else { "configmaps".into() },
+                resource: if sub.is_some() {
+                    "deployments".into()
+                } else {
+                    "configmaps".into()
+                },
                 subresource: sub.map(str::to_string),
-                kind: if sub.is_some() { "Scale".into() } else { "ConfigMap".into() },
+                kind: if sub.is_some() {
+                    "Scale".into()
+                } else {
+                    "ConfigMap".into()
+                },
                 namespace: Some("ns".into()),
                 name: name.into(),
             },
@@ -71,29 +83,52 @@ fn only(loaded: Vec<Loaded>) -> ObjectHistory {
 fn created_object_is_deleted_only_with_its_own_uid() {
     let created = obj("c", "1", "u1");
     let h = only(vec![snap(1, Operation::Create, "c", None, Some(&created))]);
-    assert_eq!(h.target, Target::Absent { created_uid: Some("u1".into()) });
+    assert_eq!(
+        h.target,
+        Target::Absent {
+            created_uid: Some("u1".into())
+        }
+    );
     let step = decide(&h, Some(&created), false);
     assert_eq!(step.action, Action::Delete { uid: "u1".into() });
     assert_eq!(step.operation, RestoreOp::Delete);
     // Already gone (or a phantom create that never happened).
-    assert!(matches!(decide(&h, None, false).action, Action::None(Outcome::Unchanged, _)));
+    assert!(matches!(
+        decide(&h, None, false).action,
+        Action::None(Outcome::Unchanged, _)
+    ));
     // Someone recreated it: never delete that one, even with force.
     let other = obj("c", "1", "u2");
-    assert!(matches!(decide(&h, Some(&other), true).action, Action::None(Outcome::Skipped, _)));
+    assert!(matches!(
+        decide(&h, Some(&other), true).action,
+        Action::None(Outcome::Skipped, _)
+    ));
 }
 
 #[test]
 fn updated_object_is_replaced_with_prior_content_and_current_resource_version() {
     let before = obj("c", "1", "u1");
     let mut after = obj("c", "2", "u1");
-    let h = only(vec![snap(1, Operation::Update, "c", Some(&before), Some(&after))]);
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&before),
+        Some(&after),
+    )]);
     after["metadata"]["resourceVersion"] = json!("99");
     after["status"] = json!({"observed": true});
     let step = decide(&h, Some(&after), false);
-    let Action::Replace(body) = step.action else { panic!("{step:?}") };
+    let Action::Replace(body) = step.action else {
+        panic!("{step:?}")
+    };
     assert_eq!(body["data"]["v"], "1");
     assert_eq!(body["metadata"]["resourceVersion"], "99");
-    assert_eq!(body["status"], json!({"observed": true}), "status left to controllers");
+    assert_eq!(
+        body["status"],
+        json!({"observed": true}),
+        "status left to controllers"
+    );
     assert!(body["metadata"].get("managedFields").is_none());
 }
 
@@ -101,10 +136,22 @@ fn updated_object_is_replaced_with_prior_content_and_current_resource_version() 
 fn someone_elses_later_change_is_a_conflict_unless_forced() {
     let before = obj("c", "1", "u1");
     let after = obj("c", "2", "u1");
-    let h = only(vec![snap(1, Operation::Update, "c", Some(&before), Some(&after))]);
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&before),
+        Some(&after),
+    )]);
     let later = obj("c", "3", "u1");
-    assert!(matches!(decide(&h, Some(&later), false).action, Action::None(Outcome::Conflict, _)));
-    assert!(matches!(decide(&h, Some(&later), true).action, Action::Replace(_)));
+    assert!(matches!(
+        decide(&h, Some(&later), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
+    assert!(matches!(
+        decide(&h, Some(&later), true).action,
+        Action::Replace(_)
+    ));
     // Deleted by someone after the action: also a conflict.
     let step = decide(&h, None, false);
     assert!(matches!(step.action, Action::None(Outcome::Conflict, ref m) if m.contains("deleted")));
@@ -115,16 +162,31 @@ fn phantom_snapshots_restore_to_a_no_op() {
     // The change was rejected by a later admission step: the object is still as before.
     let before = obj("c", "1", "u1");
     let after = obj("c", "2", "u1");
-    let h = only(vec![snap(1, Operation::Update, "c", Some(&before), Some(&after))]);
-    assert!(matches!(decide(&h, Some(&before), false).action, Action::None(Outcome::Unchanged, _)));
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&before),
+        Some(&after),
+    )]);
+    assert!(matches!(
+        decide(&h, Some(&before), false).action,
+        Action::None(Outcome::Unchanged, _)
+    ));
     // A real change followed by a phantom one: the current state is the
     // phantom's "before", which the action produced, so no conflict.
-    let (v1, v2, v3) = (obj("c", "1", "u1"), obj("c", "2", "u1"), obj("c", "3", "u1"));
+    let (v1, v2, v3) = (
+        obj("c", "1", "u1"),
+        obj("c", "2", "u1"),
+        obj("c", "3", "u1"),
+    );
     let h = only(vec![
         snap(1, Operation::Update, "c", Some(&v1), Some(&v2)),
         snap(2, Operation::Update, "c", Some(&v2), Some(&v3)),
     ]);
-    let Action::Replace(body) = decide(&h, Some(&v2), false).action else { panic!() };
+    let Action::Replace(body) = decide(&h, Some(&v2), false).action else {
+        panic!()
+    };
     assert_eq!(body["data"]["v"], "1");
 }
 
@@ -136,8 +198,16 @@ fn deleted_object_is_created_without_server_owned_fields() {
     let h = only(vec![snap(1, Operation::Delete, "c", Some(&before), None)]);
     let step = decide(&h, None, false);
     assert_eq!(step.operation, RestoreOp::Create);
-    let Action::Create(body) = step.action else { panic!() };
-    for key in ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"] {
+    let Action::Create(body) = step.action else {
+        panic!()
+    };
+    for key in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+    ] {
         assert!(body["metadata"].get(key).is_none(), "{key}");
     }
     assert_eq!(body["data"]["v"], "1");
@@ -145,7 +215,11 @@ fn deleted_object_is_created_without_server_owned_fields() {
 
 #[test]
 fn earliest_change_wins_even_when_snapshots_arrive_out_of_order() {
-    let (v1, v2, v3) = (obj("c", "1", "u1"), obj("c", "2", "u1"), obj("c", "3", "u1"));
+    let (v1, v2, v3) = (
+        obj("c", "1", "u1"),
+        obj("c", "2", "u1"),
+        obj("c", "3", "u1"),
+    );
     let loaded = vec![
         snap(3, Operation::Update, "c", Some(&v2), Some(&v3)),
         snap(1, Operation::Update, "c", Some(&v1), Some(&v2)),
@@ -160,38 +234,75 @@ fn earliest_change_wins_even_when_snapshots_arrive_out_of_order() {
         snap(2, Operation::Create, "c", None, Some(&v1)),
     ]);
     assert!(matches!(h.target, Target::Absent { .. }));
-    assert!(matches!(decide(&h, None, false).action, Action::None(Outcome::Unchanged, _)));
+    assert!(matches!(
+        decide(&h, None, false).action,
+        Action::None(Outcome::Unchanged, _)
+    ));
 }
 
 #[test]
 fn scale_only_changes_restore_through_the_subresource() {
-    let scale = |r: u32| json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+    let scale = |r: u32| {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
         "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": r.to_string()},
-        "spec": {"replicas": r}});
-    let h = only(vec![snap_sub(1, Operation::Update, "web", Some("scale"), Some(&scale(1)), Some(&scale(3)))]);
+        "spec": {"replicas": r}})
+    };
+    let h = only(vec![snap_sub(
+        1,
+        Operation::Update,
+        "web",
+        Some("scale"),
+        Some(&scale(1)),
+        Some(&scale(3)),
+    )]);
     assert!(h.fetches_scale());
     assert_eq!(h.object.subresource.as_deref(), Some("scale"));
-    let Action::ReplaceScale(body) = decide(&h, Some(&scale(3)), false).action else { panic!() };
+    let Action::ReplaceScale(body) = decide(&h, Some(&scale(3)), false).action else {
+        panic!()
+    };
     assert_eq!(body["spec"]["replicas"], 1);
     assert_eq!(body["metadata"]["resourceVersion"], "3");
-    assert!(matches!(decide(&h, Some(&scale(1)), false).action, Action::None(Outcome::Unchanged, _)));
-    assert!(matches!(decide(&h, Some(&scale(5)), false).action, Action::None(Outcome::Conflict, _)));
+    assert!(matches!(
+        decide(&h, Some(&scale(1)), false).action,
+        Action::None(Outcome::Unchanged, _)
+    ));
+    assert!(matches!(
+        decide(&h, Some(&scale(5)), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
 }
 
 #[test]
 fn a_scale_before_a_full_change_puts_the_earlier_replicas_into_the_target() {
-    let dep = |r: u32, image: &str| json!({"apiVersion": "apps/v1", "kind": "Deployment",
+    let dep = |r: u32, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "ns", "uid": "d1"},
-        "spec": {"replicas": r, "template": {"image": image}}});
+        "spec": {"replicas": r, "template": {"image": image}}})
+    };
     let scale = |r: u32| json!({"kind": "Scale", "metadata": {"name": "web", "uid": "d1"}, "spec": {"replicas": r}});
-    let mut full = snap(2, Operation::Update, "web", Some(&dep(3, "a")), Some(&dep(3, "b")));
+    let mut full = snap(
+        2,
+        Operation::Update,
+        "web",
+        Some(&dep(3, "a")),
+        Some(&dep(3, "b")),
+    );
     full.meta.object.group = "apps".into();
     full.meta.object.resource = "deployments".into();
     let h = only(vec![
-        snap_sub(1, Operation::Update, "web", Some("scale"), Some(&scale(1)), Some(&scale(3))),
+        snap_sub(
+            1,
+            Operation::Update,
+            "web",
+            Some("scale"),
+            Some(&scale(1)),
+            Some(&scale(3)),
+        ),
         full,
     ]);
-    let Target::Present(t) = &h.target else { panic!() };
+    let Target::Present(t) = &h.target else {
+        panic!()
+    };
     assert_eq!(t["spec"]["replicas"], 1);
     assert_eq!(t["spec"]["template"]["image"], "a");
     assert_eq!(h.object.kind, "Deployment");
@@ -199,11 +310,24 @@ fn a_scale_before_a_full_change_puts_the_earlier_replicas_into_the_target() {
 
 #[test]
 fn unreadable_snapshots_fail_their_object_only() {
-    let mut l = snap(1, Operation::Update, "c", Some(&obj("c", "1", "u")), Some(&obj("c", "2", "u")));
+    let mut l = snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&obj("c", "1", "u")),
+        Some(&obj("c", "2", "u")),
+    );
     l.prior = Err("payload sha256 mismatch".into());
-    let h = histories(vec![l, snap(2, Operation::Create, "d", None, Some(&obj("d", "1", "u9")))]);
+    let h = histories(vec![
+        l,
+        snap(2, Operation::Create, "d", None, Some(&obj("d", "1", "u9"))),
+    ]);
     let current = [obj("c", "2", "u"), obj("d", "1", "u9")];
-    let steps: Vec<Step> = h.iter().zip(&current).map(|(h, c)| decide(h, Some(c), false)).collect();
+    let steps: Vec<Step> = h
+        .iter()
+        .zip(&current)
+        .map(|(h, c)| decide(h, Some(c), false))
+        .collect();
     assert!(matches!(&steps[0].action, Action::None(Outcome::Failed, m) if m.contains("sha256")));
     assert!(matches!(steps[1].action, Action::Delete { .. }));
 }
@@ -212,7 +336,13 @@ fn unreadable_snapshots_fail_their_object_only() {
 fn waves_follow_dependency_order_and_reverse_it_for_deletes() {
     let mk = |group: &str, resource: &str, op: Operation, n: u32| {
         let mut l = if op == Operation::Create {
-            snap(n, op, &format!("o{n}"), None, Some(&obj("x", "1", &format!("u{n}"))))
+            snap(
+                n,
+                op,
+                &format!("o{n}"),
+                None,
+                Some(&obj("x", "1", &format!("u{n}"))),
+            )
         } else {
             snap(n, op, &format!("o{n}"), Some(&obj("x", "1", "u")), None)
         };
@@ -230,7 +360,11 @@ fn waves_follow_dependency_order_and_reverse_it_for_deletes() {
     let steps: Vec<Step> = h
         .iter()
         .map(|h| match &h.target {
-            Target::Absent { created_uid } => decide(h, Some(&obj("x", "1", created_uid.as_deref().unwrap())), false),
+            Target::Absent { created_uid } => decide(
+                h,
+                Some(&obj("x", "1", created_uid.as_deref().unwrap())),
+                false,
+            ),
             _ => decide(h, None, false),
         })
         .collect();

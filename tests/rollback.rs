@@ -1,0 +1,1308 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! Rollback and cancel through the HTTP API, on a real kube-apiserver, with
+//! the changes made by real kubectl (issue #3).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+fn get_json(c: &Cluster, args: &[&str]) -> Option<Value> {
+    let mut full = vec!["get"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    let out = c.kubectl("admin", &full);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// What a rollback must bring back: content, not server-owned fields.
+fn content(v: &Value) -> Value {
+    let mut out = json!({});
+    for key in ["spec", "data", "binaryData"] {
+        if let Some(x) = v.get(key) {
+            out[key] = x.clone();
+        }
+    }
+    // A Service's clusterIP is allocated anew when it is recreated.
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    let meta = &v["metadata"];
+    out["labels"] = meta.get("labels").cloned().unwrap_or(json!({}));
+    let mut ann = meta.get("annotations").cloned().unwrap_or(json!({}));
+    if let Some(a) = ann.as_object_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    out["annotations"] = ann;
+    out
+}
+
+fn apply_as(c: &Cluster, user: &str, yaml: &str) {
+    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "apply as {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn open_action(api: &ApiClient, token: &str, id: &str) {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(token),
+            Some(&json!({"id": id, "description": "test"}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "open");
+    // The webhook learns about it through its watch on the records.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+}
+
+async fn complete(api: &ApiClient, token: &str, id: &str) {
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/complete"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "completed");
+}
+
+/// Play the namespace controller (there is none): finish a namespace deletion.
+fn finalize_namespace(c: &Cluster, ns: &str) {
+    if let Some(mut obj) = get_json(c, &["namespace", ns]) {
+        obj["spec"]["finalizers"] = json!([]);
+        let out = c.kubectl_stdin(
+            "admin",
+            &[
+                "replace",
+                "--raw",
+                &format!("/api/v1/namespaces/{ns}/finalize"),
+                "-f",
+                "-",
+            ],
+            &obj.to_string(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(c, &["namespace", ns]).is_some() {
+        assert!(Instant::now() < deadline, "namespace {ns} not gone");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const GADGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+const WIDGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+fn deployment(ns: &str, name: &str, image: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: main, image: \"{image}\"}}]}}\n"
+    )
+}
+
+fn service(ns: &str, name: &str, port: u32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{selector: {{app: {name}}}, ports: [{{port: {port}}}]}}\n"
+    )
+}
+
+fn configmap(ns: &str, name: &str, v: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, labels: {{tier: web}}}}\ndata: {{v: \"{v}\"}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "carol";
+    c.grant_api(user);
+    c.grant_cluster_edit(user);
+    let token = c.token(user);
+    c.kubectl_apply_str(WIDGET_CRD);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/widgets.example.com",
+    ]);
+
+    // Before the action (as admin).
+    let ns = c.namespace("multi", &[]);
+    let ns2 = format!("{ns}-extra");
+    apply_as(c, "admin", &deployment(&ns, "api", "nginx:1.25", 2));
+    apply_as(c, "admin", &service(&ns, "api", 80));
+    apply_as(c, "admin", &configmap(&ns, "cfg", "old"));
+    apply_as(c, "admin", &configmap(&ns, "doomed", "keep me"));
+    apply_as(
+        c,
+        "admin",
+        &format!(
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: w1, namespace: {ns}}}\nspec: {{size: 1}}\n"
+        ),
+    );
+    let watched: Vec<Vec<&str>> = vec![
+        vec!["-n", &ns, "deployment", "api"],
+        vec!["-n", &ns, "deployment", "fresh"],
+        vec!["-n", &ns, "service", "api"],
+        vec!["-n", &ns, "service", "fresh"],
+        vec!["-n", &ns, "configmap", "cfg"],
+        vec!["-n", &ns, "configmap", "doomed"],
+        vec!["-n", &ns, "widget", "w1"],
+        vec!["namespace", &ns2],
+        vec!["-n", &ns2, "configmap", "inner"],
+        vec!["crd", "gadgets.example.com"],
+    ];
+    let snapshot_all = |c: &Cluster| -> Vec<Option<Value>> {
+        watched
+            .iter()
+            .map(|a| get_json(c, a).map(|v| content(&v)))
+            .collect()
+    };
+    let before = snapshot_all(c);
+
+    // The action, by carol, through an explicitly opened action.
+    let id = format!("multi-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    apply_as(c, user, &deployment(&ns, "api", "nginx:1.26", 2));
+    apply_as(c, user, &deployment(&ns, "fresh", "redis:7", 1));
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "service", "api"]);
+    apply_as(c, user, &service(&ns, "fresh", 6379));
+    apply_as(c, user, &configmap(&ns, "cfg", "new"));
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "doomed"]);
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "widget",
+            "w1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"size":9}}"#,
+        ],
+    );
+    c.kubectl_as_ok(user, &["create", "namespace", &ns2]);
+    apply_as(c, user, &configmap(&ns2, "inner", "x"));
+    apply_as(c, user, GADGET_CRD);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/gadgets.example.com",
+    ]);
+    apply_as(
+        c,
+        user,
+        &format!(
+            "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {{name: g1, namespace: {ns}}}\nspec: {{on: true}}\n"
+        ),
+    );
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "scale", "deployment", "api", "--replicas=5"],
+    );
+    complete(&api, &token, &id).await;
+    let after = snapshot_all(c);
+    assert_ne!(before, after);
+
+    let (status, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["changes"], 12, "{detail:#}");
+
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(report["trigger"], "request");
+    assert_eq!(report["dryRun"], false);
+    let rollback_id = report["rollbackAction"].as_str().unwrap().to_string();
+    assert_eq!(rollback_id, format!("{id}-rollback-1"));
+    assert!(
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "restored"),
+        "{report:#}"
+    );
+    // The namespace the action created is being deleted; finish what the
+    // namespace controller would do.
+    finalize_namespace(c, &ns2);
+    assert_eq!(snapshot_all(c), before, "rolled back to the prior state");
+    assert!(get_json(c, &["-n", &ns, "gadget", "g1"]).is_none());
+
+    // Redo: rolling back the rollback restores the post-action state.
+    let (status, redo) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{rollback_id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{redo}");
+    assert_eq!(redo["state"], "rolled-back", "{redo:#}");
+    let mut redone = snapshot_all(c);
+    let mut expected = after.clone();
+    // A recreated Service gets a new clusterIP, removed by content(); the
+    // scale lives in the Deployment's replicas, compared as content.
+    assert_eq!(redone.len(), expected.len());
+    redone
+        .iter_mut()
+        .zip(expected.iter_mut())
+        .for_each(|(r, e)| {
+            if let (Some(r), Some(e)) = (r, e) {
+                r.as_object_mut().unwrap().remove("status");
+                e.as_object_mut().unwrap().remove("status");
+            }
+        });
+    assert_eq!(redone, expected, "redo restores the post-action state");
+
+    // The records show the history.
+    let (_, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(detail["state"], "rolled-back");
+    assert_eq!(detail["rollbackReports"].as_array().unwrap().len(), 1);
+    let (_, rb) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{rollback_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(rb["origin"], "rollback");
+    assert_eq!(rb["rollbackOf"], id.as_str());
+    assert_eq!(rb["owner"], user);
+}
+
+/// An action of one ConfigMap change, attributed by annotation.
+fn annotated_change(c: &Cluster, ns: &str, name: &str, action: &str) {
+    c.kubectl_ok(&[
+        "-n",
+        ns,
+        "create",
+        "configmap",
+        name,
+        "--from-literal=v=before",
+    ]);
+    let out = c.kubectl_stdin(
+        "admin",
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: after}}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn value_of(c: &Cluster, ns: &str, name: &str) -> String {
+    c.kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "configmap",
+        name,
+        "-o",
+        "jsonpath={.data.v}",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_change_by_someone_else_is_a_named_conflict_unless_forced() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("conflict", &[]);
+    let id = format!("conf-{:06x}", rand::random::<u32>() & 0xffffff);
+    annotated_change(c, &ns, "cm", &id);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "other",
+        "--from-literal=v=1",
+    ]);
+    // Someone else changes it afterwards (outside the action).
+    c.kubectl_as_ok(
+        "admin",
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "cm",
+            "-p",
+            r#"{"data":{"v":"someone else"}}"#,
+        ],
+    );
+
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let msg = error_message(&body);
+    assert!(
+        msg.contains(&format!("configmaps/cm in namespace {ns}")),
+        "{msg}"
+    );
+    assert_eq!(
+        body["error"]["objects"][0],
+        format!("configmaps/cm in namespace {ns}")
+    );
+    assert_eq!(
+        value_of(c, &ns, "cm"),
+        "someone else",
+        "nothing was changed"
+    );
+
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?force=true"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "restored");
+    assert_eq!(value_of(c, &ns, "cm"), "before");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_changes_nothing_and_a_second_rollback_reports_unchanged() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("dryrun", &[]);
+    let id = format!("dry-{:06x}", rand::random::<u32>() & 0xffffff);
+    annotated_change(c, &ns, "cm", &id);
+
+    let (status, plan) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["dryRun"], true);
+    assert!(plan["rollbackAction"].is_null());
+    let r = &plan["results"][0];
+    assert_eq!(
+        (r["operation"].as_str(), r["outcome"].as_str()),
+        (Some("replace"), Some("planned"))
+    );
+    // kubectl apply added its last-applied annotation: the plan takes it away too.
+    assert_eq!(
+        r["patch"],
+        json!([{"op": "replace", "path": "/data/v", "value": "before"}, {"op": "remove", "path": "/metadata/annotations"}])
+    );
+    assert_eq!(value_of(c, &ns, "cm"), "after", "dry run changed nothing");
+    let (_, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&admin), None)
+        .await;
+    assert_eq!(detail["rollbacks"], 0);
+
+    let (_, first) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(first["results"][0]["outcome"], "restored", "{first}");
+    assert_eq!(value_of(c, &ns, "cm"), "before");
+    let (status, second) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["results"][0]["outcome"], "unchanged", "{second}");
+    assert_eq!(second["state"], "rolled-back");
+    assert_eq!(second["counts"], json!({"unchanged": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_older_than_the_window_need_force() {
+    let c = cluster();
+    let id = format!("win{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &id);
+    opts.extra_args = vec!["--rollback-window=2s".into()];
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("window", &[]);
+    sb.adopt_namespace(c, &ns);
+    annotated_change(c, &ns, "cm", "old-one");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions/old-one/rollback",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_message(&body).contains("rollback window"), "{body}");
+    assert_eq!(value_of(c, &ns, "cm"), "after");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions/old-one/rollback?force=true",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(value_of(c, &ns, "cm"), "before");
+    sb.unregister(c);
+}
+
+/// An action touching a ConfigMap in `locked` (restored first: lower rank)
+/// and a Service and a Deployment in `open`; alice may write only in `open`.
+async fn mixed_permission_action(c: &Cluster, api: &ApiClient) -> (String, String, String) {
+    // A user of its own: an explicit action collects all of its owner's changes.
+    let owner = "user4";
+    c.grant_api(owner);
+    c.grant_cluster_edit(owner);
+    let admin = c.token(owner);
+    let open_ns = c.namespace("policy-open", &["alice"]);
+    let locked_ns = c.namespace("policy-locked", &[]);
+    let id = format!("pol-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.kubectl_ok(&[
+        "-n",
+        &locked_ns,
+        "create",
+        "configmap",
+        "cm",
+        "--from-literal=v=before",
+    ]);
+    apply_as(c, "admin", &service(&open_ns, "svc", 80));
+    apply_as(c, "admin", &deployment(&open_ns, "dep", "nginx:1.25", 1));
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&admin),
+            Some(&json!({"id": id}).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kubectl_as_ok(
+        owner,
+        &[
+            "-n",
+            &locked_ns,
+            "patch",
+            "configmap",
+            "cm",
+            "-p",
+            r#"{"data":{"v":"after"}}"#,
+        ],
+    );
+    c.kubectl_as_ok(
+        owner,
+        &[
+            "-n",
+            &open_ns,
+            "patch",
+            "service",
+            "svc",
+            "-p",
+            r#"{"metadata":{"labels":{"changed":"yes"}}}"#,
+        ],
+    );
+    c.kubectl_as_ok(
+        owner,
+        &[
+            "-n",
+            &open_ns,
+            "patch",
+            "deployment",
+            "dep",
+            "-p",
+            r#"{"metadata":{"labels":{"changed":"yes"}}}"#,
+        ],
+    );
+    complete(api, &admin, &id).await;
+    (id, open_ns, locked_ns)
+}
+
+fn outcome_of<'a>(report: &'a Value, resource: &str) -> &'a str {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == resource)
+        .and_then(|r| r["outcome"].as_str())
+        .unwrap_or_else(|| panic!("no {resource} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_policies_abort_continue_and_retry() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    c.grant_api("alice");
+    let alice = c.token("alice");
+    let labelled = |c: &Cluster, ns: &str, kind: &str, name: &str| {
+        c.kubectl_ok(&[
+            "-n",
+            ns,
+            "get",
+            kind,
+            name,
+            "-o",
+            "jsonpath={.metadata.labels.changed}",
+        ])
+    };
+
+    // abort: the forbidden ConfigMap fails first; nothing after it is attempted.
+    let (id, open_ns, locked_ns) = mixed_permission_action(c, &api).await;
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?failurePolicy=abort"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["state"], "rollback-failed");
+    assert_eq!(outcome_of(&report, "configmaps"), "failed");
+    let cm = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "configmaps")
+        .unwrap();
+    assert!(
+        cm["message"].as_str().unwrap().contains("forbidden"),
+        "{cm}"
+    );
+    assert_eq!(outcome_of(&report, "services"), "skipped");
+    assert_eq!(outcome_of(&report, "deployments"), "skipped");
+    assert_eq!(
+        labelled(c, &open_ns, "service", "svc"),
+        "yes",
+        "abort left it alone"
+    );
+    assert_eq!(value_of(c, &locked_ns, "cm"), "after");
+
+    // continue: everything else is restored, the failure reported.
+    let (id, open_ns, locked_ns) = mixed_permission_action(c, &api).await;
+    let (_, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?failurePolicy=continue"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(report["state"], "rollback-failed", "{report}");
+    assert_eq!(outcome_of(&report, "configmaps"), "failed");
+    assert_eq!(outcome_of(&report, "services"), "restored");
+    assert_eq!(outcome_of(&report, "deployments"), "restored");
+    assert_eq!(labelled(c, &open_ns, "service", "svc"), "");
+    assert_eq!(value_of(c, &locked_ns, "cm"), "after");
+
+    // retry: the failure is retried, then the rollback aborts.
+    let (id, open_ns, _) = mixed_permission_action(c, &api).await;
+    let started = Instant::now();
+    let (_, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?failurePolicy=retry"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(report["state"], "rollback-failed", "{report}");
+    let cm = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "configmaps")
+        .unwrap();
+    assert_eq!(cm["outcome"], "failed");
+    assert!(
+        cm["message"].as_str().unwrap().contains("after 4 attempts"),
+        "{cm}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200 + 400 + 800),
+        "backoff between attempts"
+    );
+    assert_eq!(outcome_of(&report, "services"), "skipped");
+    assert_eq!(labelled(c, &open_ns, "service", "svc"), "yes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_undoes_what_they_could_not_have_done() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    c.grant_api("alice");
+    c.grant_api("bob");
+    let (alice, bob) = (c.token("alice"), c.token("bob"));
+    let ns = c.namespace("identity", &["alice"]);
+    let id = format!("alice-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.kubectl_as_ok(
+        "alice",
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "cm",
+            "--from-literal=v=before",
+        ],
+    );
+    let out = c.kubectl_stdin("alice", &["apply", "-f", "-"], &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: after}}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // bob may use the API but may not write in alice's namespace.
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["results"][0]["outcome"], "failed", "{report}");
+    assert!(
+        report["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bob"),
+        "{report}"
+    );
+    assert_eq!(value_of(c, &ns, "cm"), "after");
+    // user5 has no right on the API at all.
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&c.token("user5")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_message(&body).contains("user5"));
+    // No token, or a wrong one.
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    error_message(&body);
+    let (status, _) = api
+        .call("GET", "/api/v1/actions", Some("not-a-token"), None)
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(value_of(c, &ns, "cm"), "after");
+
+    // alice can, and the write is recorded as hers, made through snapback's impersonation.
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report}");
+    assert_eq!(value_of(c, &ns, "cm"), "before");
+    let audit = std::fs::read_to_string(&c.audit_log).unwrap();
+    let write = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["verb"] == "update"
+                && e["objectRef"]["namespace"] == ns.as_str()
+                && e["objectRef"]["name"] == "cm"
+        })
+        .find(|e| e["impersonatedUser"]["username"] == "alice")
+        .expect("an impersonated update in the audit log");
+    assert_eq!(write["user"]["username"], "snapback");
+    // bob's failed attempt was rollback 1; alice's is 2.
+    assert_eq!(report["rollbackAction"], format!("{id}-rollback-2"));
+    assert_eq!(
+        write["impersonatedUser"]["extra"]["snapback.io/action"][0],
+        format!("{id}-rollback-2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_closes_an_open_action_and_rolls_it_back() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user1";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("cancel", &[user]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "cm",
+        "--from-literal=v=before",
+    ]);
+    let id = format!("cxl-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "cm",
+            "-p",
+            r#"{"data":{"v":"after"}}"#,
+        ],
+    );
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "extra",
+            "--from-literal=v=1",
+        ],
+    );
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "cm"]);
+
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["trigger"], "cancel");
+    assert_eq!(report["state"], "cancelled", "{report}");
+    assert_eq!(value_of(c, &ns, "cm"), "before");
+    assert!(
+        !c.kubectl("admin", &["-n", &ns, "get", "configmap", "extra"])
+            .status
+            .success()
+    );
+    let (_, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(detail["state"], "cancelled");
+    // Only an open action can be cancelled.
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    // The user's next change is no longer in the cancelled action.
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "later",
+            "--from-literal=v=1",
+        ],
+    );
+    let (_, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(detail["changes"], 3);
+}
+
+async fn create_many(c: &Cluster, ns: &str, names: Vec<String>, action: &str) {
+    let client = c.client("admin").await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, ns);
+    let action = action.to_string();
+    futures::stream::iter(names)
+        .map(|name| {
+            let (cms, action) = (cms.clone(), action.clone());
+            async move {
+                let mut ann = std::collections::BTreeMap::new();
+                if !action.is_empty() {
+                    ann.insert("snapback.io/action".to_string(), action);
+                }
+                let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": name, "annotations": ann}, "data": {"v": "before"}
+                }))
+                .unwrap();
+                cms.create(&Default::default(), &cm).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+async fn patch_many(c: &Cluster, ns: &str, names: Vec<String>, action: &str) {
+    let client = c.client("admin").await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, ns);
+    let action = action.to_string();
+    futures::stream::iter(names)
+        .map(|name| {
+            let (cms, action) = (cms.clone(), action.clone());
+            async move {
+                let patch = json!({"metadata": {"annotations": {"snapback.io/action": action}}, "data": {"v": "after"}});
+                cms.patch(&name, &Default::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+async fn delete_many(c: &Cluster, ns: &str, names: Vec<String>) {
+    let client = c.client("user2").await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, ns);
+    futures::stream::iter(names)
+        .map(|name| {
+            let cms = cms.clone();
+            async move {
+                cms.delete(&name, &Default::default()).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+use futures::StreamExt;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_object_action_rolls_back_correctly() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user2";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("thousand", &[user]);
+    let names = |p: &str, n: usize| (0..n).map(|i| format!("{p}-{i:04}")).collect::<Vec<_>>();
+    create_many(c, &ns, names("upd", 400), "").await;
+    create_many(c, &ns, names("del", 300), "").await;
+    // One explicit action of user2: 400 updates, 300 creates and 300 deletes.
+    let id = format!("k-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    let client = c.client(user).await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, &ns);
+    futures::stream::iter(names("upd", 400))
+        .map(|n| {
+            let cms = cms.clone();
+            async move {
+                let patch = json!({"data": {"v": "after"}});
+                cms.patch(&n, &Default::default(), &kube::api::Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    futures::stream::iter(names("new", 300))
+        .map(|n| {
+            let cms = cms.clone();
+            async move {
+                let cm =
+                    serde_json::from_value(json!({"metadata": {"name": n}, "data": {"v": "new"}}))
+                        .unwrap();
+                cms.create(&Default::default(), &cm).await.unwrap();
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    delete_many(c, &ns, names("del", 300)).await;
+    complete(&api, &token, &id).await;
+
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["state"], "rolled-back", "{}", report["counts"]);
+    assert_eq!(report["counts"], json!({"restored": 1000}));
+    let list: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "configmaps", "-o", "json"]))
+            .unwrap();
+    let items = list["items"].as_array().unwrap();
+    let names_now: std::collections::BTreeSet<&str> = items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names_now.len(), 700);
+    assert!(
+        names_now
+            .iter()
+            .all(|n| n.starts_with("upd-") || n.starts_with("del-"))
+    );
+    assert!(items.iter().all(|i| i["data"]["v"] == "before"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_snapshotter_finishes_the_rollback_after_restart_and_concurrent_requests_get_409()
+{
+    let c = cluster();
+    let tag = format!("kill{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts::isolated(c, &tag);
+    let mut sb = Snapback::start(c, opts.clone());
+    let admin = c.token("admin");
+    let ns = c.namespace("kill", &[]);
+    sb.adopt_namespace(c, &ns);
+    let names: Vec<String> = (0..500).map(|i| format!("cm-{i:03}")).collect();
+    create_many(c, &ns, names.clone(), "").await;
+    patch_many(c, &ns, names.clone(), "big").await;
+
+    let api = sb.api(c);
+    let rollback = {
+        let api = sb.api(c);
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            api.try_call("POST", "/api/v1/actions/big/rollback", &admin)
+                .await
+        })
+    };
+    // Wait until the rollback has recorded progress, then check single flight and kill it.
+    let store = sb.store(c).await;
+    let id = snapback::store::model::ActionId::parse("big").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
+        let done = rec
+            .extensions
+            .get("rollback")
+            .and_then(|p| p["results"].as_array())
+            .map_or(0, Vec::len);
+        if rec.state.as_str() == "rolling-back" && done >= 50 {
+            break;
+        }
+        assert!(
+            rec.state.as_str() != "rolled-back",
+            "the rollback finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "no progress recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = api
+        .call("POST", "/api/v1/actions/big/rollback", Some(&admin), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(error_message(&body).contains("already running"));
+    sb.kill();
+    let _ = rollback.await; // the client sees the connection drop
+    let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.as_str(), "rolling-back", "interrupted mid-way");
+    let restored_before_kill = names
+        .iter()
+        .filter(|n| value_of(c, &ns, n) == "before")
+        .count();
+    assert!(restored_before_kill < 500, "interrupted before the end");
+
+    // Restart: the new process finds the stale rollback and finishes it.
+    let sb2 = Snapback::start(c, opts);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let rec = loop {
+        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
+        if rec.state.as_str() != "rolling-back" {
+            break rec;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollback was not resumed; log:\n{}",
+            sb2.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(rec.state.as_str(), "rolled-back");
+    let report = rec.rollbacks.last().unwrap();
+    assert_eq!(report["counts"], json!({"restored": 500}), "{report}");
+    let list: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "configmaps", "-o", "json"]))
+            .unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 500);
+    assert!(items.iter().all(|i| i["data"]["v"] == "before"));
+    sb2.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_status_code_comes_with_the_json_error_body() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user3";
+    c.grant_api(user);
+    let token = c.token(user);
+    let t = Some(token.as_str());
+
+    // 200, 201, 204
+    let (s, list) = api.call("GET", "/api/v1/actions?limit=5", t, None).await;
+    assert_eq!(s, 200, "{list}");
+    assert!(list["actions"].is_array());
+    let id = format!("codes-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (s, _) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            t,
+            Some(&json!({"id": id}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // 409: one open action per user; completing twice.
+    let (s, b) = api.call("POST", "/api/v1/actions", t, Some("{}")).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(error_message(&b).contains(&id));
+    let (s, _) = api
+        .call("POST", &format!("/api/v1/actions/{id}/complete"), t, None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, b) = api
+        .call("POST", &format!("/api/v1/actions/{id}/complete"), t, None)
+        .await;
+    assert_eq!(s, 409, "{b}");
+    error_message(&b);
+    let (s, b) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            t,
+            Some(&json!({"id": id}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 409, "id taken: {b}");
+    // 400s
+    for (method, path, body) in [
+        ("GET", "/api/v1/actions?state=bogus", None),
+        ("GET", "/api/v1/actions?limit=0", None),
+        ("GET", "/api/v1/actions?since=yesterday", None),
+        (
+            "POST",
+            &*format!("/api/v1/actions/{id}/rollback?failurePolicy=sometimes"),
+            None,
+        ),
+        (
+            "POST",
+            &*format!("/api/v1/actions/{id}/rollback?dryRun=perhaps"),
+            None,
+        ),
+        ("GET", "/api/v1/actions/not%20valid", None),
+        ("POST", "/api/v1/actions", Some("this is not json")),
+        ("POST", "/api/v1/actions", Some(r#"{"id": "bad id!"}"#)),
+        ("POST", "/api/v1/actions", Some(r#"{"id": 42}"#)),
+    ] {
+        let (s, b) = api.call(method, path, t, body).await;
+        assert_eq!(s, 400, "{method} {path}: {b}");
+        error_message(&b);
+    }
+    // 404s: unknown action on every endpoint, unknown route.
+    for (method, path) in [
+        ("GET", "/api/v1/actions/nope"),
+        ("GET", "/api/v1/actions/nope/diff"),
+        ("GET", "/api/v1/actions/nope/manifests"),
+        ("POST", "/api/v1/actions/nope/complete"),
+        ("POST", "/api/v1/actions/nope/rollback"),
+        ("POST", "/api/v1/actions/nope/cancel"),
+        ("DELETE", "/api/v1/actions/nope"),
+        ("GET", "/api/v2/whatever"),
+    ] {
+        let (s, b) = api.call(method, path, t, None).await;
+        assert_eq!(s, 404, "{method} {path}: {b}");
+        error_message(&b);
+    }
+    // 413
+    let big = json!({"description": "x".repeat(80 * 1024)}).to_string();
+    let (s, b) = api.call("POST", "/api/v1/actions", t, Some(&big)).await;
+    assert_eq!(s, 413, "{b}");
+    error_message(&b);
+    // 405
+    let (s, b) = api.call("PUT", "/api/v1/actions", t, None).await;
+    assert_eq!(s, 405, "{b}");
+    error_message(&b);
+    // 204 and then 404
+    let (s, _) = api
+        .call("DELETE", &format!("/api/v1/actions/{id}"), t, None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), t, None)
+        .await;
+    assert_eq!(s, 404);
+    // probes and the description need no token
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
+        let (s, _) = api.call("GET", path, None, None).await;
+        assert_eq!(s, 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_and_manifests_show_the_prior_state() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("diff", &[]);
+    let id = format!("diff-{:06x}", rand::random::<u32>() & 0xffffff);
+    annotated_change(c, &ns, "cm", &id);
+    let (s, diff) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{id}/diff"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{diff}");
+    let cm = diff["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "cm")
+        .unwrap();
+    assert_eq!(cm["change"], "modified");
+    let text = cm["diff"].as_str().unwrap();
+    assert!(
+        text.contains("-  v: before") && text.contains("+  v: after"),
+        "{text}"
+    );
+    assert_eq!(
+        cm["patch"][0],
+        json!({"op": "replace", "path": "/data/v", "value": "before"})
+    );
+
+    let resp = reqwest_text(&api, &format!("/api/v1/actions/{id}/manifests"), &admin).await;
+    let docs: Vec<Value> = resp
+        .split("\n---\n")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect();
+    let cm = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "cm")
+        .expect("the ConfigMap manifest");
+    assert_eq!(cm["data"]["v"], "before");
+    assert!(cm["metadata"].get("uid").is_none() && cm["metadata"].get("resourceVersion").is_none());
+    // The manifests apply cleanly with kubectl.
+    let out = c.kubectl_stdin("admin", &["apply", "--dry-run=server", "-f", "-"], &resp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn reqwest_text(api: &ApiClient, path: &str, token: &str) -> String {
+    let (s, v) = api.call("GET", path, Some(token), None).await;
+    assert_eq!(s, 200);
+    v.as_str().expect("a text body").to_string()
+}
