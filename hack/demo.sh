@@ -91,10 +91,32 @@ echo "    prior state (decoded from binaryData[object.json.gz]):"
 kubectl -n snapback-system get "$snap" -o jsonpath='{.binaryData.object\.json\.gz}' | base64 -d | gunzip \
   | python3 -c 'import json,sys; o=json.load(sys.stdin); print("      data =", json.dumps(o["data"]))'
 
-if [ -x "$root/hack/demo-rollback.sh" ]; then
-  SNAPBACK_API=$api SNAPBACK_METRICS=$met SNAPBACK_BIN=$bin "$root/hack/demo-rollback.sh"
+token=$(awk -F, '$2 == "admin" {print $1}' "$cp_dir/tokens.csv")
+call() { curl -fsS --cacert "$work/certs/ca.crt" -H "Authorization: Bearer $token" "$@"; }
+pretty() { python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin), indent=2))' | sed 's/^/    /'; }
+
+step "Dry run: what a rollback of release-2 would do (POST /api/v1/actions/release-2/rollback?dryRun=true)"
+call -X POST "https://127.0.0.1:$api/api/v1/actions/release-2/rollback?dryRun=true" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+for o in r["results"]:
+    print("    %s %s/%s: %s %s" % (o["operation"], o["namespace"], o["name"], o["outcome"], json.dumps(o.get("patch"))))'
+
+step "Rolling release-2 back through the HTTP API (POST /api/v1/actions/release-2/rollback)"
+call -X POST "https://127.0.0.1:$api/api/v1/actions/release-2/rollback" | pretty
+kubectl -n shop get configmap shop-config -o jsonpath='    restored: {.data}{"\n"}'
+restored=$(kubectl -n shop get configmap shop-config -o jsonpath='{.data.theme}/{.data.checkout}')
+if [ "$restored" != "light/enabled" ]; then
+  echo "demo: the rollback did not restore the prior state (got $restored)" >&2
+  exit 1
 fi
 
+step "Actions (GET /api/v1/actions): the rollback is an action of its own, so rolling it back is a redo"
+call "https://127.0.0.1:$api/api/v1/actions?limit=5" | python3 -c '
+import json, sys
+for a in json.load(sys.stdin)["actions"]:
+    print("    %-40s %-12s %-10s changes=%d" % (a["id"], a["state"], a["origin"], a["changes"]))'
+
 step "snapback metrics (http://127.0.0.1:$met/metrics)"
-curl -fsS "http://127.0.0.1:$met/metrics" | grep -E '^snapback_(snapshots_stored|admission_requests|rollbacks|objects_restored)' | sed 's/^/    /'
+curl -fsS "http://127.0.0.1:$met/metrics" | grep -E '^snapback_(snapshots_stored|admission_requests|rollbacks_total|objects_restored|rollback_duration_seconds_count)' | sed 's/^/    /'
 step "Demo finished"

@@ -130,6 +130,12 @@ pub struct ServeArgs {
     pub retention: Duration,
     #[arg(long, env = "SNAPBACK_MAX_ACTIONS", default_value_t = 1000)]
     pub max_actions: usize,
+    /// How often the maintenance pass (idle sessions, retention) runs.
+    #[arg(long, env = "SNAPBACK_MAINTENANCE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
+    /// Duration of the maintenance Lease; another replica takes over after it.
+    #[arg(long, env = "SNAPBACK_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
     #[arg(long, env = "SNAPBACK_ROLLBACK_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub rollback_window: Duration,
     #[arg(
@@ -218,6 +224,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub retention: Duration,
     pub max_actions: usize,
+    pub maintenance_interval: Duration,
+    pub lease_duration: Duration,
     pub rollback: RollbackConfig,
     pub auth: AuthMode,
     pub max_review_bytes: usize,
@@ -305,6 +313,8 @@ impl From<ServeArgs> for Config {
             },
             retention: a.retention,
             max_actions: a.max_actions,
+            maintenance_interval: a.maintenance_interval,
+            lease_duration: a.lease_duration,
             rollback: RollbackConfig {
                 window: a.rollback_window,
                 failure_policy: a.rollback_failure_policy,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod kube_client;
 pub mod metrics;
 pub mod restore;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

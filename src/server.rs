@@ -75,6 +75,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     spawn_api_probe(client.clone(), readiness.api_reachable.clone());
 
     let handle: Handle<SocketAddr> = Handle::new();
+    let mut leases = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
 
     let store = Arc::new(KubeStore::new(
@@ -111,6 +112,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             metrics.clone(),
         ));
         spawn_resumer(restorer.clone());
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "snapback".into());
+        let lease = crate::retention::spawn(
+            client.clone(),
+            store.clone(),
+            crate::retention::RetentionConfig {
+                retention: cfg.retention,
+                max_actions: cfg.max_actions,
+                session_idle: cfg.capture.session_idle,
+                interval: cfg.maintenance_interval,
+                lease_duration: cfg.lease_duration,
+            },
+            metrics.clone(),
+            format!("{identity}-{:08x}", rand::random::<u32>()),
+        );
+        leases.push(lease);
         let state = Arc::new(ApiState {
             store: store.clone(),
             restorer,
@@ -159,6 +177,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
+    let result = wait_servers(&mut servers, &handle).await;
+    for lease in leases {
+        lease.release().await;
+    }
+    result
+}
+
+async fn wait_servers(
+    servers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    handle: &Handle<SocketAddr>,
+) -> anyhow::Result<()> {
     while let Some(done) = servers.join_next().await {
         match done {
             Ok(Ok(())) => {}

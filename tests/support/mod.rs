@@ -226,6 +226,8 @@ pub struct SnapbackOpts {
     /// other tests).
     pub namespace_label: Option<String>,
     pub extra_args: Vec<String>,
+    /// Register the webhooks (false: a second replica sharing the first's).
+    pub register: bool,
 }
 
 impl SnapbackOpts {
@@ -235,6 +237,7 @@ impl SnapbackOpts {
             webhook_name: "snapback".into(),
             namespace_label: None,
             extra_args: vec![],
+            register: true,
         }
     }
 
@@ -266,6 +269,7 @@ impl SnapbackOpts {
             webhook_name: format!("snapback-{id}"),
             namespace_label: Some(format!("snapback-test={id}")),
             extra_args: vec![],
+            register: true,
         }
     }
 }
@@ -315,7 +319,9 @@ impl Snapback {
             log,
         };
         sb.wait_ready();
-        sb.register(cluster);
+        if sb.opts.register {
+            sb.register(cluster);
+        }
         sb
     }
 
@@ -710,4 +716,17 @@ pub fn error_message(body: &Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no message in {body}"))
         .to_string()
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed), 0 when absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }

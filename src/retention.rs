@@ -1,0 +1,251 @@
+//! Maintenance on one replica at a time (a `coordination.k8s.io/v1` Lease):
+//! implicit sessions that went idle are completed, and actions past
+//! `--retention` or beyond `--max-actions` are pruned. Open and rolling-back
+//! actions are never pruned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+use crate::metrics::Metrics;
+use crate::restore::rollback::modify;
+use crate::store::actions::ActionState;
+use crate::store::kube_store::KubeStore;
+use crate::store::model::SnapshotMeta;
+
+pub const LEASE_NAME: &str = "snapback-maintenance";
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub retention: Duration,
+    pub max_actions: usize,
+    pub session_idle: Duration,
+    pub interval: Duration,
+    pub lease_duration: Duration,
+}
+
+/// A Lease held by at most one replica; taken over when not renewed in time.
+pub struct LeaderLease {
+    api: Api<Lease>,
+    identity: String,
+    duration: Duration,
+}
+
+impl LeaderLease {
+    pub fn new(client: Client, namespace: &str, identity: String, duration: Duration) -> Self {
+        LeaderLease {
+            api: Api::namespaced(client, namespace),
+            identity,
+            duration,
+        }
+    }
+
+    fn spec(&self, now: Timestamp, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Acquire or renew; true when this replica holds the lease now.
+    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(LEASE_NAME.into()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(now, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let expires = spec.renew_time.as_ref().map(|t| t.0).and_then(|t| {
+            t.checked_add(jiff::SignedDuration::from_secs(
+                spec.lease_duration_seconds.unwrap_or(15) as i64,
+            ))
+            .ok()
+        });
+        let mine = holder == self.identity;
+        let free = holder.is_empty() || expires.is_none_or(|e| e < now);
+        if !mine && !free {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        let mut new_spec = self.spec(now, transitions);
+        if mine {
+            new_spec.acquire_time = spec.acquire_time.clone();
+        }
+        lease.spec = Some(new_spec);
+        // The resourceVersion in `lease` makes this a compare-and-swap.
+        match self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Give the lease up (on shutdown) so another replica takes over at once.
+    pub async fn release(&self) {
+        if let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await
+            && lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(&self.identity)
+        {
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+            }
+            let _ = self
+                .api
+                .replace(LEASE_NAME, &PostParams::default(), &lease)
+                .await;
+        }
+    }
+}
+
+/// One maintenance pass. Returns (sessions completed, actions pruned, snapshots pruned).
+pub async fn maintain(
+    store: &KubeStore,
+    cfg: &RetentionConfig,
+    metrics: &Metrics,
+) -> Result<(usize, usize, usize), crate::store::StoreError> {
+    let now = Timestamp::now();
+    let records = store.list_actions(None).await?;
+    let metas = store.all_snapshot_metas().await?;
+    let mut by_action: std::collections::HashMap<&str, Vec<&SnapshotMeta>> = Default::default();
+    for m in &metas {
+        by_action.entry(m.action.as_str()).or_default().push(m);
+    }
+    let last_activity = |r: &crate::store::actions::ActionRecord| {
+        by_action
+            .get(r.id.as_str())
+            .and_then(|v| v.iter().map(|m| m.timestamp).max())
+            .unwrap_or(r.updated_at)
+            .max(r.updated_at)
+    };
+    let since = |t: Timestamp| now.duration_since(t).unsigned_abs();
+
+    // Implicit sessions and annotation actions complete when they go idle.
+    let mut completed = 0;
+    for (r, _) in &records {
+        if r.state == ActionState::Open
+            && matches!(r.origin.as_str(), "session" | "annotation")
+            && since(last_activity(r)) > cfg.session_idle
+        {
+            let done = modify(store, &r.id, |rec| {
+                if rec.state == ActionState::Open {
+                    rec.state = ActionState::Completed;
+                    rec.completed_at = Some(now);
+                    rec.updated_at = now;
+                }
+            })
+            .await;
+            if done.is_ok() {
+                completed += 1;
+            }
+        }
+    }
+
+    // Prunable: neither open nor rolling back, oldest activity first.
+    let mut prunable: Vec<_> = records
+        .iter()
+        .filter(|(r, _)| !matches!(r.state, ActionState::Open | ActionState::RollingBack))
+        .map(|(r, _)| (last_activity(r), r))
+        .collect();
+    prunable.sort_by_key(|(t, _)| *t);
+    let total = records.len();
+    let mut excess = total.saturating_sub(cfg.max_actions);
+    let mut pruned_actions = 0;
+    let mut pruned_snapshots = 0;
+    for (activity, r) in prunable {
+        let expired = since(activity) > cfg.retention;
+        if !expired && excess == 0 {
+            continue;
+        }
+        let snapshots = by_action.get(r.id.as_str()).map_or(0, Vec::len);
+        match store.delete_action(&r.id).await {
+            Ok(()) => {
+                tracing::info!(action = %r.id, snapshots, expired, "pruned action");
+                pruned_actions += 1;
+                pruned_snapshots += snapshots;
+                excess = excess.saturating_sub(1);
+                metrics.actions_pruned.inc();
+                metrics.snapshots_pruned.inc_by(snapshots as u64);
+            }
+            Err(e) => tracing::warn!(action = %r.id, error = %e, "pruning action"),
+        }
+    }
+    let open = records
+        .iter()
+        .filter(|(r, _)| r.state == ActionState::Open)
+        .count()
+        .saturating_sub(completed);
+    metrics.open_actions.set(open as i64);
+    Ok((completed, pruned_actions, pruned_snapshots))
+}
+
+/// Run maintenance forever while holding the lease.
+pub fn spawn(
+    client: Client,
+    store: Arc<KubeStore>,
+    cfg: RetentionConfig,
+    metrics: Metrics,
+    identity: String,
+) -> Arc<LeaderLease> {
+    let lease = Arc::new(LeaderLease::new(
+        client,
+        store.namespace(),
+        identity,
+        cfg.lease_duration,
+    ));
+    let handle = lease.clone();
+    tokio::spawn(async move {
+        let mut was_leader = false;
+        let mut last_pass: Option<std::time::Instant> = None;
+        loop {
+            let leader = match lease.try_acquire().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "maintenance lease");
+                    false
+                }
+            };
+            if leader != was_leader {
+                tracing::info!(leader, "maintenance leadership changed");
+                was_leader = leader;
+            }
+            let due = last_pass.is_none_or(|t| t.elapsed() >= cfg.interval);
+            if leader && due {
+                last_pass = Some(std::time::Instant::now());
+                if let Err(e) = maintain(&store, &cfg, &metrics).await {
+                    tracing::warn!(error = %e, "maintenance pass");
+                }
+            }
+            // Renew well within the lease duration.
+            let pause = cfg.interval.min(cfg.lease_duration / 3);
+            tokio::time::sleep(pause.max(Duration::from_millis(200))).await;
+        }
+    });
+    handle
+}

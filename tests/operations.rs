@@ -1,0 +1,420 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! Operations (issue #4): metrics, retention under a Lease, the manifests.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_captures_skips_and_rollbacks_exactly() {
+    let c = cluster();
+    let tag = format!("met{:06x}", rand::random::<u32>() & 0xffffff);
+    let sb = Snapback::start(c, SnapbackOpts::isolated(c, &tag));
+    let ns = c.namespace("metrics", &[]);
+    sb.adopt_namespace(c, &ns);
+    let before = sb.metrics();
+    let action = format!("m-{tag}");
+    let annotated = |v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: \"{v}\"}}\n"
+        )
+    };
+    for v in ["1", "2", "3"] {
+        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &annotated(v));
+        assert!(out.status.success());
+    }
+    c.kubectl_ok(&["-n", &ns, "create", "configmap", "dry", "--dry-run=server"]);
+    let api = sb.api(c);
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{action}/rollback"),
+            Some(&c.token("admin")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["counts"]["restored"], 1, "{report}");
+    let after = sb.metrics();
+    let delta = |sample: &str| metric(&after, sample) - metric(&before, sample);
+    // The action: one create and two updates; the rollback's delete of the
+    // created ConfigMap is captured too (it belongs to the rollback action).
+    assert_eq!(
+        delta(r#"snapback_snapshots_stored_total{operation="create"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"snapback_snapshots_stored_total{operation="update"}"#),
+        2.0
+    );
+    assert_eq!(
+        delta(r#"snapback_snapshots_stored_total{operation="delete"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"snapback_captures_skipped_total{reason="dry_run"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            r#"snapback_admission_requests_total{operation="update",outcome="patched",webhook="mutate"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(r#"snapback_rollbacks_total{outcome="rolled-back",trigger="request"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"snapback_objects_restored_total{operation="delete",outcome="restored"}"#),
+        1.0
+    );
+    assert_eq!(delta("snapback_rollback_duration_seconds_count"), 1.0);
+    assert!(delta(r#"snapback_snapshot_bytes_total{operation="update"}"#) > 0.0);
+    // 3 applies, 1 dry run, the rollback's delete.
+    assert_eq!(
+        delta(r#"snapback_admission_duration_seconds_count{webhook="validate"}"#),
+        5.0
+    );
+    // Bounded labels: no object, namespace or user names anywhere.
+    assert!(!after.contains(&ns) && !after.contains("admin") && !after.contains(&action));
+    sb.unregister(c);
+}
+
+fn leader_of(c: &Cluster, ns: &str) -> String {
+    c.kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "lease",
+        "snapback-maintenance",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
+fn pruned(sb: &Snapback) -> f64 {
+    metric(&sb.metrics(), "snapback_actions_pruned_total")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_prunes_on_one_replica_and_another_takes_over() {
+    let c = cluster();
+    let tag = format!("ret{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = [
+        "--retention=4s",
+        "--session-idle=1s",
+        "--maintenance-interval=1s",
+        "--lease-duration=3s",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.kubectl_ok(&[
+        "-n",
+        &opts.snapshot_namespace,
+        "create",
+        "role",
+        "lease",
+        "--resource=leases.coordination.k8s.io",
+        "--verb=get,create,update",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &opts.snapshot_namespace,
+        "create",
+        "rolebinding",
+        "lease",
+        "--role=lease",
+        "--user=snapback",
+    ]);
+    let mut a = Snapback::start(c, opts.clone());
+    let mut second = opts.clone();
+    second.register = false;
+    let mut b = Snapback::start(c, second);
+    let ns = c.namespace("retention", &[]);
+    a.adopt_namespace(c, &ns);
+    let store = a.store(c).await;
+
+    // An explicitly opened action: never pruned, however old.
+    let open_id = snapback::store::model::ActionId::parse(&format!("open-{tag}")).unwrap();
+    let rec = snapback::store::actions::ActionRecord::new(
+        open_id.clone(),
+        "explicit",
+        "carol",
+        jiff::Timestamp::now(),
+    );
+    assert!(store.create_action(&rec).await.unwrap());
+    let make_action = |name: &str| {
+        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {name}}}}}\ndata: {{v: \"1\"}}\n"));
+        assert!(out.status.success());
+    };
+    make_action("first");
+    let first = snapback::store::model::ActionId::parse("first").unwrap();
+    // Idle sessions complete, then the action expires and is pruned by the leader only.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while store.get_action(&first).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "not pruned; logs:\n{}\n{}",
+            a.log_tail(),
+            b.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        store.list_snapshots(&first).await.unwrap().is_empty(),
+        "snapshots pruned with the action"
+    );
+    let (pa, pb) = (pruned(&a), pruned(&b));
+    assert!(pa + pb >= 1.0);
+    assert!(
+        pa == 0.0 || pb == 0.0,
+        "exactly one replica prunes (a={pa}, b={pb})"
+    );
+    let leader = leader_of(c, &opts.snapshot_namespace);
+    let (leader_sb, other) = if pa > 0.0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert!(metric(&leader_sb.metrics(), "snapback_snapshots_pruned_total") >= 1.0);
+
+    // The leader dies without releasing the lease: the other takes over.
+    leader_sb.kill();
+    // The webhook Service would now route to the surviving replica.
+    other.register(c);
+    other.wait_capturing(c, &ns);
+    make_action("second");
+    let second_id = snapback::store::model::ActionId::parse("second").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while store.get_action(&second_id).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica did not take over; log:\n{}",
+            other.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(pruned(other) >= 1.0);
+    assert_ne!(leader_of(c, &opts.snapshot_namespace), leader);
+    assert!(
+        store.get_action(&open_id).await.unwrap().is_some(),
+        "open actions are never pruned"
+    );
+    a.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_actions_keeps_the_newest() {
+    let c = cluster();
+    let tag = format!("max{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = [
+        "--max-actions=2",
+        "--session-idle=1s",
+        "--maintenance-interval=1s",
+        "--lease-duration=3s",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.kubectl_ok(&[
+        "-n",
+        &opts.snapshot_namespace,
+        "create",
+        "role",
+        "lease",
+        "--resource=leases.coordination.k8s.io",
+        "--verb=get,create,update",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &opts.snapshot_namespace,
+        "create",
+        "rolebinding",
+        "lease",
+        "--role=lease",
+        "--user=snapback",
+    ]);
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("maxactions", &[]);
+    sb.adopt_namespace(c, &ns);
+    let store = sb.store(c).await;
+    for name in ["a1", "a2", "a3", "a4"] {
+        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {name}}}}}\n"));
+        assert!(out.status.success());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids: Vec<String> = store
+            .list_actions(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.id.to_string())
+            .collect();
+        if ids.len() <= 2 {
+            // The newest survive (the probe's session is older than a1..a4).
+            assert!(
+                ids.contains(&"a4".to_string()) && ids.contains(&"a3".to_string()),
+                "{ids:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {ids:?}; log:\n{}",
+            sb.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    sb.unregister(c);
+}
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", &format!("{ROOT}/{dir}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str::<Value>(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn manifests_pass_server_side_dry_run() {
+    let c = cluster();
+    let docs = kustomize("manifests");
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "{k} missing from manifests/: {kinds:?}"
+        );
+    }
+    for mut doc in docs {
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        let api = doc["apiVersion"].as_str().unwrap().to_string();
+        if api.starts_with("monitoring.coreos.com/") {
+            // CRD-backed (Prometheus operator): checked by parsing.
+            assert!(doc["spec"].is_object(), "{kind} has a spec");
+            if kind == "PrometheusRule" {
+                let rules = doc["spec"]["groups"][0]["rules"].as_array().unwrap();
+                assert!(
+                    rules.iter().all(|r| r["alert"].is_string()
+                        && r["expr"].as_str().unwrap().contains("snapback_"))
+                );
+            }
+            continue;
+        }
+        if kind == "PodDisruptionBudget" {
+            // The local API server (1.20) serves policy/v1beta1 only.
+            assert_eq!(api, "policy/v1");
+            doc["apiVersion"] = "policy/v1beta1".into();
+        }
+        if kind == "Deployment" {
+            let pod = &doc["spec"]["template"]["spec"];
+            assert_eq!(doc["spec"]["replicas"], 2);
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            for ctr in pod["containers"].as_array().unwrap() {
+                assert_eq!(ctr["securityContext"]["readOnlyRootFilesystem"], true);
+                assert!(ctr["readinessProbe"].is_object() && ctr["livenessProbe"].is_object());
+                assert!(ctr["resources"]["requests"].is_object());
+            }
+        }
+        if kind.ends_with("WebhookConfiguration") {
+            let wh = &doc["webhooks"][0];
+            assert_eq!(wh["sideEffects"], "NoneOnDryRun");
+            assert_eq!(wh["failurePolicy"], "Fail");
+            assert!(
+                wh["rules"][0]["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == "*/scale")
+            );
+        }
+        let out = c.kubectl_stdin(
+            "admin",
+            &["apply", "--dry-run=server", "-f", "-"],
+            &serde_json::to_string(&doc).unwrap(),
+        );
+        assert!(
+            out.status.success(),
+            "{kind} {} fails server-side dry run: {}",
+            doc["metadata"]["name"],
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The cert-manager overlay injects the CA into both webhooks.
+    let overlay = kustomize("certs/cert-manager");
+    let injected = overlay
+        .iter()
+        .filter(|d| {
+            d["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+                == "snapback-system/snapback"
+        })
+        .count();
+    assert_eq!(injected, 2);
+    assert!(
+        overlay
+            .iter()
+            .any(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == "snapback-tls")
+    );
+}
+
+#[test]
+fn auth_none_refuses_non_loopback_addresses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args([
+            "serve",
+            "--auth",
+            "none",
+            "--api-addr",
+            "0.0.0.0:9443",
+            "--tls-cert",
+            "x",
+            "--tls-key",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--auth=none") && err.contains("loopback"),
+        "{err}"
+    );
+}
