@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -22,6 +24,13 @@ pub enum Command {
     Certs(CertsArgs),
     /// Print the Mutating/ValidatingWebhookConfiguration for a snapback at URL.
     WebhookConfig(WebhookConfigArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

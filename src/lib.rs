@@ -6,6 +6,7 @@
 pub mod api;
 pub mod capture;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod kube_client;
 pub mod metrics;

@@ -1,10 +1,12 @@
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
 use snapback::config::{Cli, Command};
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     snapback::tls::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -13,12 +15,34 @@ async fn main() -> std::process::ExitCode {
             .map(|()| eprintln!("wrote ca.crt, tls.crt, tls.key to {}", args.out.display()))
             .map_err(Into::into),
         Command::WebhookConfig(args) => snapback::server::print_webhook_config(&args),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            let name = std::env::args()
+                .next()
+                .and_then(|a| {
+                    std::path::Path::new(&a)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| "snapback".into());
+            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Client(cmd) => {
+            return match snapback::client::run(cli.client, cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    ExitCode::from(f.code)
+                }
+            };
+        }
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("snapback: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

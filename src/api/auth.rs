@@ -116,9 +116,14 @@ fn cache_put<K: std::hash::Hash + Eq, V>(m: &Cache<K, V>, k: K, v: V) {
     m.insert(k, (v, Instant::now()));
 }
 
+/// Carries the caller's token through the API server's service proxy, which
+/// strips `Authorization` before forwarding. Verified exactly like it.
+pub const PROXY_AUTH_HEADER: &str = "x-snapback-authorization";
+
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
+        .or_else(|| headers.get(PROXY_AUTH_HEADER))
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
     let value = value
         .to_str()

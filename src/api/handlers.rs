@@ -260,6 +260,7 @@ pub async fn get_action(
         summary: ActionSummary::new(&record, &refs),
         changes_list: metas.iter().map(Change::from).collect(),
         rollback_reports: record.rollbacks.clone(),
+        progress: Progress::of(&record),
     }))
 }
 

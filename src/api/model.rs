@@ -129,6 +129,32 @@ pub struct ActionDetail {
     /// Reports of the rollbacks of this action, oldest first.
     #[schema(value_type = Vec<Object>)]
     pub rollback_reports: Vec<Value>,
+    /// While a rollback runs: how far it got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub rollback_action: String,
+    /// Objects settled so far (saved every few dozen objects).
+    pub done: usize,
+    pub total: usize,
+}
+
+impl Progress {
+    pub fn of(record: &ActionRecord) -> Option<Self> {
+        let p = record.extensions.get("rollback")?;
+        Some(Progress {
+            rollback_action: p.get("rollbackAction")?.as_str()?.to_string(),
+            done: p
+                .get("results")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            total: p.get("total").and_then(Value::as_u64).unwrap_or(0) as usize,
+        })
+    }
 }
 
 /// One object in `GET /api/v1/actions/{id}/diff`.

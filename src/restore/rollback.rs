@@ -61,6 +61,9 @@ struct Progress {
     started_at: Timestamp,
     heartbeat: Timestamp,
     instance: String,
+    /// Objects in the rollback.
+    #[serde(default)]
+    total: usize,
     #[serde(default)]
     results: Vec<ObjectResult>,
 }
@@ -303,6 +306,7 @@ impl Restorer {
             started_at,
             heartbeat: started_at,
             instance: self.instance.clone(),
+            total: histories.len(),
             results: vec![],
         };
         let mut claimed = record.clone();
