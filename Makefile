@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CLUSTER_DIR ?= $(HOME)/.cache/snapback/cluster
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test unit lint fmt cluster-up cluster-down control-plane bench ci clean-cluster
+.PHONY: all build demo test unit lint fmt cluster-up cluster-down control-plane bench ci install
 
 all: build
 
@@ -43,3 +43,10 @@ cluster-down:
 
 ## What CI runs.
 ci: lint test demo
+
+## Install the binary as the kubectl plugin `kubectl-snapback` (and `snapback`).
+PREFIX ?= $(HOME)/.local
+install: build
+	install -d $(PREFIX)/bin
+	install -m 0755 $${CARGO_TARGET_DIR:-target}/debug/snapback $(PREFIX)/bin/snapback
+	ln -sf snapback $(PREFIX)/bin/kubectl-snapback
