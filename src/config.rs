@@ -142,6 +142,17 @@ pub struct ServeArgs {
     /// How often the maintenance pass (idle sessions, retention) runs.
     #[arg(long, env = "SNAPBACK_MAINTENANCE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub maintenance_interval: Duration,
+    /// How often guarded actions are checked.
+    #[arg(long, env = "SNAPBACK_GUARD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub guard_interval: Duration,
+    /// An alert naming only a namespace rolls back the newest completed action
+    /// that touched it, if it is younger than this.
+    #[arg(long, env = "SNAPBACK_ALERT_ROLLBACK_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub alert_rollback_window: Duration,
+    /// Roll back on alerts as this user (impersonated), instead of as the
+    /// caller of the Alertmanager hook.
+    #[arg(long, env = "SNAPBACK_ALERT_ROLLBACK_AS")]
+    pub alert_rollback_as: Option<String>,
     /// Duration of the maintenance Lease; another replica takes over after it.
     #[arg(long, env = "SNAPBACK_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -235,6 +246,9 @@ pub struct Config {
     pub max_actions: usize,
     pub maintenance_interval: Duration,
     pub lease_duration: Duration,
+    pub guard_interval: Duration,
+    pub alert_rollback_window: Duration,
+    pub alert_rollback_as: Option<String>,
     pub rollback: RollbackConfig,
     pub auth: AuthMode,
     pub max_review_bytes: usize,
@@ -324,6 +338,9 @@ impl From<ServeArgs> for Config {
             max_actions: a.max_actions,
             maintenance_interval: a.maintenance_interval,
             lease_duration: a.lease_duration,
+            guard_interval: a.guard_interval,
+            alert_rollback_window: a.alert_rollback_window,
+            alert_rollback_as: a.alert_rollback_as,
             rollback: RollbackConfig {
                 window: a.rollback_window,
                 failure_policy: a.rollback_failure_policy,

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod guard;
 pub mod kube_client;
 pub mod metrics;
 pub mod restore;

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub open_actions: IntGauge,
     pub snapshots_pruned: IntCounter,
     pub actions_pruned: IntCounter,
+    /// labels: outcome (healthy, failed, rolled-back, rollback-failed)
+    pub guards: IntCounterVec,
+    /// labels: outcome (rolled-back, duplicate, ignored, failed)
+    pub alerts: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -160,6 +164,18 @@ impl Metrics {
                 registry,
                 "actions_pruned_total",
                 "Actions deleted by retention",
+            ),
+            guards: counter_vec(
+                registry,
+                "guard_outcomes_total",
+                "Guard outcomes of guarded actions",
+                &["outcome"],
+            ),
+            alerts: counter_vec(
+                registry,
+                "alerts_total",
+                "Alertmanager alerts received, by what was done",
+                &["outcome"],
             ),
             registry: registry.clone(),
         }

@@ -212,6 +212,7 @@ pub fn spawn(
     cfg: RetentionConfig,
     metrics: Metrics,
     identity: String,
+    is_leader: Arc<std::sync::atomic::AtomicBool>,
 ) -> Arc<LeaderLease> {
     let lease = Arc::new(LeaderLease::new(
         client,
@@ -235,6 +236,7 @@ pub fn spawn(
                 tracing::info!(leader, "maintenance leadership changed");
                 was_leader = leader;
             }
+            is_leader.store(leader, std::sync::atomic::Ordering::Relaxed);
             let due = last_pass.is_none_or(|t| t.elapsed() >= cfg.interval);
             if leader && due {
                 last_pass = Some(std::time::Instant::now());

@@ -104,14 +104,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     if cfg.role.snapshotter() {
-        let restorer = Arc::new(Restorer::new(
-            store.clone(),
-            kube_config.clone(),
-            cfg.auth == AuthMode::Kubernetes,
-            cfg.rollback.clone(),
-            metrics.clone(),
-        ));
+        let restorer = Arc::new(
+            Restorer::new(
+                store.clone(),
+                kube_config.clone(),
+                cfg.auth == AuthMode::Kubernetes,
+                cfg.rollback.clone(),
+                metrics.clone(),
+            )
+            .with_events(client.clone()),
+        );
         spawn_resumer(restorer.clone());
+        let leader = Arc::new(AtomicBool::new(false));
         let identity = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "snapback".into());
@@ -127,8 +131,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
             metrics.clone(),
             format!("{identity}-{:08x}", rand::random::<u32>()),
+            leader.clone(),
         );
         leases.push(lease);
+        crate::guard::Guards {
+            restorer: restorer.clone(),
+            metrics: metrics.clone(),
+            session_idle: cfg.capture.session_idle,
+            leader: leader.clone(),
+            interval: cfg.guard_interval,
+        }
+        .spawn();
         let state = Arc::new(ApiState {
             store: store.clone(),
             restorer,
@@ -145,6 +158,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
             open_lock: tokio::sync::Mutex::new(()),
+            alerts: crate::api::AlertConfig {
+                window: cfg.alert_rollback_window,
+                rollback_as: cfg.alert_rollback_as.clone(),
+            },
         });
         let app = crate::api::router(state);
         let server = axum_server::bind_rustls(cfg.api_addr, tls.config.clone())

@@ -47,6 +47,10 @@ fn state() -> Arc<ApiState> {
             api_reachable: Arc::new(AtomicBool::new(true)),
         },
         open_lock: tokio::sync::Mutex::new(()),
+        alerts: snapback::api::AlertConfig {
+            window: std::time::Duration::from_secs(3600),
+            rollback_as: None,
+        },
     })
 }
 
@@ -97,6 +101,7 @@ async fn every_documented_operation_is_routed_and_matches_the_spec_table() {
         "POST /api/v1/actions/{id}/rollback",
         "POST /api/v1/actions/{id}/cancel",
         "DELETE /api/v1/actions/{id}",
+        "POST /api/v1/hooks/alertmanager",
         "GET /healthz",
         "GET /readyz",
     ]

@@ -114,24 +114,6 @@ async fn retention_prunes_on_one_replica_and_another_takes_over() {
     ]
     .map(String::from)
     .to_vec();
-    c.kubectl_ok(&[
-        "-n",
-        &opts.snapshot_namespace,
-        "create",
-        "role",
-        "lease",
-        "--resource=leases.coordination.k8s.io",
-        "--verb=get,create,update",
-    ]);
-    c.kubectl_ok(&[
-        "-n",
-        &opts.snapshot_namespace,
-        "create",
-        "rolebinding",
-        "lease",
-        "--role=lease",
-        "--user=snapback",
-    ]);
     let mut a = Snapback::start(c, opts.clone());
     let mut second = opts.clone();
     second.register = false;
@@ -223,24 +205,6 @@ async fn max_actions_keeps_the_newest() {
     ]
     .map(String::from)
     .to_vec();
-    c.kubectl_ok(&[
-        "-n",
-        &opts.snapshot_namespace,
-        "create",
-        "role",
-        "lease",
-        "--resource=leases.coordination.k8s.io",
-        "--verb=get,create,update",
-    ]);
-    c.kubectl_ok(&[
-        "-n",
-        &opts.snapshot_namespace,
-        "create",
-        "rolebinding",
-        "lease",
-        "--role=lease",
-        "--user=snapback",
-    ]);
     let sb = Snapback::start(c, opts);
     let ns = c.namespace("maxactions", &[]);
     sb.adopt_namespace(c, &ns);

@@ -184,6 +184,9 @@ pub async fn create_action(
             "description must be at most 4096 bytes",
         ));
     }
+    if let Some(g) = &req.guard {
+        g.validate().map_err(ApiError::bad_request)?;
+    }
     let caller = state
         .auth
         .check(&headers, "create", req.id.as_deref())
@@ -210,6 +213,13 @@ pub async fn create_action(
     }
     let mut record = ActionRecord::new(id.clone(), "explicit", &caller.user, now);
     record.description = req.description.clone();
+    record.owner_groups = caller.groups.clone();
+    if let Some(guard) = &req.guard {
+        record.extensions.insert(
+            crate::guard::GUARD_KEY.into(),
+            serde_json::to_value(crate::guard::GuardStatus::new(guard.clone())).unwrap_or_default(),
+        );
+    }
     let created = state
         .store
         .create_action(&record)
@@ -524,7 +534,8 @@ async fn run_rollback(
     let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
     // Run detached: a client that disconnects does not abandon a rollback halfway.
     let restorer = state.restorer.clone();
-    let task = tokio::spawn(async move { restorer.rollback(&id, trigger, params, &caller).await });
+    let task =
+        tokio::spawn(async move { restorer.rollback(&id, trigger, params, &caller, None).await });
     let report = task
         .await
         .map_err(|e| ApiError::internal("rollback task", &e))??;

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod handlers;
+pub mod hooks;
 pub mod model;
 
 use std::sync::Arc;
@@ -39,6 +40,16 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// Serialises "open an action" so a user cannot end up with two.
     pub open_lock: tokio::sync::Mutex<()>,
+    pub alerts: AlertConfig,
+}
+
+/// How Alertmanager notifications roll actions back.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    /// Namespace-only alerts roll back the newest action younger than this.
+    pub window: std::time::Duration,
+    /// Impersonate this user instead of the hook's caller.
+    pub rollback_as: Option<String>,
 }
 
 #[derive(OpenApi)]
@@ -77,6 +88,7 @@ pub fn router_and_spec(state: Arc<ApiState>) -> (Router, utoipa::openapi::OpenAp
         .routes(routes!(handlers::complete_action))
         .routes(routes!(handlers::rollback_action))
         .routes(routes!(handlers::cancel_action))
+        .routes(routes!(hooks::alertmanager))
         .routes(routes!(handlers::healthz))
         .routes(routes!(handlers::readyz))
         .with_state(state)

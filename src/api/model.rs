@@ -18,6 +18,9 @@ pub struct OpenAction {
     /// at both ends); generated when absent.
     pub id: Option<String>,
     pub description: Option<String>,
+    /// Watch the objects once the action completes; roll back (or report) if
+    /// they do not become healthy within the timeout.
+    pub guard: Option<crate::guard::GuardSpec>,
 }
 
 /// An action as listed.
@@ -50,6 +53,9 @@ pub struct ActionSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<String>,
     pub rollbacks: usize,
+    /// The guard of a guarded action: its state and outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardStatus>,
 }
 
 impl ActionSummary {
@@ -71,6 +77,7 @@ impl ActionSummary {
                 .collect(),
             rollback_of: r.rollback_of.as_ref().map(|a| a.to_string()),
             rollbacks: r.rollbacks.len(),
+            guard: crate::guard::GuardStatus::of(r),
         }
     }
 }

@@ -25,7 +25,9 @@ use crate::config::{CaptureConfig, CaptureFailure};
 use crate::metrics::Metrics;
 use crate::store::actions::ActionRecord;
 use crate::store::codec::{self, CHUNK_SIZE};
-use crate::store::model::{ACTION_ANNOTATION, ActionId, ObjectRef, Operation, SnapshotMeta};
+use crate::store::model::{
+    ACTION_ANNOTATION, ActionId, GUARD_ANNOTATION, ObjectRef, Operation, SnapshotMeta,
+};
 use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 
 /// Leave the API server's webhook timeout (10s by default) room to deliver
@@ -332,6 +334,15 @@ impl CaptureService {
             before_fingerprint: prior.as_ref().map(codec::fingerprint),
             chunks: 0,
             secret,
+            guard: after
+                .and_then(|o| {
+                    o.get("metadata")?
+                        .get("annotations")?
+                        .get(GUARD_ANNOTATION)?
+                        .as_str()
+                })
+                .filter(|g| crate::config::parse_duration(g).is_ok())
+                .map(str::to_string),
         };
         let payload = match prior {
             None => None,
@@ -342,7 +353,8 @@ impl CaptureService {
             meta.chunks = p.chunks.len() as u32;
         }
         let bytes = payload.as_ref().map(|p| p.compressed_len()).unwrap_or(0);
-        let record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
+        let mut record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
+        record.owner_groups = req.user_info.groups.clone().unwrap_or_default();
         let snapshot = NewSnapshot { meta, payload };
         let write = async {
             self.sink.ensure_action(&record).await?;

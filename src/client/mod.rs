@@ -447,6 +447,21 @@ fn print_show(v: &Value, now: jiff::Timestamp) {
     if let Some(r) = v["rollbackOf"].as_str() {
         field("Rollback of", r.into());
     }
+    if let Some(g) = v.get("guard").filter(|g| g.is_object()) {
+        let reason = g["reason"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        field(
+            "Guard",
+            format!(
+                "{} (timeout {}, on failure {}){reason}",
+                str_of(g, "state"),
+                str_of(g, "timeout"),
+                str_of(g, "onFailure")
+            ),
+        );
+    }
     if let Some(p) = v.get("progress").filter(|p| p.is_object()) {
         field(
             "Rolling back",

@@ -49,6 +49,17 @@ pub struct ObjectHistory {
 }
 
 impl ObjectHistory {
+    /// apiVersion of the object as it was captured.
+    pub fn target_api_version(&self) -> Option<String> {
+        match &self.target {
+            Target::Present(p) => p
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        }
+    }
+
     pub fn fetches_scale(&self) -> bool {
         matches!(self.target, Target::Scale(_))
     }

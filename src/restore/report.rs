@@ -15,6 +15,10 @@ use crate::restore::plan::{ObjectHistory, Outcome, RestoreOp};
 pub enum Trigger {
     Request,
     Cancel,
+    /// The action's guard saw an object not become healthy in time.
+    Guard,
+    /// An Alertmanager notification.
+    Alert,
 }
 
 impl Trigger {
@@ -22,6 +26,8 @@ impl Trigger {
         match self {
             Trigger::Request => "request",
             Trigger::Cancel => "cancel",
+            Trigger::Guard => "guard",
+            Trigger::Alert => "alert",
         }
     }
 }
@@ -110,6 +116,9 @@ pub struct Report {
     /// The caller the restore writes were made as.
     #[serde(default)]
     pub user: String,
+    /// Why an automatic rollback happened (guard, alert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub results: Vec<ObjectResult>,
     /// Objects per outcome.
     pub counts: BTreeMap<String, usize>,

@@ -61,6 +61,9 @@ struct Progress {
     started_at: Timestamp,
     heartbeat: Timestamp,
     instance: String,
+    /// Why an automatic rollback happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     /// Objects in the rollback.
     #[serde(default)]
     total: usize,
@@ -100,6 +103,8 @@ pub struct Restorer {
     metrics: Metrics,
     instance: String,
     running: Mutex<HashSet<ActionId>>,
+    /// snapback's own client, for Events on restored objects.
+    events: Option<kube::Client>,
 }
 
 struct RunningGuard<'a>(&'a Restorer, ActionId);
@@ -132,7 +137,14 @@ impl Restorer {
             metrics,
             instance: format!("{:016x}", rand::random::<u64>()),
             running: Mutex::default(),
+            events: None,
         }
+    }
+
+    /// Record Events on restored objects with this (snapback's own) client.
+    pub fn with_events(mut self, client: kube::Client) -> Self {
+        self.events = Some(client);
+        self
     }
 
     pub fn store(&self) -> &Arc<KubeStore> {
@@ -216,6 +228,7 @@ impl Restorer {
         trigger: Trigger,
         params: Params,
         caller: &Caller,
+        reason: Option<String>,
     ) -> Result<Report, RollbackError> {
         let started = Instant::now();
         let started_at = Timestamp::now();
@@ -285,6 +298,7 @@ impl Restorer {
                 started_at,
                 finished_at: Timestamp::now(),
                 user: caller.user.clone(),
+                reason,
                 counts: counts(&results),
                 results,
             });
@@ -306,6 +320,7 @@ impl Restorer {
             started_at,
             heartbeat: started_at,
             instance: self.instance.clone(),
+            reason,
             total: histories.len(),
             results: vec![],
         };
@@ -429,13 +444,13 @@ impl Restorer {
             for batch in wave.chunks(PROGRESS_BATCH) {
                 let outcomes: Vec<(usize, ObjectResult)> = futures::stream::iter(batch.iter().copied())
                     .map(|i| {
-                        let (h, s, stop) = (&histories[i], &steps[i], &stop);
+                        let (h, s, stop, progress) = (&histories[i], &steps[i], &stop, &progress);
                         async move {
                             if stop.load(Ordering::SeqCst) {
                                 return (i, ObjectResult::new(h, s.operation, Outcome::Skipped,
                                     "not attempted: the rollback stopped after a failure (failurePolicy)".into()));
                             }
-                            let r = self.restore_one(client, h, s, &progress.params, retries).await;
+                            let r = self.restore_one(client, h, s, progress, retries, id).await;
                             if r.outcome == Outcome::Failed
                                 && progress.params.failure_policy != FailurePolicy::Continue
                             {
@@ -487,7 +502,7 @@ impl Restorer {
         let state = match (failed, progress.trigger) {
             (true, _) => ActionState::RollbackFailed,
             (false, Trigger::Cancel) => ActionState::Cancelled,
-            (false, Trigger::Request) => ActionState::RolledBack,
+            (false, _) => ActionState::RolledBack,
         };
         let report = Report {
             action: id.to_string(),
@@ -498,6 +513,7 @@ impl Restorer {
             started_at: progress.started_at,
             finished_at: Timestamp::now(),
             user: progress.caller.user.clone(),
+            reason: progress.reason.clone(),
             counts: counts(&results),
             results,
         };
@@ -529,9 +545,11 @@ impl Restorer {
         client: &kube::Client,
         h: &ObjectHistory,
         step: &Step,
-        params: &Params,
+        progress: &Progress,
         retries: u32,
+        action: &ActionId,
     ) -> ObjectResult {
+        let params = &progress.params;
         let mut step = step.clone();
         let mut last_error = String::new();
         for attempt in 0..=retries {
@@ -547,6 +565,10 @@ impl Restorer {
                 }
             }
             match self.apply(client, h, &step, params.recreate).await {
+                Ok(r) if r.outcome == Outcome::Restored => {
+                    self.spawn_event(client, h, &step, action, progress);
+                    return r;
+                }
                 Ok(r) if r.outcome != Outcome::Failed => return r,
                 Ok(r) => last_error = r.message,
                 Err(e) => last_error = e,
@@ -705,6 +727,89 @@ impl Restorer {
         (body, note)
     }
 
+    /// A Kubernetes Event on the restored object, so `kubectl describe`
+    /// shows what happened. Written with snapback's own identity; failures
+    /// are logged, never fail the restore.
+    fn spawn_event(
+        &self,
+        client: &kube::Client,
+        h: &ObjectHistory,
+        step: &Step,
+        action: &ActionId,
+        progress: &Progress,
+    ) {
+        let Some(events) = self.events.clone() else {
+            return;
+        };
+        let object = h.object.clone();
+        let caller_client = client.clone();
+        let deleted = matches!(step.action, Action::Delete { .. });
+        let message = format!(
+            "{} to the state before action {action} by {} (rollback action {}, trigger {})",
+            if deleted {
+                "Deleted (it did not exist before the action), restoring"
+            } else {
+                "Restored"
+            },
+            progress.caller.user,
+            progress.rollback_action,
+            progress.trigger.as_str()
+        );
+        let api_version = h
+            .target_api_version()
+            .unwrap_or_else(|| object.api_version());
+        tokio::spawn(async move {
+            let mut main = object.clone();
+            main.subresource = None;
+            let current = if deleted {
+                None
+            } else {
+                dynamic::get(&caller_client, &main).await.ok().flatten()
+            };
+            let uid = current
+                .as_ref()
+                .and_then(|c| c["metadata"]["uid"].as_str())
+                .map(str::to_string);
+            let kind = current
+                .as_ref()
+                .and_then(|c| c["kind"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| object.kind.clone());
+            let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
+            let now = Timestamp::now();
+            let event = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": format!("{}.", object.name), "namespace": ns},
+                "involvedObject": {
+                    "apiVersion": api_version, "kind": kind, "name": object.name,
+                    "namespace": object.namespace, "uid": uid,
+                },
+                "reason": "SnapbackRestored",
+                "message": message,
+                "type": "Normal",
+                "source": {"component": "snapback"},
+                "reportingComponent": "snapback",
+                "reportingInstance": "snapback",
+                "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "count": 1,
+            });
+            let target = crate::store::model::ObjectRef {
+                group: String::new(),
+                version: "v1".into(),
+                resource: "events".into(),
+                subresource: None,
+                kind: "Event".into(),
+                namespace: Some(ns),
+                name: String::new(),
+            };
+            if let Err(e) = dynamic::create(&events, &target, &event).await {
+                tracing::warn!(error = %describe_kube_error(&e), "recording the restore event");
+            }
+        });
+    }
+
     fn spawn_heartbeat(&self, id: ActionId) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -804,7 +909,7 @@ impl Restorer {
             let mut original = record.clone();
             original.state = match progress.trigger {
                 Trigger::Cancel => ActionState::Open,
-                Trigger::Request => ActionState::Completed,
+                _ => ActionState::Completed,
             };
             let report = self
                 .execute(&record.id, &original, progress, histories, steps, &client)

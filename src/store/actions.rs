@@ -66,6 +66,9 @@ pub struct ActionRecord {
     pub origin: String,
     /// The user the action belongs to (who opened it or made its first change).
     pub owner: String,
+    /// The owner's groups, to act as the owner later (guards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub created_at: Timestamp,
@@ -90,6 +93,7 @@ impl ActionRecord {
             state: ActionState::Open,
             origin: origin.to_string(),
             owner: owner.to_string(),
+            owner_groups: vec![],
             description: None,
             created_at: now,
             updated_at: now,

@@ -288,6 +288,24 @@ impl KubeStore {
         Ok(out)
     }
 
+    /// Metadata of snapshots whose object asked for a guard.
+    pub async fn guarded_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
+        let lp = ListParams::default().labels(&format!("{LABEL_GUARD},!{LABEL_RECORD}"));
+        let mut out = Vec::new();
+        for item in self
+            .config_maps
+            .list_metadata(&lp)
+            .await
+            .map_err(StoreError::Kube)?
+            .items
+        {
+            if let Ok(m) = meta_of(&item.metadata, false) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
     /// Load and verify the prior object of a snapshot (None for CREATE).
     pub async fn load_payload(&self, meta: &SnapshotMeta) -> Result<Option<Value>> {
         let Some(sha) = &meta.payload_sha256 else {

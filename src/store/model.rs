@@ -17,6 +17,10 @@ pub const LABEL_RECORD: &str = "snapback.io/record";
 pub const LABEL_STATE: &str = "snapback.io/state";
 pub const LABEL_ORIGIN: &str = "snapback.io/origin";
 pub const LABEL_CHUNK_OF: &str = "snapback.io/chunk-of";
+/// On snapshots of objects annotated `snapback.io/guard: <duration>`.
+pub const LABEL_GUARD: &str = "snapback.io/guard";
+/// The annotation that puts a guard on an action.
+pub const GUARD_ANNOTATION: &str = "snapback.io/guard";
 pub const RECORD_ACTION: &str = "action";
 pub const RECORD_CHUNK: &str = "chunk";
 
@@ -289,6 +293,9 @@ pub struct SnapshotMeta {
     pub chunks: u32,
     /// Stored as a Secret rather than a ConfigMap.
     pub secret: bool,
+    /// Guard timeout requested by the object's `snapback.io/guard` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
 }
 
 impl SnapshotMeta {
@@ -299,7 +306,7 @@ impl SnapshotMeta {
     }
 
     pub fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (MANAGED_BY.to_string(), MANAGER.to_string()),
             (LABEL_ACTION.to_string(), self.action.to_string()),
             (LABEL_OPERATION.to_string(), self.operation.to_string()),
@@ -307,7 +314,11 @@ impl SnapshotMeta {
                 LABEL_RESOURCE.to_string(),
                 resource_label(&self.object.resource, &self.object.group),
             ),
-        ])
+        ]);
+        if let Some(g) = &self.guard {
+            labels.insert(LABEL_GUARD.to_string(), label_safe(g));
+        }
+        labels
     }
 
     pub fn annotations(&self) -> BTreeMap<String, String> {
@@ -386,6 +397,7 @@ impl SnapshotMeta {
             before_fingerprint: ann(ANN_BEFORE_FINGERPRINT),
             chunks,
             secret,
+            guard: labels.get(LABEL_GUARD).cloned(),
         })
     }
 
@@ -490,6 +502,7 @@ mod tests {
             before_fingerprint: Some("ef".into()),
             chunks: 1,
             secret: false,
+            guard: None,
         };
         let back = SnapshotMeta::from_stored("snap-1", &meta.labels(), &meta.annotations(), false)
             .unwrap();

@@ -259,6 +259,24 @@ impl SnapbackOpts {
             "-n",
             &ns,
             "create",
+            "role",
+            "snapback-lease",
+            "--resource=leases.coordination.k8s.io",
+            "--verb=get,create,update",
+        ]);
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns,
+            "create",
+            "rolebinding",
+            "snapback-lease",
+            "--role=snapback-lease",
+            "--user=snapback",
+        ]);
+        cluster.kubectl_ok(&[
+            "-n",
+            &ns,
+            "create",
             "rolebinding",
             "snapback",
             "--role=snapback",

@@ -68,6 +68,7 @@ fn snap_sub(
             before_fingerprint: before.map(codec::fingerprint),
             chunks: u32::from(before.is_some()),
             secret: false,
+            guard: None,
         },
         prior: Ok(before.cloned()),
     }
