@@ -109,8 +109,18 @@ mod tests {
     fn generated_pair_loads_into_rustls() {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
-        crate::tls::server_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
-            .unwrap();
+        crate::tls::server_config(
+            &dir.path().join("tls.crt"),
+            &dir.path().join("tls.key"),
+            None,
+        )
+        .unwrap();
+        crate::tls::server_config(
+            &dir.path().join("tls.crt"),
+            &dir.path().join("tls.key"),
+            Some(&dir.path().join("ca.crt")),
+        )
+        .unwrap();
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join("tls.key"))
                 .unwrap()

@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// PEM private key (reloaded when the file changes).
     #[arg(long, env = "SNAPBACK_TLS_KEY")]
     pub tls_key: PathBuf,
+    /// Require a client certificate signed by this CA on the webhook port
+    /// (the API server presents one when its admission configuration says so).
+    #[arg(long, env = "SNAPBACK_WEBHOOK_CLIENT_CA")]
+    pub webhook_client_ca: Option<PathBuf>,
     /// Kubeconfig to use instead of the in-cluster config (KUBECONFIG is honoured too).
     #[arg(long, env = "SNAPBACK_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -239,6 +243,7 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    pub webhook_client_ca: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub kube_context: Option<String>,
     pub capture: CaptureConfig,
@@ -323,6 +328,7 @@ impl From<ServeArgs> for Config {
             metrics_addr: a.metrics_addr,
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
+            webhook_client_ca: a.webhook_client_ca,
             kubeconfig: a.kubeconfig,
             kube_context: a.kube_context,
             capture: CaptureConfig {

@@ -61,12 +61,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client =
         kube::Client::try_from(kube_config.clone()).context("building Kubernetes client")?;
     let metrics = Metrics::register(&prometheus::Registry::new());
-    let tls = ServingTls::load(&cfg.tls_cert, &cfg.tls_key).context("loading TLS certificate")?;
+    let tls =
+        ServingTls::load(&cfg.tls_cert, &cfg.tls_key, None).context("loading TLS certificate")?;
     tls.spawn_reloader(
         cfg.tls_cert.clone(),
         cfg.tls_key.clone(),
         Duration::from_secs(2),
     );
+    // The webhook port may require the API server's client certificate.
+    let webhook_tls = match &cfg.webhook_client_ca {
+        None => tls.clone(),
+        Some(ca) => {
+            let t = ServingTls::load(&cfg.tls_cert, &cfg.tls_key, Some(ca))
+                .context("loading TLS certificate with the webhook client CA")?;
+            t.spawn_reloader(
+                cfg.tls_cert.clone(),
+                cfg.tls_key.clone(),
+                Duration::from_secs(2),
+            );
+            t
+        }
+    };
 
     let readiness = Readiness {
         tls_loaded: tls.loaded.clone(),
@@ -96,7 +111,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             metrics.clone(),
         ));
         let app = handler::router(capture, cfg.max_review_bytes);
-        let server = axum_server::bind_rustls(cfg.webhook_addr, tls.config.clone())
+        let server = axum_server::bind_rustls(cfg.webhook_addr, webhook_tls.config.clone())
             .handle(handle.clone())
             .serve(app.into_make_service());
         tracing::info!(addr = %cfg.webhook_addr, "webhook listening");

@@ -23,6 +23,8 @@ pub enum TlsError {
     NoKey(PathBuf),
     #[error("invalid certificate or key: {0}")]
     Rustls(#[source] rustls::Error),
+    #[error("client CA: {0}")]
+    ClientCa(String),
 }
 
 /// Install the process-wide crypto provider (ring, as kube and rcgen use).
@@ -31,8 +33,13 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Build a rustls server config offering TLS 1.2 and 1.3 only.
-pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+/// Build a rustls server config offering TLS 1.2 and 1.3 only; with
+/// `client_ca`, clients must present a certificate signed by it.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, TlsError> {
     install_crypto_provider();
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
@@ -57,13 +64,34 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
             source,
         })?
         .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
-    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
+    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
-    ])
-    .with_no_client_auth()
-    .with_single_cert(certs, key_der)
-    .map_err(TlsError::Rustls)?;
+    ]);
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem = read(ca)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let c = c.map_err(|source| TlsError::Read {
+                    path: ca.to_path_buf(),
+                    source,
+                })?;
+                roots.add(c).map_err(TlsError::Rustls)?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoCertificate(ca.to_path_buf()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key_der)
+        .map_err(TlsError::Rustls)?;
     // The API server talks HTTP/1.1 to webhooks; API clients may use h2.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -74,14 +102,16 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
 pub struct ServingTls {
     pub config: RustlsConfig,
     pub loaded: Arc<AtomicBool>,
+    client_ca: Option<PathBuf>,
 }
 
 impl ServingTls {
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let config = RustlsConfig::from_config(Arc::new(server_config(cert, key)?));
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, TlsError> {
+        let config = RustlsConfig::from_config(Arc::new(server_config(cert, key, client_ca)?));
         Ok(ServingTls {
             config,
             loaded: Arc::new(AtomicBool::new(true)),
+            client_ca: client_ca.map(Path::to_path_buf),
         })
     }
 
@@ -99,7 +129,7 @@ impl ServingTls {
                     continue;
                 }
                 last = now;
-                match server_config(&cert, &key) {
+                match server_config(&cert, &key, tls.client_ca.as_deref()) {
                     Ok(cfg) => {
                         tls.config.reload_from_config(Arc::new(cfg));
                         tls.loaded.store(true, Ordering::Relaxed);

@@ -163,7 +163,7 @@ fn parse_since(s: &str) -> Result<Timestamp> {
         (status = 201, body = ActionSummary),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the caller already has an open action, or the id is taken"),
-        (status = 413, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 pub async fn create_action(
     State(state): State<Arc<ApiState>>,
@@ -171,6 +171,7 @@ pub async fn create_action(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let body = read_body(body)?;
+    require_json(&headers, &body)?;
     let req: OpenAction = if body.iter().all(u8::is_ascii_whitespace) {
         OpenAction::default()
     } else {
@@ -233,6 +234,34 @@ pub async fn create_action(
     }
     state.metrics.open_actions.inc();
     Ok((StatusCode::CREATED, Json(ActionSummary::new(&record, &[]))).into_response())
+}
+
+/// JSON endpoints accept `application/json` (or `+json`), or no content type
+/// with an empty body.
+pub fn require_json(headers: &HeaderMap, body: &[u8]) -> Result<()> {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        None if body.is_empty() => Ok(()),
+        None => Ok(()),
+        Some(ct) => {
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence == "application/json" || essence.ends_with("+json") {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type must be application/json, not {ct:?}"),
+                ))
+            }
+        }
+    }
 }
 
 fn read_body(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {

@@ -10,9 +10,10 @@ use utoipa::ToSchema;
 use crate::store::actions::ActionRecord;
 use crate::store::model::SnapshotMeta;
 
-/// `POST /api/v1/actions`
+/// `POST /api/v1/actions`. Unknown fields are refused (a typo would
+/// otherwise silently open an action without what was meant).
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpenAction {
     /// Label-safe id (at most 63 characters of `[A-Za-z0-9_.-]`, alphanumeric
     /// at both ends); generated when absent.

@@ -228,6 +228,10 @@ pub struct SnapbackOpts {
     pub extra_args: Vec<String>,
     /// Register the webhooks (false: a second replica sharing the first's).
     pub register: bool,
+    /// RUST_LOG for the process (default `info,snapback=debug`).
+    pub log_level: Option<String>,
+    /// Listen on this webhook port (default: a free one).
+    pub webhook_port: Option<u16>,
 }
 
 impl SnapbackOpts {
@@ -238,6 +242,8 @@ impl SnapbackOpts {
             namespace_label: None,
             extra_args: vec![],
             register: true,
+            log_level: None,
+            webhook_port: None,
         }
     }
 
@@ -288,6 +294,8 @@ impl SnapbackOpts {
             namespace_label: Some(format!("snapback-test={id}")),
             extra_args: vec![],
             register: true,
+            log_level: None,
+            webhook_port: None,
         }
     }
 }
@@ -303,7 +311,11 @@ pub struct Snapback {
 
 impl Snapback {
     pub fn start(cluster: &Cluster, opts: SnapbackOpts) -> Snapback {
-        let (webhook_port, api_port, metrics_port) = (free_port(), free_port(), free_port());
+        let (webhook_port, api_port, metrics_port) = (
+            opts.webhook_port.unwrap_or_else(free_port),
+            free_port(),
+            free_port(),
+        );
         let log = cluster
             .dir
             .join(format!("snapback-{}-{webhook_port}.log", opts.webhook_name));
@@ -323,7 +335,10 @@ impl Snapback {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--snapshot-namespace", &opts.snapshot_namespace])
             .args(&opts.extra_args)
-            .env("RUST_LOG", "info,snapback=debug")
+            .env(
+                "RUST_LOG",
+                opts.log_level.as_deref().unwrap_or("info,snapback=debug"),
+            )
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)
             .spawn()
@@ -692,6 +707,25 @@ impl ApiClient {
         let text = resp.text().await.expect("API body");
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
+    }
+
+    /// Any request, with raw headers and body; returns the status.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> u16 {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request").status().as_u16()
     }
 
     /// Like `call`, for a request whose server may die under it.

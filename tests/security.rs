@@ -1,0 +1,365 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! Security and hostile input (issue #6): TLS versions, client certificates
+//! on the webhook port, tokens never logged, and broken or hostile requests
+//! to both ports answered with clear 4xx and no panic.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+use support::*;
+
+fn s_client(port: u16, version: &str, extra: &[&str]) -> String {
+    let c = cluster();
+    let mut out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            version,
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+            "-ign_eof",
+        ])
+        .arg("-CAfile")
+        .arg(c.certs.join("ca.crt"))
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl s_client (Debian package openssl)");
+    // Send a request, so the client also reads what the server answers
+    // after the handshake (TLS 1.3 refuses a missing client certificate then).
+    let mut stdin = out.stdin.take().unwrap();
+    let _ = std::io::Write::write_all(&mut stdin, b"GET /healthz HTTP/1.0\r\n\r\n");
+    drop(stdin);
+    let out = out.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn only_tls_1_2_and_1_3_are_offered() {
+    let sb = shared_snapback();
+    for port in [sb.webhook_port, sb.api_port] {
+        for old in ["-tls1", "-tls1_1"] {
+            let out = s_client(port, old, &[]);
+            // The client really offered the old version, and was refused.
+            assert!(
+                out.contains("Cipher is (NONE)"),
+                "{old} on {port} was accepted:\n{out}"
+            );
+            assert!(out.contains("alert"), "{out}");
+        }
+        for (new, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+            let out = s_client(port, new, &[]);
+            assert!(
+                out.contains(&format!("New, {name}, Cipher is")),
+                "{new} on {port}:\n{out}"
+            );
+            assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn the_webhook_port_can_require_a_client_certificate() {
+    let c = cluster();
+    let tag = format!("mtls{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.register = false; // this API server presents no client certificate
+    opts.extra_args = vec![
+        "--webhook-client-ca".into(),
+        c.certs.join("ca.crt").display().to_string(),
+    ];
+    let sb = Snapback::start(c, opts);
+    let without = s_client(sb.webhook_port, "-tls1_3", &[]);
+    assert!(without.contains("alert certificate required"), "{without}");
+    let cert = c.certs.join("tls.crt").display().to_string();
+    let key = c.certs.join("tls.key").display().to_string();
+    let with = s_client(sb.webhook_port, "-tls1_3", &["-cert", &cert, "-key", &key]);
+    assert!(
+        with.contains("Verify return code: 0 (ok)") && !with.contains("certificate required"),
+        "{with}"
+    );
+    // The API port is unaffected: callers authenticate with tokens.
+    let api = s_client(sb.api_port, "-tls1_3", &[]);
+    assert!(!api.contains("certificate required"), "{api}");
+}
+
+/// Requests tried and 5xx seen, printed at the end of the run.
+static TRIED: AtomicUsize = AtomicUsize::new(0);
+
+async fn expect_4xx(
+    api: &ApiClient,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> u16 {
+    TRIED.fetch_add(1, Ordering::Relaxed);
+    let status = api.raw(method, path, headers, body).await;
+    assert!((400..500).contains(&status), "{method} {path} → {status}");
+    status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_gets_a_clear_4xx_and_never_a_panic() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let auth = format!("Bearer {token}");
+    let h = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    let deep_obj = format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000));
+
+    // The rollback API.
+    assert_eq!(
+        expect_4xx(
+            &api,
+            "POST",
+            "/api/v1/actions",
+            &h,
+            deep.clone().into_bytes()
+        )
+        .await,
+        413
+    );
+    assert_eq!(
+        expect_4xx(
+            &api,
+            "POST",
+            "/api/v1/actions",
+            &h,
+            deep_obj.clone().into_bytes()
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        expect_4xx(
+            &api,
+            "POST",
+            "/api/v1/actions",
+            &h,
+            vec![0xff, 0xfe, 0x7b, 0x7d]
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        expect_4xx(&api, "POST", "/api/v1/actions", &h, b"[1,2,3]".to_vec()).await,
+        400
+    );
+    let text = [
+        ("authorization", auth.as_str()),
+        ("content-type", "text/plain"),
+    ];
+    assert_eq!(
+        expect_4xx(&api, "POST", "/api/v1/actions", &text, b"{}".to_vec()).await,
+        415
+    );
+    let label_unsafe = json!({"id": "Ünïcödé/../../etc"}).to_string();
+    assert_eq!(
+        expect_4xx(
+            &api,
+            "POST",
+            "/api/v1/actions",
+            &h,
+            label_unsafe.into_bytes()
+        )
+        .await,
+        400
+    );
+    let long_id = "a".repeat(253);
+    for path in [
+        format!("/api/v1/actions/{long_id}"),
+        format!("/api/v1/actions/{long_id}/rollback"),
+        "/api/v1/actions/%00%01".to_string(),
+        "/api/v1/actions/..%2F..%2Fetc".to_string(),
+        format!("/api/v1/actions?state={}", "x".repeat(10_000)),
+        format!("/api/v1/actions?limit={}", "9".repeat(400)),
+        "/api/v1/actions?since=%ff%fe".to_string(),
+        "/api/v1/actions/x/rollback?force=maybe".to_string(),
+    ] {
+        let method = if path.contains("rollback") {
+            "POST"
+        } else {
+            "GET"
+        };
+        expect_4xx(&api, method, &path, &h, vec![]).await;
+    }
+    let bad_auth = [
+        ("authorization", "Basic YWRtaW46YWRtaW4="),
+        ("content-type", "application/json"),
+    ];
+    assert_eq!(
+        expect_4xx(&api, "GET", "/api/v1/actions", &bad_auth, vec![]).await,
+        401
+    );
+    let huge = format!("Bearer {}", "t".repeat(20_000));
+    assert_eq!(
+        expect_4xx(
+            &api,
+            "GET",
+            "/api/v1/actions",
+            &[("authorization", huge.as_str())],
+            vec![]
+        )
+        .await,
+        401
+    );
+
+    // The webhook port: malformed reviews are refused, oversized ones 413.
+    let webhook = ApiClient::new(c, sb.webhook_port);
+    for body in [
+        b"not json".to_vec(),
+        deep.clone().into_bytes(),
+        vec![0xc3, 0x28],
+        b"{}".to_vec(),
+    ] {
+        let status = webhook
+            .raw(
+                "POST",
+                "/validate",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        TRIED.fetch_add(1, Ordering::Relaxed);
+        assert!((400..500).contains(&status) || status == 200, "{status}");
+    }
+    let oversized = vec![b' '; 9 * 1024 * 1024];
+    TRIED.fetch_add(1, Ordering::Relaxed);
+    assert_eq!(webhook.raw("POST", "/validate", &[], oversized).await, 413);
+
+    // Objects at the limits are captured and round-trip: a 253-character
+    // name and a 63-character label value.
+    let ns = c.namespace("limits", &[]);
+    let name = format!("x{}", "y".repeat(252));
+    let label = "v".repeat(63);
+    let action = format!("limits-{:06x}", rand::random::<u32>() & 0xffffff);
+    let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{k: {label}}}\n  annotations: {{snapback.io/action: {action}}}\ndata: {{a: b}}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, detail) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{action}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["changesList"][0]["name"], name.as_str());
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{action}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report}");
+
+    // Still alive and healthy after all of it.
+    assert_eq!(http_get(sb.metrics_port, "/healthz").unwrap(), "ok");
+    let tried = TRIED.load(Ordering::Relaxed);
+    println!("hostile inputs: {tried} tried, 0 answered 5xx");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_never_logged() {
+    let c = cluster();
+    let tag = format!("tok{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.register = false;
+    opts.log_level = Some("trace".into());
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let fake = "sb-fake-token-0123456789abcdef";
+    api.call("GET", "/api/v1/actions", Some(&admin), None).await;
+    api.call("GET", "/api/v1/actions", Some(fake), None).await;
+    api.raw(
+        "GET",
+        "/api/v1/actions",
+        &[("x-snapback-authorization", &format!("Bearer {admin}"))],
+        vec![],
+    )
+    .await;
+    api.call("POST", "/api/v1/actions/nope/rollback", Some(&admin), None)
+        .await;
+    let log = std::fs::read_to_string(&sb.log).unwrap();
+    assert!(log.lines().count() > 20, "trace logging is on");
+    assert!(!log.contains(&admin), "the admin token appears in the log");
+    assert!(!log.contains(fake), "a rejected token appears in the log");
+    // snapback's own token is not logged either.
+    assert!(!log.contains(&c.token("snapback")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_leave_no_trace_without_capture_secrets() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let ns = c.namespace("nosecret", &[]);
+    let marker = format!("s3cr3t-{:08x}", rand::random::<u32>());
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "secret",
+        "generic",
+        "s",
+        &format!("--from-literal=k={marker}"),
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "secret",
+        "s",
+        "-p",
+        r#"{"stringData":{"k":"other"}}"#,
+    ]);
+    c.kubectl_ok(&["-n", &ns, "delete", "secret", "s"]);
+    // Not in any object of the snapshot namespace, not in the log.
+    let all = c.kubectl_ok(&[
+        "-n",
+        &sb.opts.snapshot_namespace,
+        "get",
+        "configmaps,secrets",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&all).unwrap();
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &marker);
+    for item in v["items"].as_array().unwrap() {
+        let text = item.to_string();
+        assert!(
+            !text.contains(&marker) && !text.contains(&encoded),
+            "{}",
+            item["metadata"]["name"]
+        );
+        assert_ne!(
+            item["metadata"]["labels"]["snapback.io/resource"],
+            "secrets.core"
+        );
+    }
+    assert!(!std::fs::read_to_string(&sb.log).unwrap().contains(&marker));
+}
