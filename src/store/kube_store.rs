@@ -33,6 +33,12 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(e) if e.code == code)
 }
 
+/// A create answered "already exists": the same write made before (a retry
+/// after a lost response). Any other 409 is a failure like any other.
+fn already_exists(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(e) if e.code == 409 && e.reason == "AlreadyExists")
+}
+
 impl KubeStore {
     pub fn new(client: Client, namespace: &str) -> Self {
         KubeStore {
@@ -67,7 +73,7 @@ impl KubeStore {
     async fn create_cm(&self, cm: &ConfigMap) -> Result<()> {
         match self.config_maps.create(&PostParams::default(), cm).await {
             Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) if already_exists(&e) => Ok(()),
             Err(e) => Err(StoreError::Kube(e)),
         }
     }
@@ -75,7 +81,7 @@ impl KubeStore {
     async fn create_secret(&self, s: &Secret) -> Result<()> {
         match self.secrets.create(&PostParams::default(), s).await {
             Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) if already_exists(&e) => Ok(()),
             Err(e) => Err(StoreError::Kube(e)),
         }
     }
@@ -171,7 +177,7 @@ impl KubeStore {
         let cm = self.record_to_cm(record, None)?;
         match self.config_maps.create(&PostParams::default(), &cm).await {
             Ok(_) => Ok(true),
-            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) if already_exists(&e) => Ok(false),
             Err(e) => Err(StoreError::Kube(e)),
         }
     }

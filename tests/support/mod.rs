@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -232,6 +234,10 @@ pub struct SnapbackOpts {
     pub log_level: Option<String>,
     /// Listen on this webhook port (default: a free one).
     pub webhook_port: Option<u16>,
+    /// Kubeconfig for snapback (default: the cluster's, context `snapback`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Register the webhooks at this URL (a load balancer) instead of the port.
+    pub webhook_url: Option<String>,
 }
 
 impl SnapbackOpts {
@@ -244,6 +250,8 @@ impl SnapbackOpts {
             register: true,
             log_level: None,
             webhook_port: None,
+            kubeconfig: None,
+            webhook_url: None,
         }
     }
 
@@ -296,6 +304,8 @@ impl SnapbackOpts {
             register: true,
             log_level: None,
             webhook_port: None,
+            kubeconfig: None,
+            webhook_url: None,
         }
     }
 }
@@ -324,7 +334,7 @@ impl Snapback {
         let child = Command::new(env!("CARGO_BIN_EXE_snapback"))
             .arg("serve")
             .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
+            .arg(opts.kubeconfig.as_ref().unwrap_or(&cluster.kubeconfig))
             .args(["--kube-context", "snapback", "--self-user", "snapback"])
             .arg("--tls-cert")
             .arg(certs.join("tls.crt"))
@@ -376,7 +386,10 @@ impl Snapback {
         let mut args = vec![
             "webhook-config".to_string(),
             "--url".into(),
-            format!("https://127.0.0.1:{}", self.webhook_port),
+            self.opts
+                .webhook_url
+                .clone()
+                .unwrap_or_else(|| format!("https://127.0.0.1:{}", self.webhook_port)),
             "--ca".into(),
             cluster.certs.join("ca.crt").display().to_string(),
             "--name".into(),
@@ -781,4 +794,22 @@ pub fn metric(text: &str, sample: &str) -> f64 {
                 .ok()
         })
         .unwrap_or(0.0)
+}
+
+impl Cluster {
+    /// A kubeconfig for snapback (context `snapback`) reaching the API server at `server`.
+    pub fn snapback_kubeconfig(&self, server: &str, name: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: snapback\n  user:\n    token: {}\ncontexts:\n- name: snapback\n  context: {{cluster: c, user: snapback}}\ncurrent-context: snapback\n",
+            self.certs.join("ca.crt").display(),
+            self.token("snapback")
+        );
+        std::fs::write(&path, text).expect("kubeconfig");
+        path
+    }
+
+    pub fn apiserver_ca(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
+    }
 }

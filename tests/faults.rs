@@ -1,0 +1,348 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! Faults and restarts (issue #6): a fault-injecting proxy between snapback
+//! and the API server, SIGKILL during a burst of captures, and two replicas
+//! behind one webhook URL with one killed under load. In `deny` mode every
+//! change the API server admits must have its snapshot.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use serde_json::{Value, json};
+use snapback::store::model::Operation;
+use support::faults::*;
+use support::*;
+
+/// For each writer's ConfigMap: the values written, and whether the API
+/// server admitted each write.
+type Writes = BTreeMap<String, Vec<(u32, bool)>>;
+
+async fn write_burst(
+    c: &Cluster,
+    ns: &str,
+    writers: usize,
+    changes: u32,
+    pause: Duration,
+) -> Writes {
+    let client = c.client("admin").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, ns);
+    for w in 0..writers {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": format!("w{w}")}, "data": {"n": "0"}}),
+        )
+        .unwrap();
+        // Creation may be denied while faults are injected; retry until admitted.
+        for _ in 0..50 {
+            if cms.create(&Default::default(), &cm).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let results = futures::stream::iter(0..writers)
+        .map(|w| {
+            let cms = cms.clone();
+            async move {
+                let name = format!("w{w}");
+                let mut log = Vec::new();
+                for j in 1..=changes {
+                    let patch = json!({"data": {"n": j.to_string()}});
+                    let ok = cms
+                        .patch(&name, &Default::default(), &kube::api::Patch::Merge(&patch))
+                        .await
+                        .is_ok();
+                    log.push((j, ok));
+                    tokio::time::sleep(pause).await;
+                }
+                (name, log)
+            }
+        })
+        .buffer_unordered(writers)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Every admitted write has a snapshot whose prior state is the value just
+/// before it. Returns (admitted, snapshots found, lost).
+async fn check_zero_lost(
+    c: &Cluster,
+    sb: &Snapback,
+    ns: &str,
+    writes: &Writes,
+) -> (usize, usize, usize) {
+    let client = c.client("admin").await;
+    let store = sb.store(c).await;
+    let metas = snapshots_in_namespace(&client, &sb.opts.snapshot_namespace, ns).await;
+    let actions: BTreeSet<String> = metas.iter().map(|m| m.action.to_string()).collect();
+    let mut priors: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut found = 0;
+    for a in actions {
+        for l in store
+            .load_action(&snapback::store::model::ActionId::parse(&a).unwrap())
+            .await
+            .unwrap()
+        {
+            if l.meta.operation != Operation::Update
+                || l.meta.object.namespace.as_deref() != Some(ns)
+            {
+                continue;
+            }
+            let prior: Value = l.prior.unwrap().unwrap();
+            priors
+                .entry(l.meta.object.name.clone())
+                .or_default()
+                .insert(prior["data"]["n"].as_str().unwrap_or("").to_string());
+            found += 1;
+        }
+    }
+    let (mut admitted, mut lost) = (0, 0);
+    for (name, log) in writes {
+        let mut current = "0".to_string();
+        for (j, ok) in log {
+            if !ok {
+                continue;
+            }
+            admitted += 1;
+            if !priors.get(name).is_some_and(|p| p.contains(&current)) {
+                lost += 1;
+                eprintln!("LOST: {name} write {j} (prior {current}) has no snapshot");
+            }
+            current = j.to_string();
+        }
+    }
+    (admitted, found, lost)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_injected_faults_no_admitted_change_loses_its_snapshot_and_rollback_reports_accurately()
+ {
+    let c = cluster();
+    let rates = FaultRates {
+        delay: 0.05,
+        error_500: 0.08,
+        throttle_429: 0.08,
+        conflict_409: 0.05,
+        lose_response: 0.08,
+    };
+    let (addr, counts) = start_fault_proxy(
+        &c.url,
+        &c.apiserver_ca(),
+        &c.certs.join("tls.crt"),
+        &c.certs.join("tls.key"),
+        rates,
+    )
+    .await;
+    let tag = format!("flt{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.kubeconfig = Some(c.snapback_kubeconfig(&format!("https://{addr}"), &tag));
+    opts.extra_args = vec!["--rollback-retries=6".into()];
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("faults", &[]);
+    sb.adopt_namespace(c, &ns);
+
+    let writes = write_burst(c, &ns, 4, 40, Duration::from_millis(0)).await;
+    let attempted: usize = writes.values().map(Vec::len).sum();
+    let (admitted, found, lost) = check_zero_lost(c, &sb, &ns, &writes).await;
+    println!(
+        "faults/capture: {attempted} changes attempted, {admitted} admitted, {found} snapshots found, {lost} lost; proxy: {}",
+        counts.summary()
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        admitted > 0 && admitted < attempted,
+        "faults were injected and some changes denied"
+    );
+    assert!(counts.injected() > 10);
+
+    // A rollback with retry under the same faults: it finishes or stops, and
+    // every object not back in its prior state is reported as not restored.
+    let action = format!("faulty-{tag}");
+    let client = c.client("admin").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, &ns);
+    let mut changed = Vec::new();
+    for i in 0..30 {
+        let name = format!("rb{i}");
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}, "data": {"v": "before"}}))
+                .unwrap();
+        if cms.create(&Default::default(), &cm).await.is_err() {
+            continue;
+        }
+        let patch = json!({"metadata": {"annotations": {"snapback.io/action": action}}, "data": {"v": "after"}});
+        if cms
+            .patch(&name, &Default::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .is_ok()
+        {
+            changed.push(name);
+        }
+    }
+    assert!(!changed.is_empty());
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let mut report = Value::Null;
+    for _ in 0..20 {
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/api/v1/actions/{action}/rollback?failurePolicy=retry"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        if status == 200 {
+            report = body;
+            break;
+        }
+        // 5xx: snapback could not read its own records through the faults;
+        // 409: a rollback interrupted by them is being resumed.
+        assert!(status >= 500 || status == 409, "{status} {body}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(report.is_object(), "no rollback report after retries");
+    let mut unreported = vec![];
+    for name in &changed {
+        let now = cms.get(name).await.unwrap();
+        let at_prior = now
+            .data
+            .as_ref()
+            .and_then(|d| d.get("v"))
+            .map(String::as_str)
+            == Some("before");
+        let outcome = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name.as_str())
+            .map(|r| r["outcome"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| "missing".into());
+        match outcome.as_str() {
+            "restored" | "unchanged" => {
+                assert!(at_prior, "{name} reported {outcome} but not restored")
+            }
+            "failed" | "skipped" | "conflict" => {}
+            other => panic!("{name}: unexpected outcome {other}"),
+        }
+        if !at_prior && !matches!(outcome.as_str(), "failed" | "skipped" | "conflict") {
+            unreported.push(name.clone());
+        }
+    }
+    assert!(
+        unreported.is_empty(),
+        "left half-restored without being reported: {unreported:?}"
+    );
+    println!(
+        "faults/rollback: {} objects, report {} ({}); proxy: {}",
+        changed.len(),
+        report["state"],
+        report["counts"],
+        counts.summary()
+    );
+    sb.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_a_burst_of_captures_loses_no_admitted_change() {
+    let c = cluster();
+    let tag = format!("kil{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.webhook_port = Some(free_port());
+    let mut sb = Snapback::start(c, opts.clone());
+    let ns = c.namespace("sigkill", &[]);
+    sb.adopt_namespace(c, &ns);
+    let burst = {
+        let ns = ns.clone();
+        tokio::spawn(
+            async move { write_burst(cluster(), &ns, 4, 60, Duration::from_millis(25)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sb.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut again = opts;
+    again.register = false; // same port, same registration
+    let sb2 = Snapback::start(c, again);
+    let writes = burst.await.unwrap();
+    let attempted: usize = writes.values().map(Vec::len).sum();
+    let (admitted, found, lost) = check_zero_lost(c, &sb2, &ns, &writes).await;
+    println!(
+        "sigkill/capture: {attempted} changes attempted, {admitted} admitted, {found} snapshots found, {lost} lost"
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        admitted < attempted,
+        "some changes were denied while snapback was down"
+    );
+    sb2.unregister(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_behind_one_url_keep_writes_flowing_when_one_is_killed() {
+    let c = cluster();
+    let tag = format!("two{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut a_opts = SnapbackOpts::isolated(c, &tag);
+    let (a_port, b_port) = (free_port(), free_port());
+    let lb = start_balancer(vec![a_port, b_port]).await;
+    a_opts.webhook_port = Some(a_port);
+    a_opts.webhook_url = Some(format!("https://127.0.0.1:{lb}"));
+    let mut b_opts = a_opts.clone();
+    b_opts.webhook_port = Some(b_port);
+    b_opts.register = false;
+    let mut a = Snapback::start(c, a_opts);
+    let b = Snapback::start(c, b_opts);
+    let ns = c.namespace("replicas", &[]);
+    c.kubectl_ok(&["label", "namespace", &ns, &format!("snapback-test={tag}")]);
+    // The API server keeps its connection to one replica: either may answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let captured = |sb: &Snapback| {
+        metric(
+            &sb.metrics(),
+            &format!(
+                "snapback_admission_requests_total{{operation=\"create\",outcome=\"captured\",webhook=\"validate\"}}"
+            ),
+        ) > 0.0
+    };
+    let mut n = 0;
+    while !captured(&a) && !captured(&b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhooks never called"
+        );
+        let _ = c.kubectl(
+            "admin",
+            &["-n", &ns, "create", "configmap", &format!("probe{n}")],
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let burst = {
+        let ns = ns.clone();
+        tokio::spawn(
+            async move { write_burst(cluster(), &ns, 4, 60, Duration::from_millis(25)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.kill();
+    let writes = burst.await.unwrap();
+    let attempted: usize = writes.values().map(Vec::len).sum();
+    let failed = writes.values().flatten().filter(|(_, ok)| !ok).count();
+    let (admitted, found, lost) = check_zero_lost(c, &b, &ns, &writes).await;
+    println!(
+        "replicas: {attempted} changes attempted, {failed} failed (in flight on the killed replica), {admitted} admitted, {found} snapshots, {lost} lost"
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        failed <= 4,
+        "writes kept flowing through the surviving replica ({failed} failed)"
+    );
+    // The later writes all went through.
+    for log in writes.values() {
+        assert!(log.iter().rev().take(20).all(|(_, ok)| *ok), "{log:?}");
+    }
+    a.unregister(c);
+}
