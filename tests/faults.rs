@@ -302,9 +302,7 @@ async fn two_replicas_behind_one_url_keep_writes_flowing_when_one_is_killed() {
     let captured = |sb: &Snapback| {
         metric(
             &sb.metrics(),
-            &format!(
-                "snapback_admission_requests_total{{operation=\"create\",outcome=\"captured\",webhook=\"validate\"}}"
-            ),
+            r#"snapback_admission_requests_total{operation="create",outcome="captured",webhook="validate"}"#,
         ) > 0.0
     };
     let mut n = 0;
