@@ -184,6 +184,12 @@ pub async fn maintain(
             continue;
         }
         let snapshots = by_action.get(r.id.as_str()).map_or(0, Vec::len);
+        // The list is from the start of the pass: a rollback may have started since.
+        match store.get_action(&r.id).await {
+            Ok(Some((fresh, _)))
+                if !matches!(fresh.state, ActionState::Open | ActionState::RollingBack) => {}
+            _ => continue,
+        }
         match store.delete_action(&r.id).await {
             Ok(()) => {
                 tracing::info!(action = %r.id, snapshots, expired, "pruned action");

@@ -363,3 +363,66 @@ async fn secrets_leave_no_trace_without_capture_secrets() {
     }
     assert!(!std::fs::read_to_string(&sb.log).unwrap().contains(&marker));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prior_states_are_shown_only_to_those_who_may_read_the_object() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    c.grant_api("alice");
+    c.grant_api("bob");
+    let ns = c.namespace("private", &["alice"]);
+    let marker = format!("private-{:08x}", rand::random::<u32>());
+    c.kubectl_as_ok(
+        "alice",
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "cm",
+            &format!("--from-literal=v={marker}"),
+        ],
+    );
+    let id = format!("priv-{:06x}", rand::random::<u32>() & 0xffffff);
+    let out = c.kubectl_stdin("alice", &["apply", "-f", "-"], &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: changed}}\n"));
+    assert!(out.status.success());
+    // bob may use the API but not read alice's namespace.
+    for path in [
+        format!("/api/v1/actions/{id}/diff"),
+        format!("/api/v1/actions/{id}/manifests"),
+    ] {
+        let (status, body) = api.call("GET", &path, Some(&c.token("bob")), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            !body.to_string().contains(&marker),
+            "{path} leaked the prior state to bob: {body}"
+        );
+    }
+    let (_, diff) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{id}/diff"),
+            Some(&c.token("bob")),
+            None,
+        )
+        .await;
+    assert!(
+        diff["objects"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not get"),
+        "{diff}"
+    );
+    // alice sees it.
+    let (_, diff) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{id}/diff"),
+            Some(&c.token("alice")),
+            None,
+        )
+        .await;
+    assert!(diff.to_string().contains(&marker), "{diff}");
+}

@@ -98,6 +98,43 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// May `caller` perform `verb` on this object? (Prior states are only
+    /// shown to those who could read the object.)
+    pub async fn can(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        object: &crate::store::model::ObjectRef,
+    ) -> Result<bool, ApiError> {
+        let Auth::Kubernetes(k) = self else {
+            return Ok(true);
+        };
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(caller.user.clone()),
+                groups: Some(caller.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(object.group.clone()),
+                    resource: Some(object.resource.clone()),
+                    verb: Some(verb.into()),
+                    namespace: object.namespace.clone(),
+                    name: Some(object.name.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(k.client.clone());
+        let result = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| ApiError::internal("authorising the caller (SubjectAccessReview)", &e))?;
+        Ok(result.status.map(|s| s.allowed).unwrap_or(false))
+    }
+}
+
 fn cache_get<K: std::hash::Hash + Eq, V: Clone>(
     m: &Mutex<HashMap<K, (V, Instant)>>,
     k: &K,

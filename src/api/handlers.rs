@@ -318,7 +318,7 @@ pub async fn diff_action(
     let id = action_id(&id)?;
     let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
     record(&state, &id).await?;
-    let histories = state.restorer.histories(&id).await?;
+    let histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
     let client = state.restorer.client_for(&caller, None)?;
     let current = Restorer::current_states(&client, &histories).await;
     let objects = histories
@@ -340,7 +340,7 @@ pub async fn diff_action(
                 error: None,
             };
             let prior = match &h.target {
-                Target::Present(p) | Target::Scale(p) => Some(strip_for_diff(p)),
+                Target::Present(p) | Target::Scale(p) => Some(redact(&strip_for_diff(p))),
                 Target::Absent { .. } => None,
                 Target::Unreadable(e) => {
                     d.change = "error".into();
@@ -349,7 +349,7 @@ pub async fn diff_action(
                 }
             };
             let cur = match cur {
-                Ok(c) => c.map(|c| strip_for_diff(&c)),
+                Ok(c) => c.map(|c| redact(&strip_for_diff(&c))),
                 Err(e) => {
                     d.change = "error".into();
                     d.error = Some(e);
@@ -404,16 +404,16 @@ pub async fn manifests(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let id = action_id(&id)?;
-    state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
     record(&state, &id).await?;
-    let mut histories = state.restorer.histories(&id).await?;
+    let mut histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
     histories.sort_by_key(|h| (h.rank, h.object.namespace.clone(), h.object.name.clone()));
     let mut out = format!("# Prior state of the objects of action {id}, captured by snapback.\n");
     for h in &histories {
         let o = &h.object;
         match &h.target {
             Target::Present(p) => {
-                let doc = serde_yaml::to_string(&crate::restore::plan::for_create(p))
+                let doc = serde_yaml::to_string(&redact(&crate::restore::plan::for_create(p)))
                     .map_err(|e| ApiError::internal("rendering YAML", &e))?;
                 out.push_str("---\n");
                 out.push_str(&doc);
@@ -437,6 +437,43 @@ pub async fn manifests(
         out,
     )
         .into_response())
+}
+
+/// Only the objects the caller may `get`: a prior state is shown to those
+/// who could read the object, nobody else. Hidden objects are listed by
+/// name only (their names are in the action's changes anyway).
+async fn visible(
+    state: &ApiState,
+    caller: &crate::restore::rollback::Caller,
+    histories: Vec<crate::restore::plan::ObjectHistory>,
+) -> Result<Vec<crate::restore::plan::ObjectHistory>> {
+    let mut out = Vec::with_capacity(histories.len());
+    for mut h in histories {
+        let mut object = h.object.clone();
+        object.subresource = None;
+        if !state.auth.can(caller, "get", &object).await? {
+            h.target = Target::Unreadable(format!("{} may not get this object", caller.user));
+        }
+        out.push(h);
+    }
+    Ok(out)
+}
+
+/// Secret values never leave snapback through the API.
+fn redact(v: &Value) -> Value {
+    let mut v = v.clone();
+    if v.get("kind").and_then(Value::as_str) == Some("Secret")
+        && let Some(map) = v.as_object_mut()
+    {
+        for key in ["data", "stringData"] {
+            if let Some(Value::Object(d)) = map.get_mut(key) {
+                for val in d.values_mut() {
+                    *val = Value::String("<redacted>".into());
+                }
+            }
+        }
+    }
+    v
 }
 
 /// Close an open action.

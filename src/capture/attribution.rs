@@ -47,7 +47,9 @@ pub struct HintKey {
     pub name: String,
 }
 
-const HINT_TTL: Duration = Duration::from_secs(60);
+/// Longer than any webhook timeout (at most 30s), short enough that the hint
+/// of a request rejected after the mutating call does not linger.
+const HINT_TTL: Duration = Duration::from_secs(15);
 const HINT_LIMIT: usize = 100_000;
 
 #[derive(Debug)]

@@ -164,6 +164,11 @@ impl Guards {
             by_action.entry(m.action.as_str()).or_default().push(m);
         }
         for (record, _) in records {
+            // A rollback restores objects with their guard annotations: a
+            // guard on it would roll back the rollback, and so on.
+            if record.origin == "rollback" {
+                continue;
+            }
             let status = GuardStatus::of(&record).or_else(|| {
                 // Annotation guards: the longest timeout any change asked for.
                 let metas = by_action.get(record.id.as_str())?;

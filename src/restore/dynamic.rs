@@ -64,12 +64,20 @@ pub async fn replace(client: &Client, obj: &ObjectRef, v: &Value) -> Result<Valu
     client.request::<Value>(req).await
 }
 
-/// Delete, but only the object with this uid.
-pub async fn delete(client: &Client, obj: &ObjectRef, uid: &str) -> Result<(), kube::Error> {
+/// Delete, but only the object with this uid (and, when given, this
+/// resourceVersion: unchanged since it was looked at).
+pub async fn delete(
+    client: &Client,
+    obj: &ObjectRef,
+    uid: &str,
+    resource_version: Option<&str>,
+) -> Result<(), kube::Error> {
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             uid: Some(uid.to_string()),
-            resource_version: None,
+            resource_version: resource_version
+                .filter(|rv| !rv.is_empty())
+                .map(str::to_string),
         }),
         ..DeleteParams::background()
     };

@@ -22,8 +22,9 @@ pub struct Loaded {
 /// What an object must become.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
-    /// Created by the action: delete it, but only the object with this uid.
-    Absent { created_uid: Option<String> },
+    /// Created by the action: delete it, but only an object with one of the
+    /// uids the action's creates got (a rejected create and a retry both count).
+    Absent { created_uids: Vec<String> },
     /// Existed before: this content.
     Present(Value),
     /// Only its scale subresource changed: restore this Scale through it.
@@ -127,7 +128,11 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
     object.subresource = None;
     let target = match (first_main.meta.operation, &first_main.prior) {
         (Operation::Create, _) => Target::Absent {
-            created_uid: first_main.meta.uid.clone(),
+            created_uids: main
+                .iter()
+                .filter(|l| l.meta.operation == Operation::Create)
+                .filter_map(|l| l.meta.uid.clone())
+                .collect(),
         },
         (_, Ok(Some(prior))) => {
             let mut prior = prior.clone();
@@ -232,8 +237,10 @@ impl Outcome {
 pub enum Action {
     /// Nothing to do: `Unchanged`, `Conflict`, `Skipped` or `Failed`.
     None(Outcome, String),
+    /// Delete, preconditioned on the uid and the resourceVersion seen.
     Delete {
         uid: String,
+        resource_version: String,
     },
     /// Create from this body (server-owned fields already stripped).
     Create(Value),
@@ -282,6 +289,26 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         operation: op,
         action: Action::None(outcome, msg),
     };
+    // An object on its way out (finalizers): neither in its prior state nor
+    // restorable until it is gone.
+    let terminating = current.is_some_and(|c| {
+        c.get("metadata")
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some_and(|d| !d.is_null())
+    });
+    match (&h.target, terminating) {
+        (Target::Absent { .. }, true) => {
+            return none(Outcome::Unchanged, "already being deleted".into());
+        }
+        (Target::Present(_) | Target::Scale(_), true) => {
+            return none(
+                Outcome::Failed,
+                "the object is being deleted (finalizers pending); it can be restored once it is gone"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
     // Already in the target state: idempotence, and phantom snapshots of
     // changes a later admission step rejected.
     match (&h.target, current) {
@@ -301,17 +328,16 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
                 "the object no longer exists; its scale cannot be restored".into(),
             );
         }
-        (
-            Target::Absent {
-                created_uid: Some(uid),
-            },
-            Some(c),
-        ) if uid_of(c) != Some(uid) => {
+        (Target::Absent { created_uids }, Some(c))
+            if !created_uids.is_empty()
+                && !created_uids.iter().any(|u| Some(u.as_str()) == uid_of(c)) =>
+        {
             return none(
                 Outcome::Skipped,
                 format!(
-                    "a different object (uid {}) now has this name; only the one created by the action (uid {uid}) would be deleted",
-                    uid_of(c).unwrap_or("?")
+                    "a different object (uid {}) now has this name; only one created by the action (uid {}) would be deleted",
+                    uid_of(c).unwrap_or("?"),
+                    created_uids.join(", ")
                 ),
             );
         }
@@ -331,6 +357,12 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
     let action = match (&h.target, current) {
         (Target::Absent { .. }, Some(c)) => Action::Delete {
             uid: uid_of(c).unwrap_or_default().to_string(),
+            resource_version: c
+                .get("metadata")
+                .and_then(|m| m.get("resourceVersion"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
         },
         (Target::Present(t), None) => Action::Create(for_create(t)),
         (Target::Present(t), Some(c)) => Action::Replace(for_replace(t, c)),

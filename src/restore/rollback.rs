@@ -377,6 +377,7 @@ impl Restorer {
             Timestamp::now(),
         );
         rollback_record.rollback_of = Some(id.clone());
+        rollback_record.owner_groups = progress.caller.groups.clone();
         rollback_record.description = Some(format!(
             "{} of {id} ({})",
             if progress.trigger == Trigger::Cancel {
@@ -438,7 +439,7 @@ impl Restorer {
             FailurePolicy::Retry => self.cfg.retries,
             _ => 0,
         };
-        let heartbeat = self.spawn_heartbeat(id.clone());
+        let heartbeat = AbortOnDrop(self.spawn_heartbeat(id.clone()));
         let mut done_since_progress = 0usize;
         for wave in plan::waves(&histories, &steps) {
             for batch in wave.chunks(PROGRESS_BATCH) {
@@ -472,7 +473,7 @@ impl Restorer {
                 }
             }
         }
-        heartbeat.abort();
+        drop(heartbeat);
         let mut results: Vec<ObjectResult> = results
             .into_iter()
             .zip(&histories)
@@ -552,9 +553,14 @@ impl Restorer {
         let params = &progress.params;
         let mut step = step.clone();
         let mut last_error = String::new();
-        for attempt in 0..=retries {
+        // The object changed between planning and writing (a 409): look at
+        // it again once, whatever the policy; it may now be a conflict.
+        let mut extra = 0;
+        let mut attempt = 0;
+        while attempt <= retries + extra {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt.min(6) - 1))).await;
+                let backoff = 200 * 2u64.pow(attempt.min(6).saturating_sub(1 + extra));
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
                 match dynamic::get(client, &h.object).await {
                     Ok(current) => step = plan::decide(h, current.as_ref(), params.force),
                     Err(e) => {
@@ -571,8 +577,14 @@ impl Restorer {
                 }
                 Ok(r) if r.outcome != Outcome::Failed => return r,
                 Ok(r) => last_error = r.message,
-                Err(e) => last_error = e,
+                Err(e) => {
+                    if extra == 0 && e.contains(", 409)") {
+                        extra = 1;
+                    }
+                    last_error = e;
+                }
             }
+            attempt += 1;
         }
         let suffix = if retries > 0 {
             format!(" (after {} attempts)", retries + 1)
@@ -601,8 +613,11 @@ impl Restorer {
             Action::None(outcome, msg) => {
                 Ok(ObjectResult::new(h, step.operation, *outcome, msg.clone()))
             }
-            Action::Delete { uid } => {
-                dynamic::delete(client, &h.object, uid)
+            Action::Delete {
+                uid,
+                resource_version,
+            } => {
+                dynamic::delete(client, &h.object, uid, Some(resource_version))
                     .await
                     .map_err(api_err)?;
                 Ok(ok("deleted: it did not exist before the action"))
@@ -624,14 +639,44 @@ impl Restorer {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
                 match dynamic::replace(client, &h.object, &body).await {
                     Ok(_) => Ok(ok(&format!("replaced with its prior state{note}"))),
-                    Err(kube::Error::Api(s)) if s.code == 422 && recreate => {
+                    Err(kube::Error::Api(s))
+                        if s.code == 422 && recreate && s.message.contains("immutable") =>
+                    {
                         let uid = body["metadata"]["uid"]
                             .as_str()
                             .unwrap_or_default()
                             .to_string();
-                        dynamic::delete(client, &h.object, &uid)
+                        let rv = body["metadata"]["resourceVersion"]
+                            .as_str()
+                            .map(str::to_string);
+                        dynamic::delete(client, &h.object, &uid, rv.as_deref())
                             .await
                             .map_err(api_err)?;
+                        // Finalizers may keep it a while: create only once it is gone.
+                        let mut gone = false;
+                        for _ in 0..60 {
+                            match dynamic::get(client, &h.object).await {
+                                Ok(None) => {
+                                    gone = true;
+                                    break;
+                                }
+                                Ok(Some(o))
+                                    if o["metadata"]["uid"].as_str() != Some(uid.as_str()) =>
+                                {
+                                    return Err(format!(
+                                        "deleted to recreate (immutable field: {}), but another object with this name appeared; the prior state is still in the snapshot",
+                                        s.message
+                                    ));
+                                }
+                                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                            }
+                        }
+                        if !gone {
+                            return Err(format!(
+                                "deleted to recreate (immutable field: {}), but it is still being deleted after 30s; roll back again once it is gone",
+                                s.message
+                            ));
+                        }
                         let fresh = plan::for_create(&body);
                         dynamic::create(client, &h.object, &fresh).await.map_err(|e| {
                             format!("deleted to recreate (immutable field: {}), but creating failed: {}", s.message, describe_kube_error(&e))
@@ -641,10 +686,14 @@ impl Restorer {
                             s.message
                         )))
                     }
-                    Err(kube::Error::Api(s)) if s.code == 422 => Err(format!(
-                        "{} (Invalid, 422); the object was left unchanged. Use recreate=true to restore it by delete and create",
-                        s.message
-                    )),
+                    Err(kube::Error::Api(s))
+                        if s.code == 422 && s.message.contains("immutable") =>
+                    {
+                        Err(format!(
+                            "{} (Invalid, 422); the object was left unchanged. Use recreate=true to restore it by delete and create",
+                            s.message
+                        ))
+                    }
                     Err(e) => Err(api_err(e)),
                 }
             }
@@ -810,18 +859,29 @@ impl Restorer {
         });
     }
 
+    /// Keep the claim alive, and only ours: if another instance took the
+    /// rollback over, stop touching it.
     fn spawn_heartbeat(&self, id: ActionId) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
+        let me = self.instance.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT_EVERY).await;
+                let mut ours = true;
                 let _ = modify(&store, &id, |r| {
                     if let Some(p) = r.extensions.get_mut(PROGRESS_KEY) {
-                        p["heartbeat"] =
-                            serde_json::to_value(Timestamp::now()).unwrap_or(Value::Null);
+                        ours = p["instance"] == me.as_str();
+                        if ours {
+                            p["heartbeat"] =
+                                serde_json::to_value(Timestamp::now()).unwrap_or(Value::Null);
+                        }
                     }
                 })
                 .await;
+                if !ours {
+                    tracing::warn!(action = %id, "another instance took this rollback over");
+                    return;
+                }
             }
         })
     }
@@ -918,6 +978,15 @@ impl Restorer {
             resumed += 1;
         }
         Ok(resumed)
+    }
+}
+
+/// Stops a background task when the owner goes away, even by panic.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

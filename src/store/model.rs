@@ -135,7 +135,8 @@ impl ActionId {
             .chars()
             .map(|c| match c {
                 'A'..='Z' => c.to_ascii_lowercase(),
-                '_' => '-',
+                // `a..b` is a valid label value but not a valid object name.
+                '_' | '.' => '-',
                 c => c,
             })
             .collect();
@@ -445,6 +446,15 @@ mod tests {
         assert_eq!(b.record_name(), "action-deploy-1");
         assert!(a.record_name().starts_with("action-deploy-1-"));
         assert_ne!(a.record_name(), b.record_name());
+        for odd in ["a..b", "a.-b", "v1.2.3", "A_B.c"] {
+            let name = ActionId::parse(odd).unwrap().record_name();
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name}"
+            );
+            assert!(name.len() <= 253);
+        }
     }
 
     #[test]

@@ -87,11 +87,17 @@ fn created_object_is_deleted_only_with_its_own_uid() {
     assert_eq!(
         h.target,
         Target::Absent {
-            created_uid: Some("u1".into())
+            created_uids: vec!["u1".into()]
         }
     );
     let step = decide(&h, Some(&created), false);
-    assert_eq!(step.action, Action::Delete { uid: "u1".into() });
+    assert_eq!(
+        step.action,
+        Action::Delete {
+            uid: "u1".into(),
+            resource_version: "10".into()
+        }
+    );
     assert_eq!(step.operation, RestoreOp::Delete);
     // Already gone (or a phantom create that never happened).
     assert!(matches!(
@@ -361,11 +367,9 @@ fn waves_follow_dependency_order_and_reverse_it_for_deletes() {
     let steps: Vec<Step> = h
         .iter()
         .map(|h| match &h.target {
-            Target::Absent { created_uid } => decide(
-                h,
-                Some(&obj("x", "1", created_uid.as_deref().unwrap())),
-                false,
-            ),
+            Target::Absent { created_uids } => {
+                decide(h, Some(&obj("x", "1", &created_uids[0])), false)
+            }
             _ => decide(h, None, false),
         })
         .collect();
@@ -384,4 +388,36 @@ fn waves_follow_dependency_order_and_reverse_it_for_deletes() {
             "delete:namespaces",
         ]
     );
+}
+
+#[test]
+fn a_retried_create_is_still_the_actions_object() {
+    // The first create was rejected by a later admission step (a phantom
+    // with a uid that never existed); the second one made the object.
+    let first = obj("c", "1", "phantom");
+    let second = obj("c", "1", "real");
+    let h = only(vec![
+        snap(1, Operation::Create, "c", None, Some(&first)),
+        snap(2, Operation::Create, "c", None, Some(&second)),
+    ]);
+    assert!(
+        matches!(decide(&h, Some(&second), false).action, Action::Delete { ref uid, .. } if uid == "real")
+    );
+}
+
+#[test]
+fn objects_being_deleted_are_never_reported_as_restored() {
+    let before = obj("c", "1", "u1");
+    let mut dying = obj("c", "1", "u1");
+    dying["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    dying["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+    let h = only(vec![snap(1, Operation::Delete, "c", Some(&before), None)]);
+    assert!(
+        matches!(decide(&h, Some(&dying), false).action, Action::None(Outcome::Failed, ref m) if m.contains("being deleted"))
+    );
+    let created = only(vec![snap(1, Operation::Create, "c", None, Some(&before))]);
+    assert!(matches!(
+        decide(&created, Some(&dying), false).action,
+        Action::None(Outcome::Unchanged, _)
+    ));
 }
