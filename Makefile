@@ -16,8 +16,11 @@ demo: build
 	hack/demo.sh
 
 ## Every test: unit tests and integration tests on a real kube-apiserver.
+FIGURES ?= $(or $(CARGO_TARGET_DIR),target)/snapback-figures.txt
 test: control-plane
-	cargo test --locked --all-targets
+	@mkdir -p $(dir $(FIGURES)) && rm -f $(FIGURES)
+	SNAPBACK_FIGURES=$(abspath $(FIGURES)) cargo test --locked --all-targets
+	@echo; echo "Figures of this run (faults, restarts, hostile input):"; cat $(FIGURES) 2>/dev/null || echo "  (none recorded)"
 
 unit:
 	cargo test --locked --lib

@@ -148,10 +148,10 @@ async fn under_injected_faults_no_admitted_change_loses_its_snapshot_and_rollbac
     let writes = write_burst(c, &ns, 4, 40, Duration::from_millis(0)).await;
     let attempted: usize = writes.values().map(Vec::len).sum();
     let (admitted, found, lost) = check_zero_lost(c, &sb, &ns, &writes).await;
-    println!(
+    record_figure(&format!(
         "faults/capture: {attempted} changes attempted, {admitted} admitted, {found} snapshots found, {lost} lost; proxy: {}",
         counts.summary()
-    );
+    ));
     assert_eq!(lost, 0);
     assert!(
         admitted > 0 && admitted < attempted,
@@ -236,13 +236,13 @@ async fn under_injected_faults_no_admitted_change_loses_its_snapshot_and_rollbac
         unreported.is_empty(),
         "left half-restored without being reported: {unreported:?}"
     );
-    println!(
+    record_figure(&format!(
         "faults/rollback: {} objects, report {} ({}); proxy: {}",
         changed.len(),
         report["state"],
         report["counts"],
         counts.summary()
-    );
+    ));
     sb.unregister(c);
 }
 
@@ -270,9 +270,9 @@ async fn sigkill_during_a_burst_of_captures_loses_no_admitted_change() {
     let writes = burst.await.unwrap();
     let attempted: usize = writes.values().map(Vec::len).sum();
     let (admitted, found, lost) = check_zero_lost(c, &sb2, &ns, &writes).await;
-    println!(
+    record_figure(&format!(
         "sigkill/capture: {attempted} changes attempted, {admitted} admitted, {found} snapshots found, {lost} lost"
-    );
+    ));
     assert_eq!(lost, 0);
     assert!(
         admitted < attempted,
@@ -330,9 +330,9 @@ async fn two_replicas_behind_one_url_keep_writes_flowing_when_one_is_killed() {
     let attempted: usize = writes.values().map(Vec::len).sum();
     let failed = writes.values().flatten().filter(|(_, ok)| !ok).count();
     let (admitted, found, lost) = check_zero_lost(c, &b, &ns, &writes).await;
-    println!(
+    record_figure(&format!(
         "replicas: {attempted} changes attempted, {failed} failed (in flight on the killed replica), {admitted} admitted, {found} snapshots, {lost} lost"
-    );
+    ));
     assert_eq!(lost, 0);
     assert!(
         failed <= 4,

@@ -75,11 +75,19 @@ async fn metrics_count_captures_skips_and_rollbacks_exactly() {
     );
     assert_eq!(delta("snapback_rollback_duration_seconds_count"), 1.0);
     assert!(delta(r#"snapback_snapshot_bytes_total{operation="update"}"#) > 0.0);
-    // 3 applies, 1 dry run, the rollback's delete.
-    assert_eq!(
-        delta(r#"snapback_admission_duration_seconds_count{webhook="validate"}"#),
-        5.0
-    );
+    // Captured: the create, two updates and the rollback's delete. Every
+    // review is timed (snapback's own Event for the restored object is also
+    // reviewed, and skipped, at a moment of its own).
+    let captured: f64 = ["create", "update", "delete"]
+        .iter()
+        .map(|op| {
+            delta(&format!(
+                r#"snapback_admission_requests_total{{operation="{op}",outcome="captured",webhook="validate"}}"#
+            ))
+        })
+        .sum();
+    assert_eq!(captured, 4.0);
+    assert!(delta(r#"snapback_admission_duration_seconds_count{webhook="validate"}"#) >= 5.0);
     // Bounded labels: no object, namespace or user names anywhere.
     assert!(!after.contains(&ns) && !after.contains("admin") && !after.contains(&action));
     sb.unregister(c);

@@ -280,7 +280,7 @@ async fn hostile_input_gets_a_clear_4xx_and_never_a_panic() {
     // Still alive and healthy after all of it.
     assert_eq!(http_get(sb.metrics_port, "/healthz").unwrap(), "ok");
     let tried = TRIED.load(Ordering::Relaxed);
-    println!("hostile inputs: {tried} tried, 0 answered 5xx");
+    record_figure(&format!("hostile inputs: {tried} tried, 0 answered 5xx"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

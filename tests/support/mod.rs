@@ -813,3 +813,20 @@ impl Cluster {
         self.dir.join("pki/ca.crt")
     }
 }
+
+/// Append a figure line (faults injected, snapshots found, …) to the file
+/// `make test` prints at the end of the run, and print it.
+pub fn record_figure(line: &str) {
+    println!("{line}");
+    let path = std::env::var("SNAPBACK_FIGURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("snapback-figures.txt"));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
