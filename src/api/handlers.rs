@@ -28,6 +28,10 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 fn query(raw: Option<String>) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        // `?state=` means no filter, as in most HTTP APIs.
+        if v.is_empty() {
+            continue;
+        }
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(ApiError::bad_request(format!(
                 "query parameter {k:?} given more than once"
@@ -65,9 +69,9 @@ async fn record(state: &ApiState, id: &ActionId) -> Result<(ActionRecord, String
     params(
         ("user" = Option<String>, Query, description = "only actions owned by this user"),
         ("namespace" = Option<String>, Query, description = "only actions that touched this namespace"),
-        ("state" = Option<String>, Query, description = "open, completed, cancelled, rolling-back, rolled-back or rollback-failed"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration such as 1h (created at or after)"),
-        ("limit" = Option<u32>, Query, description = "at most this many (1-1000, default 100)"),
+        ("state" = Option<ActionState>, Query, description = "only actions in this state"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration such as 1h (created at or after)", pattern = r"^([0-9]{1,6}(ms|s|m|h|d))+$|^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"),
+        ("limit" = Option<u32>, Query, description = "at most this many (default 100)", minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, body = ActionList),
@@ -276,7 +280,7 @@ fn read_body(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> 
 
 /// An action with its changes and rollback reports.
 #[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
-    params(("id" = String, Path, description = "action id")),
+    params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
         (status = 200, body = ActionDetail),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -305,7 +309,7 @@ pub async fn get_action(
 
 /// Per object: the prior state against the current one, as the caller sees it.
 #[utoipa::path(get, path = "/api/v1/actions/{id}/diff", tag = "actions",
-    params(("id" = String, Path, description = "action id")),
+    params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
         (status = 200, body = DiffResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -393,9 +397,9 @@ pub async fn diff_action(
 /// The prior state of every object the action touched, as multi-document
 /// YAML (server-owned fields stripped): ready to commit to git.
 #[utoipa::path(get, path = "/api/v1/actions/{id}/manifests", tag = "actions",
-    params(("id" = String, Path, description = "action id")),
+    params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
-        (status = 200, content_type = "application/yaml", body = String),
+        (status = 200, content_type = "text/plain", body = String, description = "a multi-document YAML stream"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ))]
 pub async fn manifests(
@@ -478,7 +482,7 @@ fn redact(v: &Value) -> Value {
 
 /// Close an open action.
 #[utoipa::path(post, path = "/api/v1/actions/{id}/complete", tag = "actions",
-    params(("id" = String, Path, description = "action id")),
+    params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
         (status = 200, body = ActionSummary),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -542,10 +546,10 @@ fn rollback_params(state: &ApiState, q: &HashMap<String, String>) -> Result<Para
 /// Restore every object the action touched to its state before the action.
 #[utoipa::path(post, path = "/api/v1/actions/{id}/rollback", tag = "actions",
     params(
-        ("id" = String, Path, description = "action id"),
+        ("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"),
         ("dryRun" = Option<bool>, Query, description = "return the plan (outcome planned, with a JSON patch per object) and change nothing"),
         ("force" = Option<bool>, Query, description = "overwrite objects changed after the action, and ignore the rollback window"),
-        ("failurePolicy" = Option<String>, Query, description = "abort (default), continue or retry"),
+        ("failurePolicy" = Option<FailurePolicy>, Query, description = "abort (default), continue or retry"),
         ("recreate" = Option<bool>, Query, description = "restore objects whose replace hits an immutable field by delete and create"),
     ),
     responses(
@@ -566,10 +570,10 @@ pub async fn rollback_action(
 /// Close an open action and roll it back (trigger `cancel`).
 #[utoipa::path(post, path = "/api/v1/actions/{id}/cancel", tag = "actions",
     params(
-        ("id" = String, Path, description = "action id"),
+        ("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"),
         ("dryRun" = Option<bool>, Query, description = "return the plan and change nothing"),
         ("force" = Option<bool>, Query, description = "overwrite objects changed after the action, and ignore the rollback window"),
-        ("failurePolicy" = Option<String>, Query, description = "abort (default), continue or retry"),
+        ("failurePolicy" = Option<FailurePolicy>, Query, description = "abort (default), continue or retry"),
         ("recreate" = Option<bool>, Query, description = "restore objects whose replace hits an immutable field by delete and create"),
     ),
     responses(
@@ -613,7 +617,7 @@ async fn run_rollback(
 
 /// Delete the action's snapshots and its record.
 #[utoipa::path(delete, path = "/api/v1/actions/{id}", tag = "actions",
-    params(("id" = String, Path, description = "action id")),
+    params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
         (status = 204, description = "deleted"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -650,13 +654,13 @@ pub async fn delete_action(
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = String)))]
+#[utoipa::path(get, path = "/healthz", tag = "probes", security(()), responses((status = 200, body = String)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: certificates loaded and the API server answering.
-#[utoipa::path(get, path = "/readyz", tag = "probes",
+#[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
     responses((status = 200, body = String), (status = 503, body = String)))]
 pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, &'static str) {
     if state.readiness.ready() {

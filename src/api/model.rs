@@ -17,7 +17,9 @@ use crate::store::model::SnapshotMeta;
 pub struct OpenAction {
     /// Label-safe id (at most 63 characters of `[A-Za-z0-9_.-]`, alphanumeric
     /// at both ends); generated when absent.
+    #[schema(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
     pub id: Option<String>,
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
     /// Watch the objects once the action completes; roll back (or report) if
     /// they do not become healthy within the timeout.

@@ -39,8 +39,9 @@ pub enum OnFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GuardSpec {
-    /// How long the touched objects have to become healthy, e.g. `5m`.
-    #[schema(example = "5m")]
+    /// How long the touched objects have to become healthy, e.g. `5m`
+    /// (at most 168h).
+    #[schema(example = "5m", pattern = r"^([0-9]{1,6}(ms|s|m|h))+$")]
     pub timeout: String,
     #[serde(default)]
     pub on_failure: OnFailure,
@@ -93,8 +94,8 @@ impl GuardState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GuardStatus {
-    #[serde(flatten)]
-    pub spec: GuardSpec,
+    pub timeout: String,
+    pub on_failure: OnFailure,
     pub state: GuardState,
     /// When watching started (the action completed or its session went idle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,7 +117,8 @@ pub struct GuardStatus {
 impl GuardStatus {
     pub fn new(spec: GuardSpec) -> Self {
         GuardStatus {
-            spec,
+            timeout: spec.timeout,
+            on_failure: spec.on_failure,
             state: GuardState::Pending,
             started_at: None,
             finished_at: None,
@@ -211,7 +213,7 @@ impl Guards {
         mut status: GuardStatus,
     ) -> Result<(), RollbackError> {
         let now = Timestamp::now();
-        let timeout = status.spec.validate().map_err(|e| {
+        let timeout = GuardSpec { timeout: status.timeout.clone(), on_failure: status.on_failure }.validate().map_err(|e| {
             RollbackError::Store(crate::store::StoreError::Corrupt {
                 name: record.id.to_string(),
                 reason: e,
@@ -219,7 +221,7 @@ impl Guards {
         })?;
         // Rolled back meanwhile (by hand, or by a rollback this guard started
         // before a restart): settle the guard from the record.
-        if status.state == GuardState::Failed && status.spec.on_failure == OnFailure::Rollback {
+        if status.state == GuardState::Failed && status.on_failure == OnFailure::Rollback {
             match record.state {
                 ActionState::RolledBack | ActionState::Cancelled => {
                     return self.finish(record, status, GuardState::RolledBack).await;
@@ -322,7 +324,7 @@ impl Guards {
             self.metrics.guards.with_label_values(&["failed"]).inc();
             tracing::warn!(action = %record.id, reason = status.reason.as_deref().unwrap_or(""), "guard failed");
             self.save(&record.id, &status).await?;
-            if status.spec.on_failure == OnFailure::Rollback {
+            if status.on_failure == OnFailure::Rollback {
                 return self.roll_back(record, status).await;
             }
             return Ok(());

@@ -556,8 +556,10 @@ impl Restorer {
         // The object changed between planning and writing (a 409): look at
         // it again once, whatever the policy; it may now be a conflict.
         let mut extra = 0;
-        let mut attempt = 0;
-        while attempt <= retries + extra {
+        let mut next = 0;
+        while next <= retries + extra {
+            let attempt = next;
+            next += 1;
             if attempt > 0 {
                 let backoff = 200 * 2u64.pow(attempt.min(6).saturating_sub(1 + extra));
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
@@ -584,7 +586,6 @@ impl Restorer {
                     last_error = e;
                 }
             }
-            attempt += 1;
         }
         let suffix = if retries > 0 {
             format!(" (after {} attempts)", retries + 1)

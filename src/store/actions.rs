@@ -13,7 +13,7 @@ use crate::store::model::ActionId;
 /// binaryData-free key of the record's JSON document.
 pub const RECORD_KEY: &str = "action.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionState {
     Open,
