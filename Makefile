@@ -1,10 +1,11 @@
 # snapback — the two commands of the README are `make demo` and `make test`.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 CLUSTER_DIR ?= $(HOME)/.cache/snapback/cluster
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test unit lint fmt cluster-up cluster-down control-plane bench ci install
+.PHONY: all build demo test unit lint fmt cluster-up cluster-down control-plane bench ci install tools fuzz
 
 all: build
 
@@ -17,7 +18,7 @@ demo: build
 
 ## Every test: unit tests and integration tests on a real kube-apiserver.
 FIGURES ?= $(or $(CARGO_TARGET_DIR),target)/snapback-figures.txt
-test: control-plane
+test: control-plane tools
 	@mkdir -p $(dir $(FIGURES)) && rm -f $(FIGURES)
 	SNAPBACK_FIGURES=$(abspath $(FIGURES)) cargo test --locked --all-targets
 	@echo; echo "Figures of this run (faults, restarts, hostile input):"; cat $(FIGURES) 2>/dev/null || echo "  (none recorded)"
@@ -32,6 +33,30 @@ lint:
 fmt:
 	cargo fmt --all
 
+## The API fuzzer (schemathesis, PyPI) in a virtualenv outside the checkout.
+VENV ?= $(HOME)/.cache/snapback/venv
+SCHEMATHESIS_VERSION ?= 4.32.5
+tools:
+	@test -x $(VENV)/bin/schemathesis && $(VENV)/bin/schemathesis --version | grep -q $(SCHEMATHESIS_VERSION) || \
+	  { (python3 -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }) && \
+	    $(VENV)/bin/pip install -q schemathesis==$(SCHEMATHESIS_VERSION); }
+
+## A short run of every cargo-fuzz target (stable toolchain: RUSTC_BOOTSTRAP).
+## A long run: make fuzz FUZZ_SECONDS=3600
+FUZZ_SECONDS ?= 20
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/snapback/fuzz-target
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+	@mkdir -p $(dir $(FIGURES))
+	for t in admission_review snapshot_payload stored_snapshot; do \
+	  mkdir -p $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/seeds/$$t; \
+	  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo fuzz run -O --fuzz-dir fuzz $$t \
+	    $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | tee $(FUZZ_TARGET_DIR)/$$t.log | tail -3 || exit 1; \
+	  echo "fuzz $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second(s)' $(FUZZ_TARGET_DIR)/$$t.log), no crash" >> $(FIGURES); \
+	done
+	@cat $(FIGURES)
+
 ## Install etcd/kubectl and build kube-apiserver once (cached in ~/.cache/snapback).
 control-plane:
 	hack/install-control-plane.sh
@@ -45,7 +70,7 @@ cluster-down:
 	hack/cluster.sh down $(CLUSTER_DIR)
 
 ## What CI runs.
-ci: lint test demo
+ci: lint test fuzz demo
 
 ## Install the binary as the kubectl plugin `kubectl-snapback` (and `snapback`).
 PREFIX ?= $(HOME)/.local

@@ -28,10 +28,6 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 fn query(raw: Option<String>) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        // `?state=` means no filter, as in most HTTP APIs.
-        if v.is_empty() {
-            continue;
-        }
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(ApiError::bad_request(format!(
                 "query parameter {k:?} given more than once"
@@ -66,13 +62,7 @@ async fn record(state: &ApiState, id: &ActionId) -> Result<(ActionRecord, String
 
 /// List actions, newest first.
 #[utoipa::path(get, path = "/api/v1/actions", tag = "actions",
-    params(
-        ("user" = Option<String>, Query, description = "only actions owned by this user"),
-        ("namespace" = Option<String>, Query, description = "only actions that touched this namespace"),
-        ("state" = Option<ActionState>, Query, description = "only actions in this state"),
-        ("since" = Option<String>, Query, description = "RFC 3339 time, or a duration such as 1h (created at or after)", pattern = r"^([0-9]{1,6}(ms|s|m|h|d))+$|^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"),
-        ("limit" = Option<u32>, Query, description = "at most this many (default 100)", minimum = 1, maximum = 1000),
-    ),
+    params(ListQuery),
     responses(
         (status = 200, body = ActionList),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -131,9 +121,15 @@ pub async fn list_actions(
                     .unwrap_or(&[]),
             )
         })
-        .filter(|a| q.get("user").is_none_or(|u| &a.owner == u))
+        // An empty user or namespace filters nothing.
+        .filter(|a| {
+            q.get("user")
+                .filter(|u| !u.is_empty())
+                .is_none_or(|u| &a.owner == u)
+        })
         .filter(|a| {
             q.get("namespace")
+                .filter(|n| !n.is_empty())
                 .is_none_or(|ns| a.namespaces.contains(ns))
         })
         .filter(|a| since.is_none_or(|s| a.created_at >= s))
@@ -143,15 +139,59 @@ pub async fn list_actions(
     Ok(Json(ActionList { actions }))
 }
 
+/// Query parameters of `GET /api/v1/actions` (for the OpenAPI description;
+/// the query is parsed by hand for precise error messages).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListQuery {
+    /// Only actions owned by this user.
+    user: Option<String>,
+    /// Only actions that touched this namespace.
+    namespace: Option<String>,
+    /// Only actions in this state.
+    state: Option<ActionState>,
+    /// Created at or after this RFC 3339 time, or this long ago (`1h`).
+    #[param(schema_with = since_schema)]
+    since: Option<String>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+fn since_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(DURATION_PATTERN)),
+        )
+        .build();
+    utoipa::openapi::schema::Schema::OneOf(one_of)
+}
+
+/// One duration, as the API accepts it (`30s`, `15m`, `24h`, `7d`).
+pub const DURATION_PATTERN: &str = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$";
+
 fn parse_since(s: &str) -> Result<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
-    let d = crate::config::parse_duration(s).map_err(|_| {
+    let bad = || {
         ApiError::bad_request(format!(
-            "since must be an RFC 3339 time or a duration such as 1h, not {s:?}"
+            "since must be an RFC 3339 time or a positive duration such as 1h, not {s:?}"
         ))
-    })?;
+    };
+    let d = crate::config::parse_duration(s).map_err(|_| bad())?;
+    if d.is_zero() {
+        return Err(bad());
+    }
     let d = jiff::SignedDuration::try_from(d)
         .map_err(|_| ApiError::bad_request("since is out of range"))?;
     Timestamp::now()
@@ -162,7 +202,7 @@ fn parse_since(s: &str) -> Result<Timestamp> {
 /// Open an action for the caller: their changes (DELETEs included) are grouped
 /// into it until it is completed.
 #[utoipa::path(post, path = "/api/v1/actions", tag = "actions",
-    request_body(content = OpenAction, description = "optional id and description", content_type = "application/json"),
+    request_body(content = Option<OpenAction>, description = "optional id, description and guard; the body may be left out", content_type = "application/json"),
     responses(
         (status = 201, body = ActionSummary),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -179,8 +219,15 @@ pub async fn create_action(
     let req: OpenAction = if body.iter().all(u8::is_ascii_whitespace) {
         OpenAction::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        match value {
+            // `null` is an absent body.
+            Value::Null => OpenAction::default(),
+            Value::Object(_) => serde_json::from_value(value)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
+            _ => return Err(ApiError::bad_request("the body must be a JSON object")),
+        }
     };
     if let Some(d) = &req.description
         && d.len() > 4096
@@ -437,7 +484,9 @@ pub async fn manifests(
         }
     }
     Ok((
-        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        // A multi-document YAML stream, served as text so that generic
+        // clients (and schema checkers) do not parse it as one document.
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         out,
     )
         .into_response())

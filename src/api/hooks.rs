@@ -87,7 +87,14 @@ pub async fn alertmanager(
         }
     })?;
     crate::api::handlers::require_json(&headers, &body)?;
-    let payload: AlertmanagerPayload = serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("not an Alertmanager webhook payload: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "not an Alertmanager webhook payload: expected a JSON object",
+        ));
+    }
+    let payload: AlertmanagerPayload = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("not an Alertmanager webhook payload: {e}")))?;
     let hook_caller = state.auth.check(&headers, "rollback", None).await?;
     let caller = match &state.alerts.rollback_as {

@@ -39,9 +39,8 @@ pub enum OnFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GuardSpec {
-    /// How long the touched objects have to become healthy, e.g. `5m`
-    /// (at most 168h).
-    #[schema(example = "5m", pattern = r"^([0-9]{1,6}(ms|s|m|h))+$")]
+    /// How long the touched objects have to become healthy, e.g. `5m`.
+    #[schema(example = "5m", pattern = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$")]
     pub timeout: String,
     #[serde(default)]
     pub on_failure: OnFailure,
@@ -50,8 +49,8 @@ pub struct GuardSpec {
 impl GuardSpec {
     pub fn validate(&self) -> Result<Duration, String> {
         let d = parse_duration(&self.timeout).map_err(|e| format!("guard.timeout: {e}"))?;
-        if d.is_zero() || d > Duration::from_secs(7 * 24 * 3600) {
-            return Err("guard.timeout must be more than 0 and at most 168h".into());
+        if d.is_zero() {
+            return Err("guard.timeout must be more than 0".into());
         }
         Ok(d)
     }
@@ -213,7 +212,12 @@ impl Guards {
         mut status: GuardStatus,
     ) -> Result<(), RollbackError> {
         let now = Timestamp::now();
-        let timeout = GuardSpec { timeout: status.timeout.clone(), on_failure: status.on_failure }.validate().map_err(|e| {
+        let timeout = GuardSpec {
+            timeout: status.timeout.clone(),
+            on_failure: status.on_failure,
+        }
+        .validate()
+        .map_err(|e| {
             RollbackError::Store(crate::store::StoreError::Corrupt {
                 name: record.id.to_string(),
                 reason: e,

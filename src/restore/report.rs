@@ -53,7 +53,7 @@ pub struct ObjectResult {
     /// Dry run: RFC 6902 JSON patch from the current object to the target
     /// (for a delete, the whole object is removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub patch: Option<Value>,
 }
 
