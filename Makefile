@@ -72,6 +72,10 @@ cluster-down:
 ## What CI runs.
 ci: lint test fuzz demo
 
+## Benchmarks (results: target/bench-results.md, summarised in BENCHMARKS.md).
+bench: control-plane
+	hack/bench.sh
+
 ## Install the binary as the kubectl plugin `kubectl-snapback` (and `snapback`).
 PREFIX ?= $(HOME)/.local
 install: build

@@ -634,7 +634,11 @@ impl Cluster {
 
     /// Let `user` call every verb of the rollback API.
     pub fn grant_api(&self, user: &str) {
-        self.kubectl_apply_str(API_ROLE);
+        // Once per binary: concurrent applies of one new object race.
+        static ROLE: OnceLock<()> = OnceLock::new();
+        ROLE.get_or_init(|| {
+            self.kubectl_apply_str(API_ROLE);
+        });
         let _ = self.kubectl(
             "admin",
             &[

@@ -1,0 +1,231 @@
+#![allow(clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
+//! `make bench`: what snapback costs. Results are ratios against baselines
+//! measured in the same run (see BENCHMARKS.md).
+//!
+//!   cargo bench --bench snapback -- inprocess
+//!   cargo bench --bench snapback -- storage CORPUS_DIR KUBECONFIG
+//!
+//! inprocess: AdmissionReviews per second on one core (a current-thread
+//! runtime), snapback's validating path with an in-memory store vs a no-op
+//! webhook that only decodes the review and answers "allowed".
+//! storage: every object of a corpus of real-world manifests stored as a
+//! snapshot in a real API server, measured as the API server serves it, vs
+//! the object's raw JSON and vs Helm's release encoding of the same objects.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use flate2::{Compression, write::GzEncoder};
+use serde_json::{Value, json};
+use snapback::capture::CaptureService;
+use snapback::capture::attribution::Attribution;
+use snapback::capture::review::Review;
+use snapback::config::CaptureConfig;
+use snapback::metrics::Metrics;
+use snapback::store::memory::MemoryStore;
+
+fn main() {
+    snapback::tls::install_crypto_provider();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("inprocess") | None => inprocess(),
+        Some("storage") => storage(&args[1], &args[2]),
+        Some(other) => eprintln!("unknown benchmark {other}"),
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+}
+
+/// Reviews per second over `duration`, and the per-review CPU time.
+fn rate(duration: Duration, mut f: impl FnMut()) -> f64 {
+    // Warm up.
+    for _ in 0..200 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        for _ in 0..100 {
+            f();
+        }
+        n += 100;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn inprocess() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bodies = [
+        (
+            "update ConfigMap",
+            fixture("validate-update-configmap.json"),
+        ),
+        (
+            "create Deployment",
+            fixture("validate-create-deployment.json"),
+        ),
+        (
+            "delete Deployment",
+            fixture("validate-delete-deployment.json"),
+        ),
+    ];
+    println!("## In-process webhook throughput (one core)\n");
+    println!(
+        "| review | no-op webhook (reviews/s) | snapback (reviews/s) | snapback / no-op | CPU per review (snapback) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, body) in &bodies {
+        let noop = rate(Duration::from_secs(3), || {
+            let review = Review::from_slice(body).ok().unwrap();
+            let resp =
+                kube::core::admission::AdmissionResponse::from(&review.request).into_review();
+            std::hint::black_box(serde_json::to_vec(&resp).unwrap());
+        });
+        let store = Arc::new(MemoryStore::default());
+        let mut cfg = CaptureConfig::with_namespace("snapback-system");
+        cfg.self_users = vec!["snapback".into()];
+        let svc = CaptureService::new(
+            cfg,
+            store.clone(),
+            Arc::new(Attribution::new(Duration::from_secs(30))),
+            Metrics::standalone(),
+        );
+        let snap = rate(Duration::from_secs(3), || {
+            let answer = rt.block_on(svc.validate(body));
+            let snapback::capture::Answer::Review(r) = answer else {
+                panic!("bad review")
+            };
+            std::hint::black_box(serde_json::to_vec(&r).unwrap());
+            // Keep the in-memory store from growing without bound.
+            if store.snapshot_count() > 10_000 {
+                store.snapshots.lock().unwrap().clear();
+            }
+        });
+        println!(
+            "| {name} ({} bytes) | {noop:.0} | {snap:.0} | {:.2} | {:.1} µs |",
+            body.len(),
+            snap / noop,
+            1e6 / snap
+        );
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn storage(corpus: &str, kubeconfig: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = snapback::kube_client::client(Some(std::path::Path::new(kubeconfig)), Some("admin")).await.unwrap();
+        let ns = "snapback-bench";
+        let nsapi: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+        let _ = nsapi
+            .create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+            .await;
+        let store = snapback::store::kube_store::KubeStore::new(client.clone(), ns);
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), ns);
+        let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client.clone(), ns);
+        let mut objects = Vec::new();
+        for entry in walk(std::path::Path::new(corpus)) {
+            let text = std::fs::read_to_string(&entry).unwrap_or_default();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                if let Ok(v) = <Value as serde::Deserialize>::deserialize(doc)
+                    && v.get("kind").is_some()
+                    && v.get("metadata").is_some()
+                {
+                    objects.push(v);
+                }
+            }
+        }
+        let (mut raw, mut stored, mut helm) = (0usize, 0usize, 0usize);
+        let action = snapback::store::model::ActionId::parse("bench").unwrap();
+        for (i, obj) in objects.iter().enumerate() {
+            let raw_json = serde_json::to_vec(obj).unwrap();
+            raw += raw_json.len();
+            // snapback: one snapshot of an update whose prior state is the object.
+            let payload = snapback::store::codec::encode(obj, snapback::store::codec::CHUNK_SIZE).unwrap();
+            let now = jiff::Timestamp::now();
+            let meta = snapback::store::model::SnapshotMeta {
+                snapshot_name: snapback::store::model::SnapshotMeta::object_name(now, &format!("bench-{i}")),
+                action: action.clone(),
+                operation: snapback::store::model::Operation::Update,
+                object: snapback::store::model::ObjectRef {
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    resource: "deployments".into(),
+                    subresource: None,
+                    kind: obj["kind"].as_str().unwrap_or("X").into(),
+                    namespace: Some("kube-system".into()),
+                    name: obj["metadata"]["name"].as_str().unwrap_or("x").into(),
+                },
+                user: "system:serviceaccount:ci:deployer".into(),
+                timestamp: now,
+                request_uid: format!("{:032x}", rand::random::<u128>()),
+                resource_version: Some("123456".into()),
+                uid: Some(format!("{:032x}", rand::random::<u128>())),
+                payload_sha256: Some(payload.sha256.clone()),
+                after_fingerprint: Some(snapback::store::codec::fingerprint(obj)),
+                before_fingerprint: Some(snapback::store::codec::fingerprint(obj)),
+                chunks: payload.chunks.len() as u32,
+                secret: false,
+                guard: None,
+            };
+            let name = meta.snapshot_name.clone();
+            snapback::store::SnapshotSink::put_snapshot(&store, &snapback::store::NewSnapshot { meta, payload: Some(payload) })
+                .await
+                .unwrap();
+            let served = cms.get(&name).await.unwrap();
+            stored += serde_json::to_vec(&served).unwrap().len();
+            // Helm 3: the release JSON (with the manifest as YAML), gzip, base64, in a Secret.
+            let release = json!({"name": format!("r{i}"), "namespace": "kube-system", "version": 1,
+                "info": {"status": "deployed", "first_deployed": now.to_string(), "last_deployed": now.to_string()},
+                "manifest": serde_yaml::to_string(obj).unwrap()});
+            let encoded = base64::engine::general_purpose::STANDARD.encode(gzip(&serde_json::to_vec(&release).unwrap()));
+            let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+                "metadata": {"name": format!("sh.helm.release.v1.r{i}.v1"),
+                             "labels": {"name": format!("r{i}"), "owner": "helm", "status": "deployed", "version": "1"}},
+                "type": "helm.sh/release.v1",
+                "data": {"release": base64::engine::general_purpose::STANDARD.encode(encoded.as_bytes())}
+            }))
+            .unwrap();
+            let created = secrets.create(&Default::default(), &secret).await.unwrap();
+            helm += serde_json::to_vec(&created).unwrap().len();
+        }
+        println!("## Storage (corpus: {} objects, {} bytes of raw JSON)\n", objects.len(), raw);
+        println!("| encoding | bytes as the API server serves them | / raw JSON |");
+        println!("|---|---|---|");
+        println!("| raw JSON of the prior objects | {raw} | 1.00 |");
+        println!("| snapback snapshots (ConfigMaps) | {stored} | {:.2} |", stored as f64 / raw as f64);
+        println!("| Helm release encoding (Secrets) | {helm} | {:.2} |", helm as f64 / raw as f64);
+        let _ = nsapi.delete(ns, &Default::default()).await;
+    });
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
