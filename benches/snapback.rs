@@ -141,12 +141,14 @@ fn storage(corpus: &str, kubeconfig: &str) {
         let mut objects = Vec::new();
         for entry in walk(std::path::Path::new(corpus)) {
             let text = std::fs::read_to_string(&entry).unwrap_or_default();
+            // Some addon files are templates (Salt/Jinja placeholders): keep the
+            // documents before the first one that does not parse; the
+            // multi-document iterator does not advance past an error.
             for doc in serde_yaml::Deserializer::from_str(&text) {
-                if let Ok(v) = <Value as serde::Deserialize>::deserialize(doc)
-                    && v.get("kind").is_some()
-                    && v.get("metadata").is_some()
-                {
-                    objects.push(v);
+                match <Value as serde::Deserialize>::deserialize(doc) {
+                    Ok(v) if v.get("kind").is_some() && v.get("metadata").is_some() => objects.push(v),
+                    Ok(_) => {}
+                    Err(_) => break,
                 }
             }
         }

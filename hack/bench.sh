@@ -13,9 +13,10 @@ corpus=$cache/corpus/addons
 if [ ! -d "$corpus" ]; then
   mkdir -p "$cache/corpus" && cd "$cache/corpus"
   ls kubernetes_*.orig.tar.gz >/dev/null 2>&1 || apt-get source --download-only kubernetes >/dev/null
-  mkdir -p addons
-  tar -xzf kubernetes_*.orig.tar.gz --wildcards '*/cluster/addons/*' --strip-components=3 -C addons 2>/dev/null \
-    || tar -xzf kubernetes_*.orig.tar.gz --wildcards '*cluster/addons/*' -C addons
+  tarball=$(ls kubernetes_*.orig.tar.gz | head -1)
+  top=$(tar -tzf "$tarball" | awk -F/ 'NR == 1 {print $1}')
+  tar -xzf "$tarball" "$top/cluster/addons"
+  rm -rf addons && mv "$top/cluster/addons" addons && rm -rf "$top"
   cd "$root"
 fi
 

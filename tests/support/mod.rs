@@ -353,6 +353,14 @@ impl Snapback {
             .stderr(log_file)
             .spawn()
             .expect("starting snapback");
+        // The control plane's watchdog stops every process with a pid file in
+        // its directory when the test binary exits (statics are never dropped).
+        let _ = std::fs::write(
+            cluster
+                .dir
+                .join(format!("snapback-{webhook_port}-{api_port}.pid")),
+            child.id().to_string(),
+        );
         let sb = Snapback {
             child,
             opts,
