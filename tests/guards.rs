@@ -468,3 +468,54 @@ async fn events_appear_on_restored_objects() {
     let described = c.kubectl_ok(&["-n", &ns, "describe", "configmap", "cm"]);
     assert!(described.contains("SnapbackRestored"), "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guard_annotation_guards_an_implicit_action() {
+    let c = cluster();
+    let tag = format!("ann{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = vec![
+        "--session-idle=2s".into(),
+        "--guard-interval=1s".into(),
+        "--lease-duration=3s".into(),
+    ];
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let ns = c.namespace("guard-annotation", &[]);
+    sb.adopt_namespace(c, &ns);
+    c.kubectl_apply_str(&deployment(&ns, "nginx:1.25"));
+    tokio::time::sleep(Duration::from_secs(3)).await; // a session of its own
+    // A change annotated with a guard, in user9's implicit session.
+    c.grant_api("user9");
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "edit-user9",
+        "--clusterrole=test-editor",
+        "--user=user9",
+    ]);
+    let annotated = deployment(&ns, "nginx:1.26").replace(
+        "metadata: {name: web, namespace:",
+        "metadata: {annotations: {snapback.io/guard: 3s}, name: web, namespace:",
+    );
+    let out = c.kubectl_stdin("user9", &["apply", "-f", "-"], &annotated);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report_status(c, &ns, 0);
+    let token = c.token("user9");
+    let (_, list) = api
+        .call("GET", "/api/v1/actions?user=user9", Some(&token), None)
+        .await;
+    let id = list["actions"][0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("user9-"), "{list}");
+    let detail = wait_guard(&api, &token, &id, &["rolled-back"], Duration::from_secs(60)).await;
+    assert_eq!(detail["guard"]["timeout"], "3s");
+    assert_eq!(detail["rollbackReports"][0]["trigger"], "guard");
+    assert_eq!(image(c, &ns), "nginx:1.25");
+    sb.unregister(c);
+}

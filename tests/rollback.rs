@@ -1306,3 +1306,100 @@ async fn reqwest_text(api: &ApiClient, path: &str, token: &str) -> String {
     assert_eq!(s, 200);
     v.as_str().expect("a text body").to_string()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user6";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("immutable", &[user]);
+    let svc = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {ns}}}\nspec: {{clusterIP: {ip}, selector: {{app: db}}, ports: [{{port: 5432}}]}}\n"
+        )
+    };
+    let ip = |c: &Cluster| {
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "service",
+            "db",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+    };
+    let octet = 100 + u32::from(rand::random::<u8>() % 50);
+    let (before, after) = (format!("10.0.0.{octet}"), format!("10.0.0.{}", octet + 60));
+    c.kubectl_apply_str(&svc(&before));
+    // The action replaces the Service by one with another clusterIP
+    // (kubectl replace --force: a delete and a create, both in the action).
+    let id = format!("ip-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (s, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&json!({"id": id}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let out = c.kubectl_stdin(user, &["replace", "--force", "-f", "-"], &svc(&after));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ip(c), after);
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/complete"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // Without recreate: failed, with the API server's reason, object left alone.
+    let (s, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    let r = &report["results"][0];
+    assert_eq!(r["outcome"], "failed", "{report}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("may not change once set") && msg.contains("recreate=true"),
+        "{msg}"
+    );
+    assert_eq!(ip(c), after);
+    // With recreate: delete and create, back to the prior clusterIP.
+    let (s, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?recreate=true"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report}");
+    assert!(
+        report["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("recreated"),
+        "{report}"
+    );
+    assert_eq!(ip(c), before);
+}

@@ -641,7 +641,7 @@ impl Restorer {
                 match dynamic::replace(client, &h.object, &body).await {
                     Ok(_) => Ok(ok(&format!("replaced with its prior state{note}"))),
                     Err(kube::Error::Api(s))
-                        if s.code == 422 && recreate && s.message.contains("immutable") =>
+                        if s.code == 422 && recreate && immutable_refusal(&s.message) =>
                     {
                         let uid = body["metadata"]["uid"]
                             .as_str()
@@ -687,9 +687,7 @@ impl Restorer {
                             s.message
                         )))
                     }
-                    Err(kube::Error::Api(s))
-                        if s.code == 422 && s.message.contains("immutable") =>
-                    {
+                    Err(kube::Error::Api(s)) if s.code == 422 && immutable_refusal(&s.message) => {
                         Err(format!(
                             "{} (Invalid, 422); the object was left unchanged. Use recreate=true to restore it by delete and create",
                             s.message
@@ -980,6 +978,21 @@ impl Restorer {
         }
         Ok(resumed)
     }
+}
+
+/// Whether a 422 refuses a change to a field that cannot change in place:
+/// Kubernetes says so in several ways ("field is immutable", a Service's
+/// clusterIP "may not change once set", ...).
+fn immutable_refusal(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "immutable",
+        "may not change once set",
+        "cannot be changed",
+        "may not be changed",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 /// Stops a background task when the owner goes away, even by panic.
