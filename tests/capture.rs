@@ -15,25 +15,6 @@ use snapback::store::actions::{ActionRecord, ActionState};
 use snapback::store::model::{ActionId, Operation, SnapshotMeta};
 use support::*;
 
-const CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.example.com
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          x-kubernetes-preserve-unknown-fields: true
-"#;
-
 fn app(ns: &str, image: &str) -> String {
     format!(
         r#"
@@ -69,7 +50,7 @@ spec: {{size: 3}}
 }
 
 fn ensure_crd(c: &Cluster) {
-    c.kubectl_apply_str(CRD);
+    c.kubectl_apply_str(WIDGET_CRD);
     c.kubectl_ok(&[
         "wait",
         "--for=condition=established",

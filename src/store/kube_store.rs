@@ -240,76 +240,52 @@ impl KubeStore {
 
     /// The snapshot metadata of one action (payloads are loaded separately).
     pub async fn list_snapshots(&self, action: &ActionId) -> Result<Vec<SnapshotMeta>> {
-        let selector = format!("{LABEL_ACTION}={action},!{LABEL_RECORD}");
-        let lp = ListParams::default().labels(&selector);
-        let mut out = Vec::new();
+        let mut out = self
+            .metas(&format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"))
+            .await?;
+        out.sort_by_key(SnapshotMeta::order_key);
+        Ok(out)
+    }
+
+    /// Snapshot metadata matching a label selector, from ConfigMaps and
+    /// Secrets. An entry whose labels or annotations were damaged is skipped
+    /// with a warning rather than failing the whole listing.
+    async fn metas(&self, selector: &str) -> Result<Vec<SnapshotMeta>> {
+        let lp = ListParams::default().labels(selector);
         let cms = self
             .config_maps
             .list_metadata(&lp)
             .await
             .map_err(StoreError::Kube)?;
-        for item in cms.items {
-            out.push(meta_of(&item.metadata, false)?);
-        }
         let secrets = self
             .secrets
             .list_metadata(&lp)
             .await
             .map_err(StoreError::Kube)?;
-        for item in secrets.items {
-            out.push(meta_of(&item.metadata, true)?);
-        }
-        out.sort_by_key(SnapshotMeta::order_key);
-        Ok(out)
+        let tagged = cms.items.into_iter().map(|i| (i.metadata, false));
+        let tagged = tagged.chain(secrets.items.into_iter().map(|i| (i.metadata, true)));
+        Ok(tagged
+            .filter_map(|(metadata, secret)| match meta_of(&metadata, secret) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping unreadable snapshot");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Metadata of every snapshot (not chunks or records), for listing actions.
     pub async fn all_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
-        let lp = ListParams::default().labels(&format!(
+        self.metas(&format!(
             "{MANAGED_BY}={MANAGER},{LABEL_ACTION},!{LABEL_RECORD}"
-        ));
-        let mut out = Vec::new();
-        for item in self
-            .config_maps
-            .list_metadata(&lp)
-            .await
-            .map_err(StoreError::Kube)?
-            .items
-        {
-            if let Ok(m) = meta_of(&item.metadata, false) {
-                out.push(m);
-            }
-        }
-        for item in self
-            .secrets
-            .list_metadata(&lp)
-            .await
-            .map_err(StoreError::Kube)?
-            .items
-        {
-            if let Ok(m) = meta_of(&item.metadata, true) {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        ))
+        .await
     }
 
     /// Metadata of snapshots whose object asked for a guard.
     pub async fn guarded_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
-        let lp = ListParams::default().labels(&format!("{LABEL_GUARD},!{LABEL_RECORD}"));
-        let mut out = Vec::new();
-        for item in self
-            .config_maps
-            .list_metadata(&lp)
-            .await
-            .map_err(StoreError::Kube)?
-            .items
-        {
-            if let Ok(m) = meta_of(&item.metadata, false) {
-                out.push(m);
-            }
-        }
-        Ok(out)
+        self.metas(&format!("{LABEL_GUARD},!{LABEL_RECORD}")).await
     }
 
     /// Load and verify the prior object of a snapshot (None for CREATE).
