@@ -59,15 +59,6 @@ fn ensure_crd(c: &Cluster) {
     ]);
 }
 
-fn apply(c: &Cluster, user: &str, yaml: &str) {
-    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], yaml);
-    assert!(
-        out.status.success(),
-        "apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn summary(m: &SnapshotMeta) -> (Operation, String, String, Option<String>) {
     (
         m.operation,
@@ -85,8 +76,8 @@ async fn kubectl_changes_are_captured_in_one_session_with_their_prior_states() {
     let user = "user9";
     let ns = c.namespace("capture", &[user]);
 
-    apply(c, user, &app(&ns, "nginx:1.25"));
-    apply(c, user, &app(&ns, "nginx:1.26"));
+    c.apply_as(user, &app(&ns, "nginx:1.25"));
+    c.apply_as(user, &app(&ns, "nginx:1.26"));
     c.kubectl_as_ok(
         user,
         &[

@@ -195,9 +195,8 @@ fn exit_codes_scripts_can_trust() {
         user,
         &["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"],
     );
-    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], &format!(
+    c.apply_as(user, &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"2\"}}\n"));
-    assert!(out.status.success());
     c.kubectl_ok(&[
         "-n",
         &ns,
@@ -230,9 +229,8 @@ fn exit_codes_scripts_can_trust() {
         "cm",
         "--from-literal=v=1",
     ]);
-    let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+    c.apply_as("admin", &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {locked}, annotations: {{snapback.io/action: {id2}}}}}\ndata: {{v: \"2\"}}\n"));
-    assert!(out.status.success());
     let out = kubectl_snapback(user, &["rollback", &id2, "-o", "json"]);
     assert_eq!(
         out.status.code(),

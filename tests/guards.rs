@@ -77,12 +77,7 @@ async fn guarded_change(
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["guard"]["state"], "pending", "{created}");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], &deployment(ns, "nginx:1.26"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply_as(user, &deployment(ns, "nginx:1.26"));
     let (status, body) = api
         .call(
             "POST",
@@ -290,9 +285,8 @@ async fn an_alert_rolls_back_its_action_once_even_when_delivered_three_times() {
         "--from-literal=v=before",
     ]);
     let id = format!("alerted-{:06x}", rand::random::<u32>() & 0xffffff);
-    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], &format!(
+    c.apply_as(user, &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: after}}\n"));
-    assert!(out.status.success());
     let payload = alert_payload(
         json!({"alertname": "HighErrorRate", "snapback_action": id, "severity": "critical"}),
         "f00d",
@@ -427,9 +421,8 @@ async fn events_appear_on_restored_objects() {
     let ns = c.namespace("events", &[]);
     c.kubectl_ok(&["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"]);
     let id = format!("ev-{:06x}", rand::random::<u32>() & 0xffffff);
-    let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+    c.apply_as("admin", &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"2\"}}\n"));
-    assert!(out.status.success());
     let (status, _) = api
         .call(
             "POST",
@@ -500,12 +493,7 @@ async fn a_guard_annotation_guards_an_implicit_action() {
         "metadata: {name: web, namespace:",
         "metadata: {annotations: {snapback.io/guard: 3s}, name: web, namespace:",
     );
-    let out = c.kubectl_stdin("user9", &["apply", "-f", "-"], &annotated);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply_as("user9", &annotated);
     report_status(c, &ns, 0);
     let token = c.token("user9");
     let (_, list) = api

@@ -24,8 +24,7 @@ async fn metrics_count_captures_skips_and_rollbacks_exactly() {
         )
     };
     for v in ["1", "2", "3"] {
-        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &annotated(v));
-        assert!(out.status.success());
+        c.apply_as("admin", &annotated(v));
     }
     c.kubectl_ok(&["-n", &ns, "create", "configmap", "dry", "--dry-run=server"]);
     let api = sb.api(c);
@@ -140,9 +139,8 @@ async fn retention_prunes_on_one_replica_and_another_takes_over() {
     );
     assert!(store.create_action(&rec).await.unwrap());
     let make_action = |name: &str| {
-        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+        c.apply_as("admin", &format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {name}}}}}\ndata: {{v: \"1\"}}\n"));
-        assert!(out.status.success());
     };
     make_action("first");
     let first = snapback::store::model::ActionId::parse("first").unwrap();
@@ -218,9 +216,8 @@ async fn max_actions_keeps_the_newest() {
     sb.adopt_namespace(c, &ns);
     let store = sb.store(c).await;
     for name in ["a1", "a2", "a3", "a4"] {
-        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+        c.apply_as("admin", &format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {name}}}}}\n"));
-        assert!(out.status.success());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);

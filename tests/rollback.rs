@@ -42,15 +42,6 @@ fn content(v: &Value) -> Value {
     out
 }
 
-fn apply_as(c: &Cluster, user: &str, yaml: &str) {
-    let out = c.kubectl_stdin(user, &["apply", "-f", "-"], yaml);
-    assert!(
-        out.status.success(),
-        "apply as {user}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn open_action(api: &ApiClient, token: &str, id: &str) {
     let (status, body) = api
         .call(
@@ -162,13 +153,11 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     // Before the action (as admin).
     let ns = c.namespace("multi", &[]);
     let ns2 = format!("{ns}-extra");
-    apply_as(c, "admin", &deployment(&ns, "api", "nginx:1.25", 2));
-    apply_as(c, "admin", &service(&ns, "api", 80));
-    apply_as(c, "admin", &configmap(&ns, "cfg", "old"));
-    apply_as(c, "admin", &configmap(&ns, "doomed", "keep me"));
-    apply_as(
-        c,
-        "admin",
+    c.apply_as("admin", &deployment(&ns, "api", "nginx:1.25", 2));
+    c.apply_as("admin", &service(&ns, "api", 80));
+    c.apply_as("admin", &configmap(&ns, "cfg", "old"));
+    c.apply_as("admin", &configmap(&ns, "doomed", "keep me"));
+    c.apply_as("admin",
         &format!(
             "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: w1, namespace: {ns}}}\nspec: {{size: 1}}\n"
         ),
@@ -196,11 +185,11 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     // The action, by carol, through an explicitly opened action.
     let id = format!("multi-{:06x}", rand::random::<u32>() & 0xffffff);
     open_action(&api, &token, &id).await;
-    apply_as(c, user, &deployment(&ns, "api", "nginx:1.26", 2));
-    apply_as(c, user, &deployment(&ns, "fresh", "redis:7", 1));
+    c.apply_as(user, &deployment(&ns, "api", "nginx:1.26", 2));
+    c.apply_as(user, &deployment(&ns, "fresh", "redis:7", 1));
     c.kubectl_as_ok(user, &["-n", &ns, "delete", "service", "api"]);
-    apply_as(c, user, &service(&ns, "fresh", 6379));
-    apply_as(c, user, &configmap(&ns, "cfg", "new"));
+    c.apply_as(user, &service(&ns, "fresh", 6379));
+    c.apply_as(user, &configmap(&ns, "cfg", "new"));
     c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "doomed"]);
     c.kubectl_as_ok(
         user,
@@ -216,17 +205,15 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
         ],
     );
     c.kubectl_as_ok(user, &["create", "namespace", &ns2]);
-    apply_as(c, user, &configmap(&ns2, "inner", "x"));
-    apply_as(c, user, GADGET_CRD);
+    c.apply_as(user, &configmap(&ns2, "inner", "x"));
+    c.apply_as(user, GADGET_CRD);
     c.kubectl_ok(&[
         "wait",
         "--for=condition=established",
         "--timeout=30s",
         "crd/gadgets.example.com",
     ]);
-    apply_as(
-        c,
-        user,
+    c.apply_as(user,
         &format!(
             "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {{name: g1, namespace: {ns}}}\nspec: {{on: true}}\n"
         ),
@@ -329,16 +316,7 @@ fn annotated_change(c: &Cluster, ns: &str, name: &str, action: &str) {
         name,
         "--from-literal=v=before",
     ]);
-    let out = c.kubectl_stdin(
-        "admin",
-        &["apply", "-f", "-"],
-        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: after}}\n"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply_as("admin", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: after}}\n"));
 }
 
 fn value_of(c: &Cluster, ns: &str, name: &str) -> String {
@@ -538,8 +516,8 @@ async fn mixed_permission_action(c: &Cluster, api: &ApiClient) -> (String, Strin
         "cm",
         "--from-literal=v=before",
     ]);
-    apply_as(c, "admin", &service(&open_ns, "svc", 80));
-    apply_as(c, "admin", &deployment(&open_ns, "dep", "nginx:1.25", 1));
+    c.apply_as("admin", &service(&open_ns, "svc", 80));
+    c.apply_as("admin", &deployment(&open_ns, "dep", "nginx:1.25", 1));
     let (status, body) = api
         .call(
             "POST",
@@ -720,13 +698,8 @@ async fn nobody_undoes_what_they_could_not_have_done() {
             "--from-literal=v=before",
         ],
     );
-    let out = c.kubectl_stdin("alice", &["apply", "-f", "-"], &format!(
+    c.apply_as("alice", &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: after}}\n"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // bob may use the API but may not write in alice's namespace.
     let (status, report) = api

@@ -174,11 +174,17 @@ impl Cluster {
         child.wait_with_output().expect("kubectl")
     }
 
+    /// `kubectl apply -f -` as admin; panics with kubectl's output on failure.
     pub fn kubectl_apply_str(&self, yaml: &str) -> String {
-        let out = self.kubectl_stdin("admin", &["apply", "-f", "-"], yaml);
+        self.apply_as("admin", yaml)
+    }
+
+    /// `kubectl apply -f -` as `user`; panics with kubectl's output on failure.
+    pub fn apply_as(&self, user: &str, yaml: &str) -> String {
+        let out = self.kubectl_stdin(user, &["apply", "-f", "-"], yaml);
         assert!(
             out.status.success(),
-            "kubectl apply failed:\n{}",
+            "kubectl apply as {user} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
