@@ -4,6 +4,7 @@
 //! API request → auth → [`restore`] plan → execute → [`store`].
 
 pub mod api;
+pub mod body_limit;
 pub mod capture;
 pub mod certs;
 pub mod client;

@@ -121,5 +121,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             .into_response()
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            MAX_BODY,
+            crate::body_limit::refuse_oversized,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -16,6 +16,10 @@ pub fn router(service: Arc<CaptureService>, max_body: usize) -> Router {
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            crate::body_limit::refuse_oversized,
+        ))
         .with_state(service)
 }
 
