@@ -181,6 +181,11 @@ pub struct ServeArgs {
     pub rollback_failure_policy: FailurePolicy,
     #[arg(long, env = "SNAPBACK_ROLLBACK_RETRIES", default_value_t = 3)]
     pub rollback_retries: u32,
+    /// Objects restored at once within one dependency wave (1 restores them
+    /// one by one).
+    #[arg(long, env = "SNAPBACK_ROLLBACK_PARALLELISM", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub rollback_parallelism: u16,
     #[arg(long, env = "SNAPBACK_AUTH", value_enum, default_value = "kubernetes")]
     pub auth: AuthMode,
     /// Largest AdmissionReview body accepted.
@@ -287,6 +292,8 @@ pub struct RollbackConfig {
     pub window: Duration,
     pub failure_policy: FailurePolicy,
     pub retries: u32,
+    /// Objects restored at once within a wave.
+    pub parallelism: usize,
 }
 
 impl CaptureConfig {
@@ -361,6 +368,7 @@ impl From<ServeArgs> for Config {
                 window: a.rollback_window,
                 failure_policy: a.rollback_failure_policy,
                 retries: a.rollback_retries,
+                parallelism: usize::from(a.rollback_parallelism),
             },
             auth: a.auth,
             max_review_bytes: a.max_review_bytes,

@@ -33,6 +33,7 @@ fn state() -> Arc<ApiState> {
             window: std::time::Duration::from_secs(3600),
             failure_policy: FailurePolicy::Abort,
             retries: 0,
+            parallelism: 8,
         },
         metrics.clone(),
     ));

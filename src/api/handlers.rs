@@ -19,7 +19,7 @@ use crate::api::model::*;
 use crate::config::FailurePolicy;
 use crate::restore::plan::Target;
 use crate::restore::report::{Report, Trigger};
-use crate::restore::rollback::{Params, Restorer, strip_for_diff};
+use crate::restore::rollback::{Params, strip_for_diff};
 use crate::store::actions::{ActionRecord, ActionState};
 use crate::store::model::{ActionId, SnapshotMeta};
 
@@ -371,7 +371,7 @@ pub async fn diff_action(
     record(&state, &id).await?;
     let histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
     let client = state.restorer.client_for(&caller, None)?;
-    let current = Restorer::current_states(&client, &histories).await;
+    let current = state.restorer.current_states(&client, &histories).await;
     let objects = histories
         .iter()
         .zip(current)

@@ -24,7 +24,6 @@ use crate::store::model::{ACTION_ANNOTATION, ActionId};
 use crate::store::{StoreError, describe_kube_error};
 
 /// Objects restored at the same time within one dependency wave.
-const PARALLELISM: usize = 8;
 /// Progress is written to the action record after this many objects.
 const PROGRESS_BATCH: usize = 50;
 /// A rolling-back record whose heartbeat is older than this is resumed.
@@ -181,6 +180,7 @@ impl Restorer {
 
     /// Current state of every object (bounded concurrency), as the caller sees it.
     pub async fn current_states(
+        &self,
         client: &kube::Client,
         histories: &[ObjectHistory],
     ) -> Vec<Result<Option<Value>, String>> {
@@ -194,7 +194,7 @@ impl Restorer {
                     })
                 }
             })
-            .buffered(PARALLELISM * 2)
+            .buffered(self.cfg.parallelism.max(1) * 2)
             .collect()
             .await
     }
@@ -265,7 +265,7 @@ impl Restorer {
         let histories = plan::histories(loaded);
         let rollback_id = id.rollback_id(record.rollbacks.len() as u32 + 1);
         let client = self.client_for(caller, Some(&rollback_id))?;
-        let current = Self::current_states(&client, &histories).await;
+        let current = self.current_states(&client, &histories).await;
         let steps = Self::decide_all(&histories, &current, params.force);
         let conflicts: Vec<String> = histories
             .iter()
@@ -460,7 +460,7 @@ impl Restorer {
                             (i, r)
                         }
                     })
-                    .buffer_unordered(PARALLELISM)
+                    .buffer_unordered(self.cfg.parallelism.max(1))
                     .collect()
                     .await;
                 for (i, r) in outcomes {
@@ -963,7 +963,7 @@ impl Restorer {
                     continue;
                 }
             };
-            let current = Self::current_states(&client, &histories).await;
+            let current = self.current_states(&client, &histories).await;
             let steps = Self::decide_all(&histories, &current, progress.params.force);
             let mut original = record.clone();
             original.state = match progress.trigger {
