@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CLUSTER_DIR ?= $(HOME)/.cache/snapback/cluster
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test unit lint fmt cluster-up cluster-down control-plane bench ci install tools fuzz
+.PHONY: all build demo test unit lint fmt cluster-up cluster-down control-plane bench bench-smoke ci install tools fuzz
 
 all: build
 
@@ -70,11 +70,15 @@ cluster-down:
 	hack/cluster.sh down $(CLUSTER_DIR)
 
 ## What CI runs.
-ci: lint test fuzz demo
+ci: lint test fuzz demo bench-smoke
 
 ## Benchmarks (results: target/bench-results.md, summarised in BENCHMARKS.md).
 bench: control-plane
 	hack/bench.sh
+
+## The same suite with tiny sizes (CI), so that it cannot rot.
+bench-smoke: control-plane
+	hack/bench.sh --smoke
 
 ## Install the binary as the kubectl plugin `kubectl-snapback` (and `snapback`).
 PREFIX ?= $(HOME)/.local

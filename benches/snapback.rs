@@ -4,6 +4,7 @@
 //!
 //!   cargo bench --bench snapback -- inprocess
 //!   cargo bench --bench snapback -- storage CORPUS_DIR KUBECONFIG
+//!   cargo bench --bench snapback -- live KUBECONFIG SNAPBACK_BIN WORKDIR [--smoke]
 //!
 //! inprocess: AdmissionReviews per second on one core (a current-thread
 //! runtime), snapback's validating path with an in-memory store vs a no-op
@@ -11,6 +12,9 @@
 //! storage: every object of a corpus of real-world manifests stored as a
 //! snapshot in a real API server, measured as the API server serves it, vs
 //! the object's raw JSON and vs Helm's release encoding of the same objects.
+
+#[path = "snapback/live.rs"]
+mod live;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +36,14 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     match args.first().map(String::as_str) {
-        Some("inprocess") | None => inprocess(),
+        Some("inprocess") | None => inprocess(args.iter().any(|a| a == "--smoke")),
         Some("storage") => storage(&args[1], &args[2]),
+        Some("live") => live::Live::new(&args[1..]).run(),
+        Some("noop-webhook") => live::noop_webhook(
+            std::path::Path::new(&args[1]),
+            std::path::Path::new(&args[2]),
+            args[3].parse().unwrap(),
+        ),
         Some(other) => eprintln!("unknown benchmark {other}"),
     }
 }
@@ -59,7 +69,8 @@ fn rate(duration: Duration, mut f: impl FnMut()) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn inprocess() {
+fn inprocess(smoke: bool) {
+    let secs = Duration::from_secs_f64(if smoke { 0.2 } else { 3.0 });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,7 +95,7 @@ fn inprocess() {
     );
     println!("|---|---|---|---|---|");
     for (name, body) in &bodies {
-        let noop = rate(Duration::from_secs(3), || {
+        let noop = rate(secs, || {
             let review = Review::from_slice(body).ok().unwrap();
             let resp =
                 kube::core::admission::AdmissionResponse::from(&review.request).into_review();
@@ -99,7 +110,7 @@ fn inprocess() {
             Arc::new(Attribution::new(Duration::from_secs(30))),
             Metrics::standalone(),
         );
-        let snap = rate(Duration::from_secs(3), || {
+        let snap = rate(secs, || {
             let answer = rt.block_on(svc.validate(body));
             let snapback::capture::Answer::Review(r) = answer else {
                 panic!("bad review")

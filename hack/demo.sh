@@ -26,11 +26,7 @@ export KUBECONFIG=$cp_dir/kubeconfig
 kubectl version 2>/dev/null | sed 's/^/    /' || true
 
 step "Installing snapback's namespace and RBAC"
-kubectl create namespace snapback-system >/dev/null
-kubectl label namespace snapback-system snapback.io/exclude=true >/dev/null
-kubectl apply -f "$root/manifests/rbac.yaml" >/dev/null
-kubectl create clusterrolebinding snapback-local --clusterrole=snapback --user=snapback >/dev/null
-kubectl -n snapback-system create rolebinding snapback-local --role=snapback --user=snapback >/dev/null
+"$root/hack/local-install.sh" "$KUBECONFIG"
 
 step "Starting snapback (webhook + snapshotter)"
 "$bin" certs --out "$work/certs" --hosts localhost,127.0.0.1
