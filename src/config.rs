@@ -149,6 +149,12 @@ pub struct ServeArgs {
         default_value = "deny"
     )]
     pub capture_failure: CaptureFailure,
+    /// Store the snapshots of changes admitted together (same action, while
+    /// a snapshot write is in flight) as one batch ConfigMap, and fold the
+    /// snapshots of finished actions into batches. `false`: one ConfigMap per
+    /// change, always (SPEC §3 only).
+    #[arg(long, env = "SNAPBACK_SNAPSHOT_BATCHING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub snapshot_batching: bool,
     #[arg(long, env = "SNAPBACK_RETENTION", default_value = "168h", value_parser = parse_duration)]
     pub retention: Duration,
     #[arg(long, env = "SNAPBACK_MAX_ACTIONS", default_value_t = 1000)]
@@ -260,6 +266,7 @@ pub struct Config {
     pub tls_key: PathBuf,
     pub webhook_client_ca: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
+    pub snapshot_batching: bool,
     pub kube_context: Option<String>,
     pub capture: CaptureConfig,
     pub retention: Duration,
@@ -347,6 +354,7 @@ impl From<ServeArgs> for Config {
             tls_key: a.tls_key,
             webhook_client_ca: a.webhook_client_ca,
             kubeconfig: a.kubeconfig,
+            snapshot_batching: a.snapshot_batching,
             kube_context: a.kube_context,
             capture: CaptureConfig {
                 snapshot_namespace: a.snapshot_namespace,

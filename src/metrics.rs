@@ -33,6 +33,8 @@ pub struct Metrics {
     pub open_actions: IntGauge,
     pub snapshots_pruned: IntCounter,
     pub actions_pruned: IntCounter,
+    /// Snapshots folded from their own ConfigMaps into batches.
+    pub snapshots_compacted: IntCounter,
     /// labels: outcome (healthy, failed, rolled-back, rollback-failed)
     pub guards: IntCounterVec,
     /// labels: outcome (rolled-back, duplicate, ignored, failed)
@@ -164,6 +166,11 @@ impl Metrics {
                 registry,
                 "actions_pruned_total",
                 "Actions deleted by retention",
+            ),
+            snapshots_compacted: counter(
+                registry,
+                "snapshots_compacted_total",
+                "Snapshots of finished actions folded into batch ConfigMaps",
             ),
             guards: counter_vec(
                 registry,

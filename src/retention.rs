@@ -19,6 +19,8 @@ use crate::store::kube_store::KubeStore;
 use crate::store::model::SnapshotMeta;
 
 pub const LEASE_NAME: &str = "snapback-maintenance";
+/// Actions compacted per maintenance pass at most.
+const COMPACT_PER_PASS: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
@@ -27,6 +29,8 @@ pub struct RetentionConfig {
     pub session_idle: Duration,
     pub interval: Duration,
     pub lease_duration: Duration,
+    /// Fold the snapshots of finished actions into batches.
+    pub compact: bool,
 }
 
 /// A Lease held by at most one replica; taken over when not renewed in time.
@@ -202,6 +206,38 @@ pub async fn maintain(
             Err(e) => tracing::warn!(action = %r.id, error = %e, "pruning action"),
         }
     }
+    // Finished actions: their snapshots folded into batches, a few actions
+    // per pass so that the API server never sees a burst.
+    let mut compacted_actions = 0;
+    for (r, _) in &records {
+        if !cfg.compact || compacted_actions >= COMPACT_PER_PASS {
+            break;
+        }
+        let singles = by_action.get(r.id.as_str()).map_or(0, |v| {
+            v.iter()
+                .filter(|m| m.batch.is_none() && !m.secret && m.chunks <= 1)
+                .count()
+        });
+        if singles < 2 || matches!(r.state, ActionState::Open | ActionState::RollingBack) {
+            continue;
+        }
+        match store.get_action(&r.id).await {
+            Ok(Some((fresh, _)))
+                if !matches!(fresh.state, ActionState::Open | ActionState::RollingBack) => {}
+            _ => continue,
+        }
+        compacted_actions += 1;
+        match store.compact_action(&r.id).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(action = %r.id, snapshots = n, "compacted action");
+                }
+                metrics.snapshots_compacted.inc_by(n as u64);
+            }
+            Err(e) => tracing::warn!(action = %r.id, error = %e, "compacting action"),
+        }
+    }
+
     let open = records
         .iter()
         .filter(|(r, _)| r.state == ActionState::Open)

@@ -93,9 +93,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut leases = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
 
-    let store = Arc::new(KubeStore::new(
+    let store = Arc::new(KubeStore::with_batching(
         client.clone(),
         &cfg.capture.snapshot_namespace,
+        cfg.snapshot_batching,
     ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
     if cfg.role.webhook() {
@@ -143,6 +144,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 session_idle: cfg.capture.session_idle,
                 interval: cfg.maintenance_interval,
                 lease_duration: cfg.lease_duration,
+                compact: cfg.snapshot_batching,
             },
             metrics.clone(),
             format!("{identity}-{:08x}", rand::random::<u32>()),

@@ -24,7 +24,7 @@ use crate::capture::review::Review;
 use crate::config::{CaptureConfig, CaptureFailure};
 use crate::metrics::Metrics;
 use crate::store::actions::ActionRecord;
-use crate::store::codec::{self, CHUNK_SIZE};
+use crate::store::codec;
 use crate::store::model::{
     ACTION_ANNOTATION, ActionId, GUARD_ANNOTATION, ObjectRef, Operation, SnapshotMeta,
 };
@@ -33,9 +33,6 @@ use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 /// Leave the API server's webhook timeout (10s by default) room to deliver
 /// our own, clearer denial.
 const STORE_TIMEOUT: Duration = Duration::from_secs(8);
-/// Payloads above this are compressed on the blocking pool, not on the
-/// async workers.
-const INLINE_ENCODE_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -308,7 +305,7 @@ impl CaptureService {
         };
         let uid_of = |o: &Value| o.get("metadata")?.get("uid")?.as_str().map(str::to_string);
         let req = &review.request;
-        let mut meta = SnapshotMeta {
+        let meta = SnapshotMeta {
             snapshot_name: SnapshotMeta::object_name(now, &req.uid),
             action: action.clone(),
             operation,
@@ -343,24 +340,20 @@ impl CaptureService {
                 })
                 .filter(|g| crate::config::parse_duration(g).is_ok())
                 .map(str::to_string),
+            batch: None,
         };
-        let payload = match prior {
-            None => None,
-            Some(prior) => Some(encode(prior, body_len >= INLINE_ENCODE_LIMIT).await?),
-        };
-        if let Some(p) = &payload {
-            meta.payload_sha256 = Some(p.sha256.clone());
-            meta.chunks = p.chunks.len() as u32;
-        }
-        let bytes = payload.as_ref().map(|p| p.compressed_len()).unwrap_or(0);
         let mut record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
         record.owner_groups = req.user_info.groups.clone().unwrap_or_default();
-        let snapshot = NewSnapshot { meta, payload };
+        let snapshot = NewSnapshot {
+            meta,
+            prior,
+            size_hint: body_len,
+        };
         let write = async {
             self.sink.ensure_action(&record).await?;
-            self.sink.put_snapshot(&snapshot).await
+            self.sink.put_snapshot(snapshot).await
         };
-        tokio::time::timeout(STORE_TIMEOUT, write)
+        let bytes = tokio::time::timeout(STORE_TIMEOUT, write)
             .await
             .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
         self.metrics
@@ -370,21 +363,9 @@ impl CaptureService {
         self.metrics
             .snapshot_bytes
             .with_label_values(&[operation.as_str()])
-            .inc_by(bytes as u64);
+            .inc_by(bytes);
         Ok(action)
     }
-}
-
-/// Compress the prior object; large ones (judged by the review body's size)
-/// on the blocking pool so they do not stall the async workers.
-async fn encode(prior: Value, large: bool) -> Result<codec::EncodedPayload, CaptureError> {
-    if !large {
-        return Ok(codec::encode(&prior, CHUNK_SIZE)?);
-    }
-    tokio::task::spawn_blocking(move || codec::encode(&prior, CHUNK_SIZE))
-        .await
-        .map_err(|e| CaptureError::Join(e.to_string()))?
-        .map_err(CaptureError::from)
 }
 
 /// The keys under which the mutating call of a request leaves its hint and

@@ -35,7 +35,7 @@ fn response(answer: &Answer) -> &AdmissionResponse {
     }
 }
 
-fn only_snapshot(store: &MemoryStore) -> NewSnapshot {
+fn only_snapshot(store: &MemoryStore) -> crate::store::StoredSnapshot {
     let snaps = store.snapshots.lock().unwrap();
     assert_eq!(snaps.len(), 1, "{:?}", snaps.keys());
     snaps.values().next().unwrap().clone()

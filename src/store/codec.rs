@@ -57,7 +57,7 @@ thread_local! {
 }
 
 /// gzip (RFC 1952) framing around a raw deflate stream.
-fn gzip(raw: &[u8]) -> Result<Vec<u8>, CodecError> {
+pub fn gzip(raw: &[u8]) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(raw.len() / 2 + 64);
     // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=unknown
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);

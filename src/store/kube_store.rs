@@ -1,23 +1,24 @@
 //! The ConfigMap/Secret store in the snapshot namespace.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
 use crate::store::actions::{ActionRecord, ActionState, RECORD_KEY};
+use crate::store::batch::{self, RECORD_BATCH};
 use crate::store::codec;
 use crate::store::model::*;
 use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError};
 
-/// Secret type of snapshots of Secrets.
-pub const SNAPSHOT_SECRET_TYPE: &str = "snapback.io/snapshot";
+pub use crate::store::writer::SNAPSHOT_SECRET_TYPE;
+use crate::store::writer::{Writer, already_exists};
 
 /// How long an action record is assumed to exist after we saw or made it.
 const KNOWN_ACTION_TTL: Duration = Duration::from_secs(300);
@@ -27,25 +28,33 @@ pub struct KubeStore {
     config_maps: Api<ConfigMap>,
     secrets: Api<Secret>,
     known_actions: Mutex<HashMap<String, Instant>>,
+    writer: Arc<Writer>,
+    /// Decoded metadata of batches by name (batches are never modified).
+    batch_metas: Mutex<HashMap<String, Arc<Vec<SnapshotMeta>>>>,
 }
+
+/// Batches whose metadata is kept decoded; beyond, the cache starts over.
+const BATCH_CACHE: usize = 4096;
 
 fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(e) if e.code == code)
 }
 
-/// A create answered "already exists": the same write made before (a retry
-/// after a lost response). Any other 409 is a failure like any other.
-fn already_exists(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(e) if e.code == 409 && e.reason == "AlreadyExists")
-}
-
 impl KubeStore {
+    /// A store that batches concurrent snapshots of an action (group commit).
     pub fn new(client: Client, namespace: &str) -> Self {
+        Self::with_batching(client, namespace, true)
+    }
+
+    /// With `batching` off, every snapshot is written alone (SPEC §3 only).
+    pub fn with_batching(client: Client, namespace: &str, batching: bool) -> Self {
         KubeStore {
             namespace: namespace.to_string(),
             config_maps: Api::namespaced(client.clone(), namespace),
-            secrets: Api::namespaced(client, namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
             known_actions: Mutex::default(),
+            writer: Arc::new(Writer::new(client, namespace, batching)),
+            batch_metas: Mutex::default(),
         }
     }
 
@@ -59,91 +68,7 @@ impl KubeStore {
         labels: BTreeMap<String, String>,
         annotations: BTreeMap<String, String>,
     ) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(self.namespace.clone()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            ..Default::default()
-        }
-    }
-
-    /// Create; an object that already exists under that name is the same
-    /// write retried and counts as success.
-    async fn create_cm(&self, cm: &ConfigMap) -> Result<()> {
-        match self.config_maps.create(&PostParams::default(), cm).await {
-            Ok(_) => Ok(()),
-            Err(e) if already_exists(&e) => Ok(()),
-            Err(e) => Err(StoreError::Kube(e)),
-        }
-    }
-
-    async fn create_secret(&self, s: &Secret) -> Result<()> {
-        match self.secrets.create(&PostParams::default(), s).await {
-            Ok(_) => Ok(()),
-            Err(e) if already_exists(&e) => Ok(()),
-            Err(e) => Err(StoreError::Kube(e)),
-        }
-    }
-
-    async fn write_snapshot(&self, snap: &NewSnapshot) -> Result<()> {
-        let meta = &snap.meta;
-        let name = &meta.snapshot_name;
-        let chunks: &[Vec<u8>] = snap
-            .payload
-            .as_ref()
-            .map(|p| p.chunks.as_slice())
-            .unwrap_or(&[]);
-        // Extra chunks first: the main object is written last, so a snapshot
-        // that exists is always complete.
-        for (i, chunk) in chunks.iter().enumerate().skip(1) {
-            let chunk_name = format!("{name}-{i}");
-            let labels = BTreeMap::from([
-                (MANAGED_BY.to_string(), MANAGER.to_string()),
-                (LABEL_RECORD.to_string(), RECORD_CHUNK.to_string()),
-                (LABEL_ACTION.to_string(), meta.action.to_string()),
-                (LABEL_CHUNK_OF.to_string(), name.clone()),
-            ]);
-            let annotations = BTreeMap::from([(ANN_CHUNK_INDEX.to_string(), i.to_string())]);
-            let om = self.meta(&chunk_name, labels, annotations);
-            let data = BTreeMap::from([(PAYLOAD_KEY.to_string(), ByteString(chunk.clone()))]);
-            if meta.secret {
-                self.create_secret(&Secret {
-                    metadata: om,
-                    type_: Some(SNAPSHOT_SECRET_TYPE.into()),
-                    data: Some(data),
-                    ..Default::default()
-                })
-                .await?;
-            } else {
-                self.create_cm(&ConfigMap {
-                    metadata: om,
-                    binary_data: Some(data),
-                    ..Default::default()
-                })
-                .await?;
-            }
-        }
-        let om = self.meta(name, meta.labels(), meta.annotations());
-        let data = chunks
-            .first()
-            .map(|c| BTreeMap::from([(PAYLOAD_KEY.to_string(), ByteString(c.clone()))]));
-        if meta.secret {
-            self.create_secret(&Secret {
-                metadata: om,
-                type_: Some(SNAPSHOT_SECRET_TYPE.into()),
-                data,
-                ..Default::default()
-            })
-            .await
-        } else {
-            self.create_cm(&ConfigMap {
-                metadata: om,
-                binary_data: data,
-                ..Default::default()
-            })
-            .await
-        }
+        self.writer.meta(name, labels, annotations)
     }
 
     fn record_to_cm(
@@ -264,7 +189,7 @@ impl KubeStore {
             .map_err(StoreError::Kube)?;
         let tagged = cms.items.into_iter().map(|i| (i.metadata, false));
         let tagged = tagged.chain(secrets.items.into_iter().map(|i| (i.metadata, true)));
-        Ok(tagged
+        let mut out: Vec<SnapshotMeta> = tagged
             .filter_map(|(metadata, secret)| match meta_of(&metadata, secret) {
                 Ok(m) => Some(m),
                 Err(e) => {
@@ -272,7 +197,83 @@ impl KubeStore {
                     None
                 }
             })
-            .collect())
+            .collect();
+        // Batches: the same selector, for batch ConfigMaps instead.
+        let batch_selector = selector.replace(
+            &format!("!{LABEL_RECORD}"),
+            &format!("{LABEL_RECORD}={RECORD_BATCH}"),
+        );
+        let batches = self
+            .config_maps
+            .list_metadata(&ListParams::default().labels(&batch_selector))
+            .await
+            .map_err(StoreError::Kube)?;
+        let names: Vec<String> = batches
+            .items
+            .into_iter()
+            .filter_map(|b| b.metadata.name)
+            .collect();
+        let decoded: Vec<Result<Arc<Vec<SnapshotMeta>>>> = futures::stream::iter(names)
+            .map(|name| async move { self.batch_metas(&name).await })
+            .buffered(8)
+            .collect()
+            .await;
+        for metas in decoded {
+            match metas {
+                Ok(m) => out.extend(m.iter().cloned()),
+                Err(StoreError::NotFound(_)) => {} // deleted since the listing
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
+            }
+        }
+        Ok(dedupe(out, |m| &m.snapshot_name))
+    }
+
+    /// The metadata of a batch's entries, decoded once and cached.
+    async fn batch_metas(&self, name: &str) -> Result<Arc<Vec<SnapshotMeta>>> {
+        if let Some(m) = self.lock_batch_metas().get(name) {
+            return Ok(m.clone());
+        }
+        let entries = self.batch_entries(name).await?;
+        let metas = Arc::new(entries.into_iter().map(|(m, _)| m).collect::<Vec<_>>());
+        let mut cache = self.lock_batch_metas();
+        if cache.len() >= BATCH_CACHE {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), metas.clone());
+        Ok(metas)
+    }
+
+    fn lock_batch_metas(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<SnapshotMeta>>>> {
+        self.batch_metas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read and decode one batch (on the blocking pool).
+    async fn batch_entries(&self, name: &str) -> Result<Vec<batch::DecodedEntry>> {
+        let cm = self
+            .config_maps
+            .get_opt(name)
+            .await
+            .map_err(StoreError::Kube)?
+            .ok_or_else(|| StoreError::NotFound(format!("batch {name}")))?;
+        let annotations = cm.metadata.annotations.unwrap_or_default();
+        let payload = cm
+            .binary_data
+            .and_then(|mut d| d.remove(batch::BATCH_KEY))
+            .map(|b| b.0)
+            .unwrap_or_default();
+        let owned = name.to_string();
+        tokio::task::spawn_blocking(move || batch::decode(&owned, &annotations, &payload))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?
+            .map_err(|reason| StoreError::Corrupt {
+                name: name.to_string(),
+                reason,
+            })
     }
 
     /// Metadata of every snapshot (not chunks or records), for listing actions.
@@ -293,6 +294,20 @@ impl KubeStore {
         let Some(sha) = &meta.payload_sha256 else {
             return Ok(None);
         };
+        if let Some(b) = &meta.batch {
+            let entries = self.batch_entries(b).await?;
+            let (_, prior) = entries
+                .into_iter()
+                .find(|(m, _)| m.snapshot_name == meta.snapshot_name)
+                .ok_or_else(|| StoreError::Corrupt {
+                    name: b.clone(),
+                    reason: format!("no entry {}", meta.snapshot_name),
+                })?;
+            return prior.map_err(|reason| StoreError::Corrupt {
+                name: b.clone(),
+                reason,
+            });
+        }
         let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(meta.chunks.max(1) as usize);
         for i in 0..meta.chunks.max(1) {
             let name = if i == 0 {
@@ -354,10 +369,14 @@ impl KubeStore {
             .map_err(StoreError::Kube)?
             .items
         {
-            let payload = cm
-                .binary_data
-                .and_then(|mut d| d.remove(PAYLOAD_KEY))
-                .map(|b| b.0);
+            let batch = cm
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_RECORD))
+                == Some(&RECORD_BATCH.to_string());
+            let key = if batch { batch::BATCH_KEY } else { PAYLOAD_KEY };
+            let payload = cm.binary_data.and_then(|mut d| d.remove(key)).map(|b| b.0);
             raw.push((cm.metadata, payload, false));
         }
         for s in self
@@ -370,12 +389,108 @@ impl KubeStore {
             let payload = s.data.and_then(|mut d| d.remove(PAYLOAD_KEY)).map(|b| b.0);
             raw.push((s.metadata, payload, true));
         }
-        tokio::task::spawn_blocking(move || assemble(raw))
+        let all = tokio::task::spawn_blocking(move || assemble(raw))
             .await
             .map_err(|e| StoreError::Corrupt {
                 name: action.to_string(),
                 reason: e.to_string(),
+            })?;
+        Ok(dedupe(all, |l| &l.meta.snapshot_name))
+    }
+
+    /// Fold the per-change ConfigMaps of a finished action into batches
+    /// (`store::batch`): fewer objects, and far fewer bytes, for the same
+    /// snapshots. The batches are written first and the originals deleted
+    /// after, so every snapshot exists at every moment (readers drop the
+    /// duplicate in between, and a pass that stopped half-way is finished by
+    /// the next). Secrets and chunked snapshots stay as they are. Returns how
+    /// many snapshots were folded.
+    pub async fn compact_action(&self, action: &ActionId) -> Result<usize> {
+        let lp = ListParams::default().labels(&format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"));
+        let singles = self
+            .config_maps
+            .list(&lp)
+            .await
+            .map_err(StoreError::Kube)?
+            .items;
+        let mut in_batches = std::collections::HashSet::new();
+        for m in self
+            .metas(&format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"))
+            .await?
+        {
+            if m.batch.is_some() {
+                in_batches.insert(m.snapshot_name);
+            }
+        }
+        let raw = singles
+            .into_iter()
+            .map(|cm| {
+                let payload = cm
+                    .binary_data
+                    .and_then(|mut d| d.remove(PAYLOAD_KEY))
+                    .map(|b| b.0);
+                (cm.metadata, payload, false)
             })
+            .collect();
+        let loaded = tokio::task::spawn_blocking(move || assemble(raw))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                name: action.to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut done: Vec<String> = Vec::new();
+        let mut entries = Vec::new();
+        for l in loaded {
+            if in_batches.contains(&l.meta.snapshot_name) {
+                done.push(l.meta.snapshot_name); // an earlier pass batched it
+            } else if l.meta.chunks <= 1
+                && let Ok(prior) = l.prior
+            {
+                entries.push(batch::BatchEntry {
+                    meta: l.meta,
+                    prior,
+                });
+            }
+        }
+        entries.sort_by_key(|e| e.meta.order_key());
+        let folded = if entries.len() >= 2 {
+            let (encoded, names) = tokio::task::spawn_blocking(move || {
+                let sizes = batch::prepare(&mut entries)?;
+                let mut out = Vec::new();
+                let mut names = Vec::new();
+                for range in batch::groups(&sizes, codec::CHUNK_SIZE) {
+                    if range.len() >= 2 {
+                        out.push(batch::encode(&entries[range.clone()])?);
+                        names.extend(entries[range].iter().map(|e| e.meta.snapshot_name.clone()));
+                    }
+                }
+                Ok::<_, StoreError>((out, names))
+            })
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                name: action.to_string(),
+                reason: e.to_string(),
+            })??;
+            for b in &encoded {
+                self.writer.write_batch(b).await?;
+            }
+            names
+        } else {
+            Vec::new()
+        };
+        let count = folded.len();
+        for name in done.iter().chain(&folded) {
+            match self
+                .config_maps
+                .delete(name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(StoreError::Kube(e)),
+            }
+        }
+        Ok(count)
     }
 
     /// Delete everything stored for an action: snapshots, chunks, the record.
@@ -402,6 +517,7 @@ impl KubeStore {
 fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore::plan::Loaded> {
     let mut chunks: HashMap<(String, u32), Vec<u8>> = HashMap::new();
     let mut mains = Vec::new();
+    let mut batched = Vec::new();
     for (om, payload, secret) in raw {
         let labels = om.labels.clone().unwrap_or_default();
         match labels.get(LABEL_RECORD).map(String::as_str) {
@@ -415,23 +531,47 @@ fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore
                     chunks.insert((of.clone(), i), p);
                 }
             }
+            Some(RECORD_BATCH) => {
+                let name = om.name.clone().unwrap_or_default();
+                let annotations = om.annotations.clone().unwrap_or_default();
+                match batch::decode(&name, &annotations, &payload.unwrap_or_default()) {
+                    Ok(entries) => batched.extend(entries),
+                    Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
+                }
+            }
             Some(_) => {}
             None => mains.push((om, payload, secret)),
         }
     }
-    mains
+    let singles = mains.into_iter().filter_map(|(om, payload, secret)| {
+        let meta = match meta_of(&om, secret) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping unreadable snapshot");
+                return None;
+            }
+        };
+        let prior = decode_payload(&meta, payload, &mut chunks);
+        Some(crate::restore::plan::Loaded { meta, prior })
+    });
+    singles
+        .collect::<Vec<_>>()
         .into_iter()
-        .filter_map(|(om, payload, secret)| {
-            let meta = match meta_of(&om, secret) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping unreadable snapshot");
-                    return None;
-                }
-            };
-            let prior = decode_payload(&meta, payload, &mut chunks);
-            Some(crate::restore::plan::Loaded { meta, prior })
-        })
+        .chain(
+            batched
+                .into_iter()
+                .map(|(meta, prior)| crate::restore::plan::Loaded { meta, prior }),
+        )
+        .collect()
+}
+
+/// One item per snapshot name: a snapshot can be found twice, alone and in
+/// the batch compaction wrote, when compaction stopped between the two.
+fn dedupe<T>(items: Vec<T>, name: impl Fn(&T) -> &String) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .into_iter()
+        .filter(|i| seen.insert(name(i).clone()))
         .collect()
 }
 
@@ -514,7 +654,7 @@ impl SnapshotSink for KubeStore {
         })
     }
 
-    fn put_snapshot<'a>(&'a self, snapshot: &'a NewSnapshot) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.write_snapshot(snapshot))
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.writer.put(snapshot))
     }
 }

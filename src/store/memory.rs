@@ -1,5 +1,7 @@
 //! An in-memory [`SnapshotSink`] for benchmarks and unit tests of the capture
-//! path. The real store is [`crate::store::kube_store::KubeStore`].
+//! path. The real store is [`crate::store::kube_store::KubeStore`]. It
+//! encodes every snapshot as the per-change layout does, so that the capture
+//! path measured with it pays for compression.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -7,12 +9,12 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 
 use crate::store::actions::ActionRecord;
-use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError};
+use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, encode_single};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     pub actions: Mutex<BTreeMap<String, ActionRecord>>,
-    pub snapshots: Mutex<BTreeMap<String, NewSnapshot>>,
+    pub snapshots: Mutex<BTreeMap<String, StoredSnapshot>>,
     /// When set, every write fails with this message (to test deny mode).
     pub fail_with: Mutex<Option<String>>,
 }
@@ -49,14 +51,19 @@ impl SnapshotSink for MemoryStore {
         })
     }
 
-    fn put_snapshot<'a>(&'a self, snapshot: &'a NewSnapshot) -> BoxFuture<'a, Result<()>> {
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             self.check()?;
+            let stored = encode_single(snapshot).await?;
+            let bytes = stored
+                .payload
+                .as_ref()
+                .map_or(0, |p| p.compressed_len() as u64);
             self.snapshots
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(snapshot.meta.snapshot_name.clone(), snapshot.clone());
-            Ok(())
+                .insert(stored.meta.snapshot_name.clone(), stored);
+            Ok(bytes)
         })
     }
 }

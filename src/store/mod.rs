@@ -2,12 +2,15 @@
 //! action records) and the stores that write them.
 
 pub mod actions;
+pub mod batch;
 pub mod codec;
 pub mod kube_store;
 pub mod memory;
 pub mod model;
+pub mod writer;
 
 use futures::future::BoxFuture;
+use serde_json::Value;
 
 use crate::store::actions::ActionRecord;
 use crate::store::codec::EncodedPayload;
@@ -25,6 +28,12 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0} was changed concurrently")]
     Conflict(String),
+    /// One failure reported to every snapshot of a batch.
+    #[error("{message}")]
+    Shared {
+        message: String,
+        label: &'static str,
+    },
 }
 
 impl StoreError {
@@ -41,6 +50,18 @@ impl StoreError {
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::NotFound(_) => "not_found",
             StoreError::Conflict(_) => "conflict",
+            StoreError::Shared { label, .. } => label,
+        }
+    }
+
+    /// The same failure again, for each snapshot of a batch that failed.
+    pub fn share(&self) -> StoreError {
+        match self {
+            StoreError::Kube(kube::Error::Api(e)) => StoreError::Kube(kube::Error::Api(e.clone())),
+            other => StoreError::Shared {
+                message: other.to_string(),
+                label: other.metric_label(),
+            },
         }
     }
 }
@@ -62,12 +83,54 @@ pub fn describe_kube_error(e: &kube::Error) -> String {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// One change ready to be written.
+/// One change ready to be written. The store encodes it: alone (gzip of
+/// the object, SPEC §3) or, with other changes of its action, in a batch.
 #[derive(Debug, Clone)]
 pub struct NewSnapshot {
+    /// `payload_sha256` and `chunks` are set by the store when it encodes.
     pub meta: SnapshotMeta,
-    /// The prior object, encoded; none for CREATE.
+    /// The prior object; none for CREATE.
+    pub prior: Option<Value>,
+    /// About how large the object's JSON is (the review's size serves), to
+    /// compress large ones off the async workers.
+    pub size_hint: usize,
+}
+
+/// A snapshot encoded for the per-change layout.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta,
     pub payload: Option<EncodedPayload>,
+}
+
+/// Objects at least this large are compressed on the blocking pool.
+pub const INLINE_ENCODE_LIMIT: usize = 64 * 1024;
+
+/// Encode a snapshot for the per-change layout: gzip, sha256 and chunks of
+/// the prior object, recorded in its metadata.
+pub async fn encode_single(snapshot: NewSnapshot) -> Result<StoredSnapshot> {
+    let NewSnapshot {
+        mut meta,
+        prior,
+        size_hint,
+    } = snapshot;
+    let payload = match prior {
+        None => None,
+        Some(prior) if size_hint < INLINE_ENCODE_LIMIT => {
+            Some(codec::encode(&prior, codec::CHUNK_SIZE)?)
+        }
+        Some(prior) => Some(
+            tokio::task::spawn_blocking(move || codec::encode(&prior, codec::CHUNK_SIZE))
+                .await
+                .map_err(|e| StoreError::Shared {
+                    message: format!("encoding task failed: {e}"),
+                    label: "internal",
+                })??,
+        ),
+    };
+    meta.payload_sha256 = payload.as_ref().map(|p| p.sha256.clone());
+    meta.chunks = payload.as_ref().map_or(0, |p| p.chunks.len() as u32);
+    Ok(StoredSnapshot { meta, payload })
 }
 
 /// Where the webhook writes. Behind a trait so the capture path can be
@@ -75,6 +138,7 @@ pub struct NewSnapshot {
 pub trait SnapshotSink: Send + Sync + 'static {
     /// Create the action record if it does not exist yet (never overwrites).
     fn ensure_action<'a>(&'a self, record: &'a ActionRecord) -> BoxFuture<'a, Result<()>>;
-    /// Store one snapshot; idempotent for the same snapshot name.
-    fn put_snapshot<'a>(&'a self, snapshot: &'a NewSnapshot) -> BoxFuture<'a, Result<()>>;
+    /// Store one snapshot; idempotent for the same snapshot name. Returns
+    /// the compressed bytes stored for it (its share of a batch).
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<u64>>;
 }

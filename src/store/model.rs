@@ -297,6 +297,10 @@ pub struct SnapshotMeta {
     /// Guard timeout requested by the object's `snapback.io/guard` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
+    /// The batch ConfigMap holding this snapshot, when it is one of several
+    /// in a batch (see `store::batch`); derived when read, never stored.
+    #[serde(skip)]
+    pub batch: Option<String>,
 }
 
 impl SnapshotMeta {
@@ -399,6 +403,7 @@ impl SnapshotMeta {
             chunks,
             secret,
             guard: labels.get(LABEL_GUARD).cloned(),
+            batch: None,
         })
     }
 
@@ -513,6 +518,7 @@ mod tests {
             chunks: 1,
             secret: false,
             guard: None,
+            batch: None,
         };
         let back = SnapshotMeta::from_stored("snap-1", &meta.labels(), &meta.annotations(), false)
             .unwrap();

@@ -69,6 +69,7 @@ fn snap_sub(
             chunks: u32::from(before.is_some()),
             secret: false,
             guard: None,
+            batch: None,
         },
         prior: Ok(before.cloned()),
     }
