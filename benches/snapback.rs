@@ -233,11 +233,20 @@ fn storage(corpus: &str, kubeconfig: &str) {
 }
 
 /// Every object matching `selector`, measured as the API server serves it.
-async fn served_bytes(cms: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>, selector: &str) -> usize {
-    let names = cms.list_metadata(&kube::api::ListParams::default().labels(selector)).await.unwrap();
+async fn served_bytes(
+    cms: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+    selector: &str,
+) -> usize {
+    let names = cms
+        .list_metadata(&kube::api::ListParams::default().labels(selector))
+        .await
+        .unwrap();
     let mut total = 0;
     for item in names.items {
-        let served = cms.get(item.metadata.name.as_deref().unwrap()).await.unwrap();
+        let served = cms
+            .get(item.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap();
         total += serde_json::to_vec(&served).unwrap().len();
     }
     total

@@ -752,3 +752,228 @@ fn uncaptured(sb: &Snapback) -> u64 {
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0)
 }
+
+/// Changes of one action admitted together share snapshot writes (group
+/// commit, docs/API.md "Batch snapshots"): every change is still captured
+/// exactly once, readable through the API, and rolled back.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back() {
+    const WRITERS: usize = 8;
+    const EACH: usize = 25;
+    let c = cluster();
+    let sb = shared_snapback();
+    let user = "carol";
+    c.grant_api(user);
+    let ns = c.namespace("batched", &[user]);
+    let api = sb.api(c);
+    let token = c.token(user);
+    let id = format!("batched-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&json!({ "id": id }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Eight clients, each on its own connection, creating at once.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let cms: Api<ConfigMap> = Api::namespaced(c.client(user).await, &ns);
+        writers.spawn(async move {
+            for i in 0..EACH {
+                let cm: ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": format!("w{w}-{i}")},
+                    "data": {"i": i.to_string(), "settings": "a=1\nb=2\n".repeat(20)}
+                }))
+                .unwrap();
+                cms.create(&Default::default(), &cm).await.expect("create");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/complete"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    let changes = detail["changesList"].as_array().expect("changesList");
+    let names: std::collections::BTreeSet<&str> =
+        changes.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(changes.len(), WRITERS * EACH, "one snapshot per change");
+    assert_eq!(names.len(), WRITERS * EACH, "no change twice");
+
+    // Fewer API objects than changes: some were written together.
+    let admin = c.client("admin").await;
+    let stored: Api<ConfigMap> = Api::namespaced(admin, &sb.opts.snapshot_namespace);
+    let objects = stored
+        .list_metadata(&ListParams::default().labels(&format!(
+            "snapback.io/action={id},snapback.io/record!=action"
+        )))
+        .await
+        .unwrap()
+        .items;
+    let batches = objects
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("snapback.io/record"))
+                == Some(&"batch".to_string())
+        })
+        .count();
+    assert!(
+        objects.len() < WRITERS * EACH && batches > 0,
+        "{} changes from {WRITERS} concurrent clients took {} API objects ({batches} batches)",
+        WRITERS * EACH,
+        objects.len()
+    );
+    record_figure(&format!(
+        "group commit: {} changes of one action from {WRITERS} concurrent clients stored in {} API objects ({batches} batches)",
+        WRITERS * EACH,
+        objects.len()
+    ));
+
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let restored = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "restored" && r["operation"] == "delete")
+        .count();
+    assert_eq!(restored, WRITERS * EACH, "{}", report["counts"]);
+    let left: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &ns);
+    let left = left.list_metadata(&ListParams::default()).await.unwrap();
+    assert!(
+        left.items
+            .iter()
+            .all(|o| !o.metadata.name.as_deref().unwrap_or("").starts_with('w')),
+        "created objects remain after the rollback"
+    );
+}
+
+/// A finished action's snapshots are folded into batches by the maintenance
+/// pass; diff, manifests and rollback read them as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_action_is_compacted_and_still_rolls_back() {
+    let c = cluster();
+    let mut opts = SnapbackOpts::isolated(c, "compact");
+    opts.extra_args = vec![
+        "--maintenance-interval=1s".into(),
+        "--session-idle=1s".into(),
+    ];
+    let snapshot_ns = opts.snapshot_namespace.clone();
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("compact", &[]);
+    sb.adopt_namespace(c, &ns);
+    let action = format!("compact-{:06x}", rand::random::<u32>() & 0xffffff);
+    for i in 0..6 {
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            &format!("cm-{i}"),
+            &format!("--from-literal=v=prior-{i}"),
+        ]);
+    }
+    // One by one: each change is written alone (SPEC §3) first.
+    for i in 0..6 {
+        c.apply_as(
+            "admin",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\n  namespace: {ns}\n  annotations: {{snapback.io/action: {action}}}\ndata: {{v: changed-{i}}}\n"
+            ),
+        );
+    }
+    let stored: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &snapshot_ns);
+    let selector = format!("snapback.io/action={action},snapback.io/record!=action");
+    let count = |batch: bool| {
+        let stored = stored.clone();
+        let selector = selector.clone();
+        async move {
+            stored
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|o| {
+                    (o.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("snapback.io/record"))
+                        == Some(&"batch".to_string()))
+                        == batch
+                })
+                .count()
+        }
+    };
+    // The annotation action completes when idle, then it is compacted.
+    eventually("the action compacted", Duration::from_secs(60), || async {
+        (count(false).await == 0 && count(true).await == 1).then_some(())
+    })
+    .await;
+    assert!(
+        metric(&sb.metrics(), "snapback_snapshots_compacted_total") >= 6.0,
+        "{}",
+        sb.metrics()
+    );
+
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let (status, diff) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{action}/diff"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{diff}");
+    assert!(diff.to_string().contains("prior-3"), "{diff}");
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{action}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["counts"]["restored"], 6, "{report}");
+    for i in 0..6 {
+        let v = c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "configmap",
+            &format!("cm-{i}"),
+            "-o",
+            "jsonpath={.data.v}",
+        ]);
+        assert_eq!(v, format!("prior-{i}"));
+    }
+}

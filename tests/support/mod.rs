@@ -15,9 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::Value;
 use snapback::store::kube_store::KubeStore;
 use snapback::store::model::{ActionId, SnapshotMeta};
@@ -577,33 +575,19 @@ pub async fn snapshots(store: &KubeStore, action: &str) -> Vec<(SnapshotMeta, Op
     out
 }
 
-/// Snapshots of changes in one namespace, grouped by action.
+/// Snapshots of changes in one namespace (stored alone or in batches),
+/// in capture order. Secrets' snapshots are included.
 pub async fn snapshots_in_namespace(
     client: &Client,
     snapshot_ns: &str,
     namespace: &str,
 ) -> Vec<SnapshotMeta> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), snapshot_ns);
-    let list = api
-        .list_metadata(
-            &ListParams::default()
-                .labels("app.kubernetes.io/managed-by=snapback,!snapback.io/record"),
-        )
+    let store = KubeStore::new(client.clone(), snapshot_ns);
+    let mut out: Vec<SnapshotMeta> = store
+        .all_snapshot_metas()
         .await
-        .expect("listing snapshots");
-    let empty = BTreeMap::new();
-    let mut out: Vec<SnapshotMeta> = list
-        .items
-        .iter()
-        .filter_map(|cm| {
-            SnapshotMeta::from_stored(
-                cm.metadata.name.as_deref().unwrap_or(""),
-                cm.metadata.labels.as_ref().unwrap_or(&empty),
-                cm.metadata.annotations.as_ref().unwrap_or(&empty),
-                false,
-            )
-            .ok()
-        })
+        .expect("listing snapshots")
+        .into_iter()
         .filter(|m| m.object.namespace.as_deref() == Some(namespace))
         .collect();
     out.sort_by_key(SnapshotMeta::order_key);
