@@ -47,14 +47,19 @@ fn free_port() -> u16 {
 enum Mode {
     NoWebhook,
     Noop,
+    /// snapback with `--snapshot-batching=false`: one API write per change.
+    PerChange,
     Snapback,
 }
+
+const MODES: [Mode; 4] = [Mode::NoWebhook, Mode::Noop, Mode::PerChange, Mode::Snapback];
 
 impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::NoWebhook => "no webhook",
             Mode::Noop => "no-op webhook",
+            Mode::PerChange => "snapback, batching off (one write per change)",
             Mode::Snapback => "snapback",
         }
     }
@@ -183,7 +188,7 @@ impl Live {
         (proc, wh, api)
     }
 
-    fn register(&self, mode: Mode, noop_port: u16, snapback_port: u16) {
+    fn register(&self, mode: Mode, ports: &Ports) {
         match mode {
             Mode::NoWebhook => {
                 self.kubectl(
@@ -196,11 +201,11 @@ impl Live {
                     None,
                 );
             }
-            Mode::Noop | Mode::Snapback => {
-                let port = if mode == Mode::Noop {
-                    noop_port
-                } else {
-                    snapback_port
+            Mode::Noop | Mode::PerChange | Mode::Snapback => {
+                let port = match mode {
+                    Mode::Noop => ports.noop,
+                    Mode::PerChange => ports.per_change,
+                    _ => ports.snapback,
                 };
                 let ca = self.work.join("certs/ca.crt");
                 let config = self.snapback(&[
@@ -238,6 +243,13 @@ impl Live {
                 .expect("no-op webhook"),
         );
         let (sb, sb_webhook, sb_api) = self.serve("snapback", &[]);
+        let (_per_change, per_change_webhook, _) =
+            self.serve("per-change", &["--snapshot-batching=false"]);
+        let ports = Ports {
+            noop: noop_port,
+            per_change: per_change_webhook,
+            snapback: sb_webhook,
+        };
         std::thread::sleep(Duration::from_secs(2));
         let idle_kib = rss_kib(sb.0.id(), "VmRSS:");
 
@@ -248,8 +260,8 @@ impl Live {
         let mut cells = Vec::new();
         let mut load_peak_kib = 0;
         for (round, &n) in clients.iter().enumerate() {
-            for mode in [Mode::NoWebhook, Mode::Noop, Mode::Snapback] {
-                self.register(mode, noop_port, sb_webhook);
+            for mode in MODES {
+                self.register(mode, &ports);
                 let sampler = (mode == Mode::Snapback).then(|| RssSampler::start(sb.0.id()));
                 let cell = rt.block_on(self.load(mode, n, secs, round));
                 if let Some(s) = sampler {
@@ -267,7 +279,7 @@ impl Live {
 
         // Rollback speed: snapback (parallel), snapback one object at a time,
         // and kubectl apply -f of the prior manifests.
-        self.register(Mode::Snapback, noop_port, sb_webhook);
+        self.register(Mode::Snapback, &ports);
         let (_seq, _, seq_api) = self.serve(
             "sequential",
             &["--role", "snapshotter", "--rollback-parallelism", "1"],
@@ -302,7 +314,7 @@ impl Live {
             hwm as f64 / 1024.0
         );
         println!();
-        self.register(Mode::NoWebhook, noop_port, sb_webhook);
+        self.register(Mode::NoWebhook, &ports);
     }
 
     async fn client(&self, context: &str) -> kube::Client {
@@ -357,18 +369,19 @@ impl Live {
         }
         println!();
         println!(
-            "| clients | throughput snapback / no webhook | throughput snapback / no-op | p50 added over no-op (ms) | p99 snapback / no-op |"
+            "| clients | throughput snapback / no webhook | throughput snapback / no-op | p50 added over no-op (ms) | p99 snapback / no-op | before the design change: batching off / no-op |"
         );
-        println!("|---|---|---|---|---|");
-        for group in cells.chunks(3) {
-            let (none, noop, sb) = (&group[0], &group[1], &group[2]);
+        println!("|---|---|---|---|---|---|");
+        for group in cells.chunks(MODES.len()) {
+            let (none, noop, per_change, sb) = (&group[0], &group[1], &group[2], &group[3]);
             println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 sb.clients,
                 sb.rate() / none.rate(),
                 sb.rate() / noop.rate(),
                 sb.p50 - noop.p50,
-                sb.p99 / noop.p99
+                sb.p99 / noop.p99,
+                per_change.rate() / noop.rate(),
             );
         }
         println!();
@@ -564,6 +577,12 @@ impl Live {
         }
         println!();
     }
+}
+
+struct Ports {
+    noop: u16,
+    per_change: u16,
+    snapback: u16,
 }
 
 struct RollbackRow {
