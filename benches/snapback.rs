@@ -31,12 +31,15 @@ use snapback::store::memory::MemoryStore;
 
 fn main() {
     snapback::tls::install_crypto_provider();
+    // `cargo test --all-targets` runs this binary without `--bench`: then
+    // only a smoke run, to prove it works.
+    let under_test = !std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
     match args.first().map(String::as_str) {
-        Some("inprocess") | None => inprocess(args.iter().any(|a| a == "--smoke")),
+        Some("inprocess") | None => inprocess(under_test || args.iter().any(|a| a == "--smoke")),
         Some("storage") => storage(&args[1], &args[2]),
         Some("live") => live::Live::new(&args[1..]).run(),
         Some("noop-webhook") => live::noop_webhook(

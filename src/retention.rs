@@ -135,8 +135,8 @@ pub async fn maintain(
     metrics: &Metrics,
 ) -> Result<(usize, usize, usize), crate::store::StoreError> {
     let now = Timestamp::now();
-    let records = store.list_actions(None).await?;
-    let metas = store.all_snapshot_metas().await?;
+    let records = store.list_actions_cached(None).await?;
+    let metas = store.all_snapshot_metas_cached().await?;
     let mut by_action: std::collections::HashMap<&str, Vec<&SnapshotMeta>> = Default::default();
     for m in &metas {
         by_action.entry(m.action.as_str()).or_default().push(m);

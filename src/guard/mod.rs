@@ -158,7 +158,7 @@ impl Guards {
     /// One pass over every guarded action.
     pub async fn tick(&self) -> Result<(), crate::store::StoreError> {
         let store = self.restorer.store();
-        let records = store.list_actions(None).await?;
+        let records = store.list_actions_cached(None).await?;
         let annotated = store.guarded_snapshot_metas().await?;
         let mut by_action: BTreeMap<&str, Vec<&SnapshotMeta>> = BTreeMap::new();
         for m in &annotated {

@@ -910,7 +910,7 @@ impl Restorer {
         let mut resumed = 0;
         for (record, rv) in self
             .store
-            .list_actions(Some(ActionState::RollingBack))
+            .list_actions_cached(Some(ActionState::RollingBack))
             .await?
         {
             if lock(&self.running).contains(&record.id) {

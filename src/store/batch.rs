@@ -111,7 +111,7 @@ pub fn prepare(entries: &mut [BatchEntry]) -> Result<Vec<usize>, CodecError> {
 }
 
 /// Encode entries (all of one action, already `prepare`d) as one batch.
-pub fn encode(entries: &[BatchEntry]) -> Result<EncodedBatch, CodecError> {
+pub fn encode(entries: &[BatchEntry], effort: codec::Effort) -> Result<EncodedBatch, CodecError> {
     let first = &entries[0].meta;
     let doc = DocumentOut {
         version: 1,
@@ -126,7 +126,7 @@ pub fn encode(entries: &[BatchEntry]) -> Result<EncodedBatch, CodecError> {
             .collect(),
     };
     let raw = serde_json::to_vec(&doc).map_err(CodecError::Serialize)?;
-    let payload = codec::gzip(&raw)?;
+    let payload = codec::gzip_with(&raw, effort)?;
     let mut labels = BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGER.to_string()),
         (LABEL_ACTION.to_string(), first.action.to_string()),
@@ -275,7 +275,7 @@ mod tests {
             entry(2, Operation::Delete),
         ];
         prepare(&mut entries).unwrap();
-        (encode(&entries).unwrap(), entries)
+        (encode(&entries, codec::Effort::Fast).unwrap(), entries)
     }
 
     #[test]
@@ -309,7 +309,7 @@ mod tests {
         let mut entries = vec![entry(1, Operation::Update), entry(2, Operation::Delete)];
         prepare(&mut entries).unwrap();
         entries[0].prior.as_mut().unwrap()["data"]["k"] = json!("tampered");
-        let b = encode(&entries).unwrap();
+        let b = encode(&entries, codec::Effort::Fast).unwrap();
         let decoded = decode(&b.name, &b.annotations, &b.payload).unwrap();
         assert!(decoded[0].1.as_ref().unwrap_err().contains("mismatch"));
         assert!(decoded[1].1.as_ref().unwrap().is_some());
@@ -341,7 +341,7 @@ mod tests {
                     + meta.len()
             })
             .sum();
-        let together = encode(&entries).unwrap().payload.len();
+        let together = encode(&entries, codec::Effort::Fast).unwrap().payload.len();
         assert!(together * 4 < alone, "{together} vs {alone}");
         assert!(together < raw, "{together} vs {raw}");
     }

@@ -48,20 +48,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// How hard to compress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    /// On the admission path: deflate level 1, several times faster than
+    /// the default for most of its gain on JSON.
+    Fast,
+    /// Off the admission path (compaction): level 9, the smallest output.
+    Best,
+}
+
 thread_local! {
-    /// One deflate state per thread, reset between payloads: allocating it
-    /// costs more than compressing a typical (1–4 KiB) object.
-    static DEFLATE: std::cell::RefCell<flate2::Compress> =
-        // Level 6 is gzip's default: most of the gain of 9 at a fraction of the CPU.
-        std::cell::RefCell::new(flate2::Compress::new(Compression::new(6), false));
+    /// One deflate state per thread and effort, reset between payloads:
+    /// allocating it costs more than compressing a typical (1–4 KiB) object.
+    static DEFLATE_FAST: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(Compression::new(1), false));
+    static DEFLATE_BEST: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(Compression::new(9), false));
+}
+
+/// gzip on the admission path ([`Effort::Fast`]).
+pub fn gzip(raw: &[u8]) -> Result<Vec<u8>, CodecError> {
+    gzip_with(raw, Effort::Fast)
 }
 
 /// gzip (RFC 1952) framing around a raw deflate stream.
-pub fn gzip(raw: &[u8]) -> Result<Vec<u8>, CodecError> {
+pub fn gzip_with(raw: &[u8], effort: Effort) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(raw.len() / 2 + 64);
     // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=unknown
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    DEFLATE.with(|d| {
+    let state = match effort {
+        Effort::Fast => &DEFLATE_FAST,
+        Effort::Best => &DEFLATE_BEST,
+    };
+    state.with(|d| {
         let mut d = d.borrow_mut();
         d.reset();
         loop {

@@ -33,6 +33,30 @@ pub struct KubeStore {
     batch_metas: Mutex<HashMap<String, Arc<Vec<SnapshotMeta>>>>,
 }
 
+/// Selects every snapshot stored alone.
+const ALL_SNAPSHOTS: &str =
+    "app.kubernetes.io/managed-by=snapback,snapback.io/action,!snapback.io/record";
+
+/// How fresh a LIST must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// From etcd (a quorum read): what an API caller just did is in it.
+    Consistent,
+    /// From the API server's watch cache (`resourceVersion=0`): possibly a
+    /// moment behind, and far cheaper for the API server.
+    Cached,
+}
+
+impl Read {
+    fn params(self, selector: &str) -> ListParams {
+        let lp = ListParams::default().labels(selector);
+        match self {
+            Read::Consistent => lp,
+            Read::Cached => lp.match_any(),
+        }
+    }
+}
+
 /// Batches whose metadata is kept decoded; beyond, the cache starts over.
 const BATCH_CACHE: usize = 4096;
 
@@ -144,13 +168,32 @@ impl KubeStore {
         &self,
         state: Option<ActionState>,
     ) -> Result<Vec<(ActionRecord, String)>> {
+        self.list_actions_from(state, Read::Consistent).await
+    }
+
+    /// Like `list_actions`, from the API server's watch cache: for loops
+    /// that poll (guards, maintenance, resuming rollbacks), which must not
+    /// make the API server read the whole snapshot namespace from etcd every
+    /// few seconds.
+    pub async fn list_actions_cached(
+        &self,
+        state: Option<ActionState>,
+    ) -> Result<Vec<(ActionRecord, String)>> {
+        self.list_actions_from(state, Read::Cached).await
+    }
+
+    async fn list_actions_from(
+        &self,
+        state: Option<ActionState>,
+        read: Read,
+    ) -> Result<Vec<(ActionRecord, String)>> {
         let mut selector = format!("{LABEL_RECORD}={RECORD_ACTION}");
         if let Some(st) = state {
             selector.push_str(&format!(",{LABEL_STATE}={st}"));
         }
         let list = self
             .config_maps
-            .list(&ListParams::default().labels(&selector))
+            .list(&read.params(&selector))
             .await
             .map_err(StoreError::Kube)?;
         let mut out = Vec::with_capacity(list.items.len());
@@ -166,7 +209,10 @@ impl KubeStore {
     /// The snapshot metadata of one action (payloads are loaded separately).
     pub async fn list_snapshots(&self, action: &ActionId) -> Result<Vec<SnapshotMeta>> {
         let mut out = self
-            .metas(&format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"))
+            .metas(
+                &format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"),
+                Read::Consistent,
+            )
             .await?;
         out.sort_by_key(SnapshotMeta::order_key);
         Ok(out)
@@ -175,8 +221,8 @@ impl KubeStore {
     /// Snapshot metadata matching a label selector, from ConfigMaps and
     /// Secrets. An entry whose labels or annotations were damaged is skipped
     /// with a warning rather than failing the whole listing.
-    async fn metas(&self, selector: &str) -> Result<Vec<SnapshotMeta>> {
-        let lp = ListParams::default().labels(selector);
+    async fn metas(&self, selector: &str, read: Read) -> Result<Vec<SnapshotMeta>> {
+        let lp = read.params(selector);
         let cms = self
             .config_maps
             .list_metadata(&lp)
@@ -205,7 +251,7 @@ impl KubeStore {
         );
         let batches = self
             .config_maps
-            .list_metadata(&ListParams::default().labels(&batch_selector))
+            .list_metadata(&read.params(&batch_selector))
             .await
             .map_err(StoreError::Kube)?;
         let names: Vec<String> = batches
@@ -278,15 +324,19 @@ impl KubeStore {
 
     /// Metadata of every snapshot (not chunks or records), for listing actions.
     pub async fn all_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
-        self.metas(&format!(
-            "{MANAGED_BY}={MANAGER},{LABEL_ACTION},!{LABEL_RECORD}"
-        ))
-        .await
+        self.metas(ALL_SNAPSHOTS, Read::Consistent).await
     }
 
-    /// Metadata of snapshots whose object asked for a guard.
+    /// Like `all_snapshot_metas`, from the watch cache (for maintenance).
+    pub async fn all_snapshot_metas_cached(&self) -> Result<Vec<SnapshotMeta>> {
+        self.metas(ALL_SNAPSHOTS, Read::Cached).await
+    }
+
+    /// Metadata of snapshots whose object asked for a guard (watch cache:
+    /// the guard loop polls it).
     pub async fn guarded_snapshot_metas(&self) -> Result<Vec<SnapshotMeta>> {
-        self.metas(&format!("{LABEL_GUARD},!{LABEL_RECORD}")).await
+        self.metas(&format!("{LABEL_GUARD},!{LABEL_RECORD}"), Read::Cached)
+            .await
     }
 
     /// Load and verify the prior object of a snapshot (None for CREATE).
@@ -415,7 +465,10 @@ impl KubeStore {
             .items;
         let mut in_batches = std::collections::HashSet::new();
         for m in self
-            .metas(&format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"))
+            .metas(
+                &format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"),
+                Read::Consistent,
+            )
             .await?
         {
             if m.batch.is_some() {
@@ -460,7 +513,7 @@ impl KubeStore {
                 let mut names = Vec::new();
                 for range in batch::groups(&sizes, codec::CHUNK_SIZE) {
                     if range.len() >= 2 {
-                        out.push(batch::encode(&entries[range.clone()])?);
+                        out.push(batch::encode(&entries[range.clone()], codec::Effort::Best)?);
                         names.extend(entries[range].iter().map(|e| e.meta.snapshot_name.clone()));
                     }
                 }

@@ -179,7 +179,10 @@ impl Writer {
             let mut ranges = Vec::new();
             for range in batch::groups(&sizes, CHUNK_SIZE) {
                 ranges.push(range.clone().collect());
-                encoded.push(batch::encode(&entries[range])?);
+                encoded.push(batch::encode(
+                    &entries[range],
+                    crate::store::codec::Effort::Fast,
+                )?);
             }
             Ok((entries, ranges, encoded))
         };
