@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc hands freed memory back to the system far more readily than
+/// glibc's per-thread arenas, which kept a rollback's peak resident for good
+/// (BENCHMARKS.md, memory).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, Parser};
 use snapback::config::{Cli, Command};
 

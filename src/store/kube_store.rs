@@ -57,8 +57,10 @@ impl Read {
     }
 }
 
-/// Batches whose metadata is kept decoded; beyond, the cache starts over.
+/// Batches whose metadata is kept decoded, and entries in them at most
+/// (about 1 KiB each); beyond, the cache starts over.
 const BATCH_CACHE: usize = 4096;
+const BATCH_CACHE_ENTRIES: usize = 20_000;
 
 fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(e) if e.code == code)
@@ -282,7 +284,8 @@ impl KubeStore {
         let entries = self.batch_entries(name).await?;
         let metas = Arc::new(entries.into_iter().map(|(m, _)| m).collect::<Vec<_>>());
         let mut cache = self.lock_batch_metas();
-        if cache.len() >= BATCH_CACHE {
+        let held: usize = cache.values().map(|m| m.len()).sum();
+        if cache.len() >= BATCH_CACHE || held + metas.len() > BATCH_CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(name.to_string(), metas.clone());
