@@ -515,8 +515,13 @@ impl KubeStore {
                 let mut out = Vec::new();
                 let mut names = Vec::new();
                 for range in batch::groups(&sizes, codec::CHUNK_SIZE) {
-                    if range.len() >= 2 {
-                        out.push(batch::encode(&entries[range.clone()], codec::Effort::Best)?);
+                    if range.len() < 2 {
+                        continue;
+                    }
+                    let b = batch::encode(&entries[range.clone()], codec::Effort::Best)?;
+                    // Incompressible objects that do not fit together stay alone.
+                    if b.payload.len() <= codec::CHUNK_SIZE {
+                        out.push(b);
                         names.extend(entries[range].iter().map(|e| e.meta.snapshot_name.clone()));
                     }
                 }

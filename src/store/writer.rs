@@ -108,6 +108,16 @@ impl Writer {
 
     /// Drain the queue round by round until it is empty.
     async fn flush(self: std::sync::Arc<Self>) {
+        /// Should a flush ever die, the next put starts another.
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+        }
+        let _running = Running(&self.running);
         loop {
             let round = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
             if round.is_empty() {
@@ -212,20 +222,31 @@ impl Writer {
         let mut writes = Vec::new();
         for (indices, enc) in ranges.into_iter().zip(encoded) {
             let mine: Vec<_> = indices.iter().map(|&i| waiters[i].take()).collect();
-            let lone = (indices.len() == 1).then(|| entries[indices[0]].clone());
+            // A group of one (its neighbours filled a batch), or objects that
+            // do not compress into one ConfigMap together: each alone.
+            let alone: Vec<BatchEntry> = if indices.len() == 1 || enc.payload.len() > CHUNK_SIZE {
+                indices.iter().map(|&i| entries[i].clone()).collect()
+            } else {
+                Vec::new()
+            };
             writes.push(async move {
-                let result = match lone {
-                    // A group of one (its neighbours filled a batch): alone.
-                    Some(e) => {
+                if !alone.is_empty() {
+                    let results = futures::future::join_all(alone.into_iter().map(|e| {
                         self.write_alone(NewSnapshot {
                             meta: e.meta,
                             prior: e.prior,
                             size_hint: 0,
                         })
-                        .await
+                    }))
+                    .await;
+                    for (w, r) in mine.into_iter().zip(results) {
+                        if let Some(w) = w {
+                            let _ = w.send(r);
+                        }
                     }
-                    None => self.write_batch(&enc).await,
-                };
+                    return;
+                }
+                let result = self.write_batch(&enc).await;
                 let n = mine.len().max(1) as u64;
                 for w in mine.into_iter().flatten() {
                     let _ = w.send(match &result {
