@@ -141,12 +141,14 @@ pub async fn maintain(
     for m in &metas {
         by_action.entry(m.action.as_str()).or_default().push(m);
     }
+    // Activity is when the action began and when its changes were made;
+    // completing it (which this pass itself does) or rolling it back is not.
     let last_activity = |r: &crate::store::actions::ActionRecord| {
         by_action
             .get(r.id.as_str())
             .and_then(|v| v.iter().map(|m| m.timestamp).max())
-            .unwrap_or(r.updated_at)
-            .max(r.updated_at)
+            .unwrap_or(r.created_at)
+            .max(r.created_at)
     };
     let since = |t: Timestamp| now.duration_since(t).unsigned_abs();
 
