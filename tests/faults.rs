@@ -153,9 +153,14 @@ async fn under_injected_faults_no_admitted_change_loses_its_snapshot_and_rollbac
         counts.summary()
     ));
     assert_eq!(lost, 0);
+    // The faults reached the capture path: some changes were denied, or
+    // snapshots were stored for changes whose write then failed (phantoms,
+    // restored as no-ops). With group commit few snapshot writes carry many
+    // changes, so a run may see only the second.
+    assert!(admitted > 0, "nothing admitted");
     assert!(
-        admitted > 0 && admitted < attempted,
-        "faults were injected and some changes denied"
+        admitted < attempted || found > admitted,
+        "faults were injected but neither denied a change nor left a phantom snapshot"
     );
     assert!(counts.injected() > 10);
 
