@@ -57,6 +57,9 @@ impl Read {
     }
 }
 
+/// Snapshots compaction reads at a time.
+const COMPACT_PAGE: u32 = 500;
+
 /// Batches whose metadata is kept decoded, and entries in them at most
 /// (about 1 KiB each); beyond, the cache starts over.
 const BATCH_CACHE: usize = 4096;
@@ -459,25 +462,37 @@ impl KubeStore {
     /// the next). Secrets and chunked snapshots stay as they are. Returns how
     /// many snapshots were folded.
     pub async fn compact_action(&self, action: &ActionId) -> Result<usize> {
-        let lp = ListParams::default().labels(&format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"));
-        let singles = self
-            .config_maps
-            .list(&lp)
-            .await
-            .map_err(StoreError::Kube)?
-            .items;
+        let selector = format!("{LABEL_ACTION}={action},!{LABEL_RECORD}");
         let mut in_batches = std::collections::HashSet::new();
-        for m in self
-            .metas(
-                &format!("{LABEL_ACTION}={action},!{LABEL_RECORD}"),
-                Read::Consistent,
-            )
-            .await?
-        {
+        for m in self.metas(&selector, Read::Consistent).await? {
             if m.batch.is_some() {
                 in_batches.insert(m.snapshot_name);
             }
         }
+        // Page by page, so that an action of many thousands of changes never
+        // sits in memory whole.
+        let mut folded = 0;
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default().labels(&selector).limit(COMPACT_PAGE);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let page = self.config_maps.list(&lp).await.map_err(StoreError::Kube)?;
+            folded += self.compact_page(action, page.items, &in_batches).await?;
+            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if token.is_none() {
+                return Ok(folded);
+            }
+        }
+    }
+
+    async fn compact_page(
+        &self,
+        action: &ActionId,
+        singles: Vec<ConfigMap>,
+        in_batches: &std::collections::HashSet<String>,
+    ) -> Result<usize> {
         let raw = singles
             .into_iter()
             .map(|cm| {
