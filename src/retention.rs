@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::restore::rollback::modify;
 use crate::store::actions::ActionState;
 use crate::store::kube_store::KubeStore;
-use crate::store::model::SnapshotMeta;
 
 pub const LEASE_NAME: &str = "snapback-maintenance";
 /// Actions compacted per maintenance pass at most.
@@ -136,17 +135,13 @@ pub async fn maintain(
 ) -> Result<(usize, usize, usize), crate::store::StoreError> {
     let now = Timestamp::now();
     let records = store.list_actions_cached(None).await?;
-    let metas = store.all_snapshot_metas_cached().await?;
-    let mut by_action: std::collections::HashMap<&str, Vec<&SnapshotMeta>> = Default::default();
-    for m in &metas {
-        by_action.entry(m.action.as_str()).or_default().push(m);
-    }
+    let by_action = store.activity_by_action().await?;
     // Activity is when the action began and when its changes were made;
     // completing it (which this pass itself does) or rolling it back is not.
     let last_activity = |r: &crate::store::actions::ActionRecord| {
         by_action
             .get(r.id.as_str())
-            .and_then(|v| v.iter().map(|m| m.timestamp).max())
+            .and_then(|a| a.last)
             .unwrap_or(r.created_at)
             .max(r.created_at)
     };
@@ -189,7 +184,7 @@ pub async fn maintain(
         if !expired && excess == 0 {
             continue;
         }
-        let snapshots = by_action.get(r.id.as_str()).map_or(0, Vec::len);
+        let snapshots = by_action.get(r.id.as_str()).map_or(0, |a| a.snapshots);
         // The list is from the start of the pass: a rollback may have started since.
         match store.get_action(&r.id).await {
             Ok(Some((fresh, _)))
@@ -215,11 +210,7 @@ pub async fn maintain(
         if !cfg.compact || compacted_actions >= COMPACT_PER_PASS {
             break;
         }
-        let singles = by_action.get(r.id.as_str()).map_or(0, |v| {
-            v.iter()
-                .filter(|m| m.batch.is_none() && !m.secret && m.chunks <= 1)
-                .count()
-        });
+        let singles = by_action.get(r.id.as_str()).map_or(0, |a| a.singles);
         if singles < 2 || matches!(r.state, ActionState::Open | ActionState::RollingBack) {
             continue;
         }

@@ -768,15 +768,7 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
     let api = sb.api(c);
     let token = c.token(user);
     let id = format!("batched-{:06x}", rand::random::<u32>() & 0xffffff);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/actions",
-            Some(&token),
-            Some(&json!({ "id": id }).to_string()),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    api.open_action(&token, &id).await;
 
     // Eight clients, each on its own connection, creating at once.
     let mut writers = tokio::task::JoinSet::new();
@@ -796,15 +788,8 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
     while let Some(r) = writers.join_next().await {
         r.expect("writer");
     }
-    let (status, body) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/complete"),
-            Some(&token),
-            None,
-        )
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
         .await;
-    assert_eq!(status, 200, "{body}");
 
     let (status, detail) = api
         .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
@@ -848,15 +833,9 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
         objects.len()
     ));
 
-    let (status, report) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/rollback"),
-            Some(&token),
-            None,
-        )
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
-    assert_eq!(status, 200, "{report}");
     let restored = report["results"]
         .as_array()
         .unwrap()
@@ -944,25 +923,17 @@ async fn a_finished_action_is_compacted_and_still_rolls_back() {
 
     let api = sb.api(c);
     let token = c.token("admin");
-    let (status, diff) = api
-        .call(
-            "GET",
-            &format!("/api/v1/actions/{action}/diff"),
-            Some(&token),
-            None,
-        )
+    let diff = api
+        .ok("GET", &format!("/api/v1/actions/{action}/diff"), &token)
         .await;
-    assert_eq!(status, 200, "{diff}");
     assert!(diff.to_string().contains("prior-3"), "{diff}");
-    let (status, report) = api
-        .call(
+    let report = api
+        .ok(
             "POST",
             &format!("/api/v1/actions/{action}/rollback"),
-            Some(&token),
-            None,
+            &token,
         )
         .await;
-    assert_eq!(status, 200, "{report}");
     assert_eq!(report["counts"]["restored"], 6, "{report}");
     for i in 0..6 {
         let v = c.kubectl_ok(&[

@@ -232,15 +232,9 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["changes"], 12, "{detail:#}");
 
-    let (status, report) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/rollback"),
-            Some(&token),
-            None,
-        )
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
-    assert_eq!(status, 200, "{report}");
     assert_eq!(report["state"], "rolled-back", "{report:#}");
     assert_eq!(report["trigger"], "request");
     assert_eq!(report["dryRun"], false);
@@ -261,15 +255,13 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     assert!(get_json(c, &["-n", &ns, "gadget", "g1"]).is_none());
 
     // Redo: rolling back the rollback restores the post-action state.
-    let (status, redo) = api
-        .call(
+    let redo = api
+        .ok(
             "POST",
             &format!("/api/v1/actions/{rollback_id}/rollback"),
-            Some(&token),
-            None,
+            &token,
         )
         .await;
-    assert_eq!(status, 200, "{redo}");
     assert_eq!(redo["state"], "rolled-back", "{redo:#}");
     let mut redone = snapshot_all(c);
     let mut expected = after.clone();
@@ -386,15 +378,13 @@ async fn a_later_change_by_someone_else_is_a_named_conflict_unless_forced() {
         "nothing was changed"
     );
 
-    let (status, body) = api
-        .call(
+    let body = api
+        .ok(
             "POST",
             &format!("/api/v1/actions/{id}/rollback?force=true"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["outcome"], "restored");
     assert_eq!(value_of(c, &ns, "cm"), "before");
 }
@@ -409,15 +399,13 @@ async fn dry_run_changes_nothing_and_a_second_rollback_reports_unchanged() {
     let id = format!("dry-{:06x}", rand::random::<u32>() & 0xffffff);
     annotated_change(c, &ns, "cm", &id);
 
-    let (status, plan) = api
-        .call(
+    let plan = api
+        .ok(
             "POST",
             &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
-    assert_eq!(status, 200, "{plan}");
     assert_eq!(plan["dryRun"], true);
     assert!(plan["rollbackAction"].is_null());
     let r = &plan["results"][0];
@@ -446,15 +434,9 @@ async fn dry_run_changes_nothing_and_a_second_rollback_reports_unchanged() {
         .await;
     assert_eq!(first["results"][0]["outcome"], "restored", "{first}");
     assert_eq!(value_of(c, &ns, "cm"), "before");
-    let (status, second) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/rollback"),
-            Some(&admin),
-            None,
-        )
+    let second = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &admin)
         .await;
-    assert_eq!(status, 200, "{second}");
     assert_eq!(second["results"][0]["outcome"], "unchanged", "{second}");
     assert_eq!(second["state"], "rolled-back");
     assert_eq!(second["counts"], json!({"unchanged": 1}));
@@ -484,15 +466,12 @@ async fn actions_older_than_the_window_need_force() {
     assert_eq!(status, 400, "{body}");
     assert!(error_message(&body).contains("rollback window"), "{body}");
     assert_eq!(value_of(c, &ns, "cm"), "after");
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/actions/old-one/rollback?force=true",
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    api.ok(
+        "POST",
+        "/api/v1/actions/old-one/rollback?force=true",
+        &admin,
+    )
+    .await;
     assert_eq!(value_of(c, &ns, "cm"), "before");
     sb.unregister(c);
 }
@@ -518,15 +497,7 @@ async fn mixed_permission_action(c: &Cluster, api: &ApiClient) -> (String, Strin
     ]);
     c.apply_as("admin", &service(&open_ns, "svc", 80));
     c.apply_as("admin", &deployment(&open_ns, "dep", "nginx:1.25", 1));
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/actions",
-            Some(&admin),
-            Some(&json!({"id": id}).to_string()),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    api.open_action(&admin, &id).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.kubectl_as_ok(
         owner,
@@ -599,15 +570,13 @@ async fn failure_policies_abort_continue_and_retry() {
 
     // abort: the forbidden ConfigMap fails first; nothing after it is attempted.
     let (id, open_ns, locked_ns) = mixed_permission_action(c, &api).await;
-    let (status, report) = api
-        .call(
+    let report = api
+        .ok(
             "POST",
             &format!("/api/v1/actions/{id}/rollback?failurePolicy=abort"),
-            Some(&alice),
-            None,
+            &alice,
         )
         .await;
-    assert_eq!(status, 200, "{report}");
     assert_eq!(report["state"], "rollback-failed");
     assert_eq!(outcome_of(&report, "configmaps"), "failed");
     let cm = report["results"]
@@ -702,15 +671,9 @@ async fn nobody_undoes_what_they_could_not_have_done() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: after}}\n"));
 
     // bob may use the API but may not write in alice's namespace.
-    let (status, report) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/rollback"),
-            Some(&bob),
-            None,
-        )
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &bob)
         .await;
-    assert_eq!(status, 200, "{report}");
     assert_eq!(report["results"][0]["outcome"], "failed", "{report}");
     assert!(
         report["results"][0]["message"]
@@ -824,15 +787,9 @@ async fn cancel_closes_an_open_action_and_rolls_it_back() {
     );
     c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "cm"]);
 
-    let (status, report) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/cancel"),
-            Some(&token),
-            None,
-        )
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/cancel"), &token)
         .await;
-    assert_eq!(status, 200, "{report}");
     assert_eq!(report["trigger"], "cancel");
     assert_eq!(report["state"], "cancelled", "{report}");
     assert_eq!(value_of(c, &ns, "cm"), "before");
@@ -977,15 +934,9 @@ async fn a_thousand_object_action_rolls_back_correctly() {
     delete_many(c, &ns, names("del", 300)).await;
     complete(&api, &token, &id).await;
 
-    let (status, report) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/rollback"),
-            Some(&token),
-            None,
-        )
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
-    assert_eq!(status, 200, "{report}");
     assert_eq!(report["state"], "rolled-back", "{}", report["counts"]);
     assert_eq!(report["counts"], json!({"restored": 1000}));
     let list: Value =
@@ -1210,15 +1161,9 @@ async fn diff_and_manifests_show_the_prior_state() {
     let ns = c.namespace("diff", &[]);
     let id = format!("diff-{:06x}", rand::random::<u32>() & 0xffffff);
     annotated_change(c, &ns, "cm", &id);
-    let (s, diff) = api
-        .call(
-            "GET",
-            &format!("/api/v1/actions/{id}/diff"),
-            Some(&admin),
-            None,
-        )
+    let diff = api
+        .ok("GET", &format!("/api/v1/actions/{id}/diff"), &admin)
         .await;
-    assert_eq!(s, 200, "{diff}");
     let cm = diff["objects"]
         .as_array()
         .unwrap()
@@ -1294,15 +1239,7 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
     // The action replaces the Service by one with another clusterIP
     // (kubectl replace --force: a delete and a create, both in the action).
     let id = format!("ip-{:06x}", rand::random::<u32>() & 0xffffff);
-    let (s, body) = api
-        .call(
-            "POST",
-            "/api/v1/actions",
-            Some(&token),
-            Some(&json!({"id": id}).to_string()),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
+    api.open_action(&token, &id).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let out = c.kubectl_stdin(user, &["replace", "--force", "-f", "-"], &svc(&after));
     assert!(
@@ -1322,15 +1259,9 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
     assert_eq!(s, 200);
 
     // Without recreate: failed, with the API server's reason, object left alone.
-    let (s, report) = api
-        .call(
-            "POST",
-            &format!("/api/v1/actions/{id}/rollback"),
-            Some(&token),
-            None,
-        )
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
-    assert_eq!(s, 200, "{report}");
     let r = &report["results"][0];
     assert_eq!(r["outcome"], "failed", "{report}");
     let msg = r["message"].as_str().unwrap();
@@ -1340,15 +1271,13 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
     );
     assert_eq!(ip(c), after);
     // With recreate: delete and create, back to the prior clusterIP.
-    let (s, report) = api
-        .call(
+    let report = api
+        .ok(
             "POST",
             &format!("/api/v1/actions/{id}/rollback?recreate=true"),
-            Some(&token),
-            None,
+            &token,
         )
         .await;
-    assert_eq!(s, 200, "{report}");
     assert_eq!(report["results"][0]["outcome"], "restored", "{report}");
     assert!(
         report["results"][0]["message"]

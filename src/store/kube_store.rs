@@ -57,6 +57,27 @@ impl Read {
     }
 }
 
+/// Snapshot metadata the maintenance pass reads at a time.
+const ACTIVITY_PAGE: u32 = 1000;
+
+/// What the maintenance pass needs to know of an action's snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Capture time of its latest change.
+    pub last: Option<jiff::Timestamp>,
+    pub snapshots: usize,
+    /// Snapshots compaction could fold into a batch.
+    pub singles: usize,
+}
+
+impl Activity {
+    fn add(&mut self, timestamp: Option<jiff::Timestamp>, single: bool) {
+        self.last = self.last.max(timestamp);
+        self.snapshots += 1;
+        self.singles += usize::from(single);
+    }
+}
+
 /// Snapshots compaction reads at a time.
 const COMPACT_PAGE: u32 = 500;
 
@@ -333,9 +354,84 @@ impl KubeStore {
         self.metas(ALL_SNAPSHOTS, Read::Consistent).await
     }
 
-    /// Like `all_snapshot_metas`, from the watch cache (for maintenance).
-    pub async fn all_snapshot_metas_cached(&self) -> Result<Vec<SnapshotMeta>> {
-        self.metas(ALL_SNAPSHOTS, Read::Cached).await
+    /// Per action: its latest change, how many snapshots it has, and how many
+    /// of them compaction could fold (alone in a ConfigMap, one chunk). For
+    /// the maintenance pass: read in pages and reduced as it goes, so memory
+    /// stays bounded however many snapshots are stored.
+    pub async fn activity_by_action(&self) -> Result<HashMap<String, Activity>> {
+        let mut out: HashMap<String, Activity> = HashMap::new();
+        for secret in [false, true] {
+            let mut token: Option<String> = None;
+            loop {
+                let mut lp = ListParams::default()
+                    .labels(ALL_SNAPSHOTS)
+                    .limit(ACTIVITY_PAGE);
+                if let Some(t) = &token {
+                    lp = lp.continue_token(t);
+                }
+                let (items, next): (Vec<ObjectMeta>, Option<String>) = if secret {
+                    let l = self
+                        .secrets
+                        .list_metadata(&lp)
+                        .await
+                        .map_err(StoreError::Kube)?;
+                    (
+                        l.items.into_iter().map(|i| i.metadata).collect(),
+                        l.metadata.continue_,
+                    )
+                } else {
+                    let l = self
+                        .config_maps
+                        .list_metadata(&lp)
+                        .await
+                        .map_err(StoreError::Kube)?;
+                    (
+                        l.items.into_iter().map(|i| i.metadata).collect(),
+                        l.metadata.continue_,
+                    )
+                };
+                for om in &items {
+                    let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
+                    let ann = |k: &str| om.annotations.as_ref().and_then(|a| a.get(k));
+                    let Some(action) = label(LABEL_ACTION) else {
+                        continue;
+                    };
+                    let chunks: u32 = ann(ANN_CHUNKS).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let ts = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                    out.entry(action.clone())
+                        .or_default()
+                        .add(ts, !secret && chunks <= 1);
+                }
+                token = next.filter(|t| !t.is_empty());
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        let batches = self
+            .config_maps
+            .list_metadata(&Read::Cached.params(&format!(
+                "{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"
+            )))
+            .await
+            .map_err(StoreError::Kube)?;
+        for b in batches.items {
+            let Some(name) = b.metadata.name else {
+                continue;
+            };
+            match self.batch_metas(&name).await {
+                Ok(metas) => {
+                    for m in metas.iter() {
+                        out.entry(m.action.to_string())
+                            .or_default()
+                            .add(Some(m.timestamp), false);
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
+            }
+        }
+        Ok(out)
     }
 
     /// Metadata of snapshots whose object asked for a guard (watch cache:

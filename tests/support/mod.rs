@@ -724,6 +724,22 @@ impl ApiClient {
         (status, value)
     }
 
+    /// A request without a body that must answer 200; returns the body.
+    pub async fn ok(&self, method: &str, path: &str, token: &str) -> Value {
+        let (status, body) = self.call(method, path, Some(token), None).await;
+        assert_eq!(status, 200, "{method} {path}: {body}");
+        body
+    }
+
+    /// Open an action with this id as the token's user; it must succeed.
+    pub async fn open_action(&self, token: &str, id: &str) {
+        let body = serde_json::json!({ "id": id }).to_string();
+        let (status, answer) = self
+            .call("POST", "/api/v1/actions", Some(token), Some(&body))
+            .await;
+        assert_eq!(status, 201, "opening action {id}: {answer}");
+    }
+
     /// Any request, with raw headers and body; returns the status.
     pub async fn raw(
         &self,
