@@ -193,7 +193,31 @@ fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], scale: bool
             _ => false,
         }
     };
-    let mut keys: Vec<&String> = map.keys().filter(|k| !skip(k, &map[*k])).collect();
+    write_object(
+        map,
+        |k, v| !skip(k, v),
+        out,
+        |key, v, out| {
+            if path.len() < 2 {
+                let mut next: Vec<&str> = path.to_vec();
+                next.push(key);
+                write_fingerprint(v, out, &next, scale);
+            } else {
+                write_canonical(v, out);
+            }
+        },
+    );
+}
+
+/// `{"k":v,...}` with sorted keys (maps keep insertion order here: serde_json's
+/// `preserve_order` is on), the kept members only, each value by `value`.
+fn write_object(
+    map: &serde_json::Map<String, Value>,
+    keep: impl Fn(&str, &Value) -> bool,
+    out: &mut Sha256,
+    mut value: impl FnMut(&str, &Value, &mut Sha256),
+) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| keep(k, &map[*k])).collect();
     keys.sort();
     out.update(b"{");
     for (i, key) in keys.into_iter().enumerate() {
@@ -202,14 +226,7 @@ fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], scale: bool
         }
         write_key(key, out);
         out.update(b":");
-        let v = &map[key];
-        if path.len() < 2 {
-            let mut next: Vec<&str> = path.to_vec();
-            next.push(key);
-            write_fingerprint(v, out, &next, scale);
-        } else {
-            write_canonical(v, out);
-        }
+        value(key, &map[key], out);
     }
     out.update(b"}");
 }
@@ -284,18 +301,7 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
 fn write_canonical(value: &Value, out: &mut Sha256) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.update(b"{");
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                write_key(key, out);
-                out.update(b":");
-                write_canonical(&map[key], out);
-            }
-            out.update(b"}");
+            write_object(map, |_, _| true, out, |_, v, out| write_canonical(v, out))
         }
         Value::Array(items) => {
             out.update(b"[");

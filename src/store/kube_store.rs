@@ -249,18 +249,10 @@ impl KubeStore {
     /// with a warning rather than failing the whole listing.
     async fn metas(&self, selector: &str, read: Read) -> Result<Vec<SnapshotMeta>> {
         let lp = read.params(selector);
-        let cms = self
-            .config_maps
-            .list_metadata(&lp)
-            .await
-            .map_err(StoreError::Kube)?;
-        let secrets = self
-            .secrets
-            .list_metadata(&lp)
-            .await
-            .map_err(StoreError::Kube)?;
-        let tagged = cms.items.into_iter().map(|i| (i.metadata, false));
-        let tagged = tagged.chain(secrets.items.into_iter().map(|i| (i.metadata, true)));
+        let (cms, _) = meta_page(&self.config_maps, &lp).await?;
+        let (secrets, _) = meta_page(&self.secrets, &lp).await?;
+        let tagged = cms.into_iter().map(|m| (m, false));
+        let tagged = tagged.chain(secrets.into_iter().map(|m| (m, true)));
         let mut out: Vec<SnapshotMeta> = tagged
             .filter_map(|(metadata, secret)| match meta_of(&metadata, secret) {
                 Ok(m) => Some(m),
@@ -275,21 +267,20 @@ impl KubeStore {
             &format!("!{LABEL_RECORD}"),
             &format!("{LABEL_RECORD}={RECORD_BATCH}"),
         );
-        let batches = self
-            .config_maps
-            .list_metadata(&read.params(&batch_selector))
-            .await
-            .map_err(StoreError::Kube)?;
-        let names: Vec<String> = batches
-            .items
-            .into_iter()
-            .filter_map(|b| b.metadata.name)
-            .collect();
+        out.extend(self.batched_metas(&batch_selector, read).await?);
+        Ok(dedupe(out, |m| &m.snapshot_name))
+    }
+
+    /// The entries of the batches matching a selector (decoded once, cached).
+    async fn batched_metas(&self, batch_selector: &str, read: Read) -> Result<Vec<SnapshotMeta>> {
+        let (batches, _) = meta_page(&self.config_maps, &read.params(batch_selector)).await?;
+        let names: Vec<String> = batches.into_iter().filter_map(|b| b.name).collect();
         let decoded: Vec<Result<Arc<Vec<SnapshotMeta>>>> = futures::stream::iter(names)
             .map(|name| async move { self.batch_metas(&name).await })
             .buffered(8)
             .collect()
             .await;
+        let mut out = Vec::new();
         for metas in decoded {
             match metas {
                 Ok(m) => out.extend(m.iter().cloned()),
@@ -297,7 +288,7 @@ impl KubeStore {
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
             }
         }
-        Ok(dedupe(out, |m| &m.snapshot_name))
+        Ok(out)
     }
 
     /// The metadata of a batch's entries, decoded once and cached.
@@ -369,26 +360,10 @@ impl KubeStore {
                 if let Some(t) = &token {
                     lp = lp.continue_token(t);
                 }
-                let (items, next): (Vec<ObjectMeta>, Option<String>) = if secret {
-                    let l = self
-                        .secrets
-                        .list_metadata(&lp)
-                        .await
-                        .map_err(StoreError::Kube)?;
-                    (
-                        l.items.into_iter().map(|i| i.metadata).collect(),
-                        l.metadata.continue_,
-                    )
+                let (items, next) = if secret {
+                    meta_page(&self.secrets, &lp).await?
                 } else {
-                    let l = self
-                        .config_maps
-                        .list_metadata(&lp)
-                        .await
-                        .map_err(StoreError::Kube)?;
-                    (
-                        l.items.into_iter().map(|i| i.metadata).collect(),
-                        l.metadata.continue_,
-                    )
+                    meta_page(&self.config_maps, &lp).await?
                 };
                 for om in &items {
                     let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
@@ -402,34 +377,22 @@ impl KubeStore {
                         .or_default()
                         .add(ts, !secret && chunks <= 1);
                 }
-                token = next.filter(|t| !t.is_empty());
+                token = next;
                 if token.is_none() {
                     break;
                 }
             }
         }
-        let batches = self
-            .config_maps
-            .list_metadata(&Read::Cached.params(&format!(
-                "{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"
-            )))
-            .await
-            .map_err(StoreError::Kube)?;
-        for b in batches.items {
-            let Some(name) = b.metadata.name else {
-                continue;
-            };
-            match self.batch_metas(&name).await {
-                Ok(metas) => {
-                    for m in metas.iter() {
-                        out.entry(m.action.to_string())
-                            .or_default()
-                            .add(Some(m.timestamp), false);
-                    }
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
-            }
+        let batched = self
+            .batched_metas(
+                &format!("{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"),
+                Read::Cached,
+            )
+            .await?;
+        for m in batched {
+            out.entry(m.action.to_string())
+                .or_default()
+                .add(Some(m.timestamp), false);
         }
         Ok(out)
     }
@@ -559,12 +522,15 @@ impl KubeStore {
     /// many snapshots were folded.
     pub async fn compact_action(&self, action: &ActionId) -> Result<usize> {
         let selector = format!("{LABEL_ACTION}={action},!{LABEL_RECORD}");
-        let mut in_batches = std::collections::HashSet::new();
-        for m in self.metas(&selector, Read::Consistent).await? {
-            if m.batch.is_some() {
-                in_batches.insert(m.snapshot_name);
-            }
-        }
+        let in_batches: std::collections::HashSet<String> = self
+            .batched_metas(
+                &format!("{LABEL_ACTION}={action},{LABEL_RECORD}={RECORD_BATCH}"),
+                Read::Consistent,
+            )
+            .await?
+            .into_iter()
+            .map(|m| m.snapshot_name)
+            .collect();
         // Page by page, so that an action of many thousands of changes never
         // sits in memory whole.
         let mut folded = 0;
@@ -683,6 +649,16 @@ impl KubeStore {
             .remove(action.as_str());
         Ok(())
     }
+}
+
+/// One page of object metadata, and the token of the next page if any.
+async fn meta_page<K>(api: &Api<K>, lp: &ListParams) -> Result<(Vec<ObjectMeta>, Option<String>)>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list_metadata(lp).await.map_err(StoreError::Kube)?;
+    let next = list.metadata.continue_.filter(|t| !t.is_empty());
+    Ok((list.items.into_iter().map(|i| i.metadata).collect(), next))
 }
 
 /// Pair snapshots with their chunks and decode them.
