@@ -57,6 +57,17 @@ pub enum CaptureFailure {
     Allow,
 }
 
+/// When the validating webhook answers for a captured change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptureAck {
+    /// Once the snapshot is written to the API server (the default; the
+    /// only choice with --capture-failure=deny).
+    Written,
+    /// Once the snapshot is queued for writing (needs
+    /// --capture-failure=allow): a failed write is counted, not denied.
+    Queued,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
     /// Bearer token checked with TokenReview, calls authorised with SubjectAccessReview.
@@ -149,6 +160,18 @@ pub struct ServeArgs {
         default_value = "deny"
     )]
     pub capture_failure: CaptureFailure,
+    /// When the webhook admits a captured change: once its snapshot is
+    /// `written`, or once it is `queued` for writing (fail-open only: needs
+    /// --capture-failure=allow; the write follows within milliseconds, and
+    /// a failed one is counted in snapback_snapshot_failures_total and
+    /// snapback_uncaptured_changes_admitted_total).
+    #[arg(
+        long,
+        env = "SNAPBACK_CAPTURE_ACK",
+        value_enum,
+        default_value = "written"
+    )]
+    pub capture_ack: CaptureAck,
     /// Store the snapshots of changes admitted together (same action, while
     /// a snapshot write is in flight) as one batch ConfigMap, and fold the
     /// snapshots of finished actions into batches. `false`: one ConfigMap per
@@ -292,6 +315,7 @@ pub struct CaptureConfig {
     pub self_users: Vec<String>,
     pub capture_secrets: bool,
     pub capture_failure: CaptureFailure,
+    pub capture_ack: CaptureAck,
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +325,22 @@ pub struct RollbackConfig {
     pub retries: u32,
     /// Objects restored at once within a wave.
     pub parallelism: usize,
+}
+
+impl Config {
+    /// Combinations of flags that contradict each other.
+    pub fn check(&self) -> Result<(), String> {
+        if self.capture.capture_ack == CaptureAck::Queued
+            && self.capture.capture_failure == CaptureFailure::Deny
+        {
+            return Err(
+                "--capture-ack=queued needs --capture-failure=allow: with deny, a change \
+                 is admitted only once its snapshot is written"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl CaptureConfig {
@@ -314,6 +354,7 @@ impl CaptureConfig {
             self_users: vec![],
             capture_secrets: false,
             capture_failure: CaptureFailure::Deny,
+            capture_ack: CaptureAck::Written,
         }
     }
 }
@@ -364,6 +405,7 @@ impl From<ServeArgs> for Config {
                 self_users,
                 capture_secrets: a.capture_secrets,
                 capture_failure: a.capture_failure,
+                capture_ack: a.capture_ack,
             },
             retention: a.retention,
             max_actions: a.max_actions,
@@ -507,11 +549,30 @@ mod tests {
         assert_eq!(cfg.max_actions, 1000);
         assert_eq!(cfg.rollback.window, Duration::from_secs(24 * 3600));
         assert_eq!(cfg.capture.capture_failure, CaptureFailure::Deny);
+        assert_eq!(cfg.capture.capture_ack, CaptureAck::Written);
+        assert_eq!(cfg.check(), Ok(()));
         assert_eq!(cfg.capture.self_users, vec!["me".to_string()]);
         assert!(
             cfg.capture
                 .exclude_users
                 .contains(&"system:node:*".to_string())
         );
+    }
+
+    #[test]
+    fn queued_acknowledgement_needs_fail_open() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["snapback", "serve", "--tls-cert", "c", "--tls-key", "k"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("expected serve")
+            };
+            Config::from(*args)
+        };
+        let err = parse(&["--capture-ack", "queued"]).check().unwrap_err();
+        assert!(err.contains("--capture-failure=allow"), "{err}");
+        let cfg = parse(&["--capture-ack", "queued", "--capture-failure", "allow"]);
+        assert_eq!(cfg.capture.capture_ack, CaptureAck::Queued);
+        assert_eq!(cfg.check(), Ok(()));
     }
 }

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub objects_restored: IntCounterVec,
     pub rollback_conflicts: IntCounter,
     pub open_actions: IntGauge,
+    /// Snapshots queued and not yet written (--capture-ack=queued).
+    pub snapshot_writes_queued: IntGauge,
     pub snapshots_pruned: IntCounter,
     pub actions_pruned: IntCounter,
     /// Snapshots folded from their own ConfigMaps into batches.
@@ -101,6 +103,17 @@ impl Metrics {
         registry
             .register(Box::new(open_actions.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let snapshot_writes_queued = IntGauge::with_opts(
+            Opts::new(
+                "snapshot_writes_queued",
+                "Snapshots of admitted changes queued and not yet written (--capture-ack=queued)",
+            )
+            .namespace("snapback"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        registry
+            .register(Box::new(snapshot_writes_queued.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
             admission_requests: counter_vec(
                 registry,
@@ -157,6 +170,7 @@ impl Metrics {
                 "Rollbacks refused because objects changed after the action",
             ),
             open_actions,
+            snapshot_writes_queued,
             snapshots_pruned: counter(
                 registry,
                 "snapshots_pruned_total",

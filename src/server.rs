@@ -17,7 +17,7 @@ use crate::api::ApiState;
 use crate::api::auth::Auth;
 use crate::capture::attribution::Attribution;
 use crate::capture::{CaptureService, handler, open_actions};
-use crate::config::{AuthMode, Config, WebhookConfigArgs};
+use crate::config::{AuthMode, CaptureAck, Config, WebhookConfigArgs};
 use crate::metrics::Metrics;
 use crate::restore::rollback::Restorer;
 use crate::store::kube_store::KubeStore;
@@ -48,6 +48,7 @@ pub fn print_webhook_config(args: &WebhookConfigArgs) -> anyhow::Result<()> {
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::telemetry::init(cfg.log_format);
+    cfg.check().map_err(anyhow::Error::msg)?;
     if cfg.role.snapshotter() && cfg.auth == AuthMode::None && !cfg.api_addr.ip().is_loopback() {
         anyhow::bail!(
             "--auth=none is for local development only and refuses to listen on {} (use a loopback --api-addr such as 127.0.0.1:9443)",
@@ -99,18 +100,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.snapshot_batching,
     ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
+    let pending = (cfg.capture.capture_ack == CaptureAck::Queued)
+        .then(|| Arc::new(crate::capture::pending::PendingWrites::default()));
     if cfg.role.webhook() {
         tokio::spawn(open_actions::watch(
             client.clone(),
             cfg.capture.snapshot_namespace.clone(),
             attribution.clone(),
         ));
-        let capture = Arc::new(CaptureService::new(
+        let mut capture = CaptureService::new(
             cfg.capture.clone(),
             store.clone(),
             attribution.clone(),
             metrics.clone(),
-        ));
+        );
+        if let Some(p) = &pending {
+            tracing::info!(
+                "--capture-ack=queued: changes are admitted once their snapshot is queued"
+            );
+            capture = capture.with_queued_ack(p.clone());
+        }
+        let capture = Arc::new(capture);
         let app = handler::router(capture, cfg.max_review_bytes);
         let server = axum_server::bind_rustls(cfg.webhook_addr, webhook_tls.config.clone())
             .handle(handle.clone())
@@ -179,6 +189,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 window: cfg.alert_rollback_window,
                 rollback_as: cfg.alert_rollback_as.clone(),
             },
+            pending: pending.clone(),
         });
         let app = crate::api::router(state);
         let server = axum_server::bind_rustls(cfg.api_addr, tls.config.clone())
@@ -212,6 +223,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
 
     let result = wait_servers(&mut servers, &handle).await;
+    if let Some(p) = &pending
+        && !p.settle(None, SHUTDOWN_GRACE).await
+    {
+        tracing::error!(
+            queued = p.len(),
+            "exiting with snapshot writes still queued: those changes stay uncaptured"
+        );
+    }
     for lease in leases {
         lease.release().await;
     }

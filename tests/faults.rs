@@ -349,3 +349,95 @@ async fn two_replicas_behind_one_url_keep_writes_flowing_when_one_is_killed() {
     }
     a.unregister(c);
 }
+
+/// `--capture-ack=queued` (fail-open only): the webhook admits a change once
+/// its snapshot is queued, before the write reaches the API server; a
+/// rollback asked for before the write has landed waits for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_acknowledgement_admits_before_the_write_and_a_rollback_waits_for_it() {
+    let c = cluster();
+    let tag = format!("qack{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    // Every snapshot write (a POST of a ConfigMap in the snapshot namespace)
+    // is held at the proxy until the test opens the gate.
+    let (gate, open) = Gate::closed(&format!(
+        "/namespaces/{}/configmaps",
+        opts.snapshot_namespace
+    ));
+    let addr = start_gated_proxy(
+        &c.url,
+        &c.apiserver_ca(),
+        &c.certs.join("tls.crt"),
+        &c.certs.join("tls.key"),
+        gate,
+    )
+    .await;
+    opts.kubeconfig = Some(c.snapback_kubeconfig(&format!("https://{addr}"), &tag));
+    opts.extra_args = vec![
+        "--capture-failure=allow".into(),
+        "--capture-ack=queued".into(),
+    ];
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("qack", &[]);
+    sb.adopt_namespace(c, &ns);
+    let action = format!("queued-{tag}");
+    for (name, before) in [("a", "1"), ("b", "2")] {
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            name,
+            &format!("--from-literal=v={before}"),
+        ]);
+        c.apply_as("admin", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: changed}}\n"));
+    }
+
+    // Admitted while no snapshot could be written yet.
+    let admin_client = c.client("admin").await;
+    let stored: Api<ConfigMap> = Api::namespaced(admin_client, &sb.opts.snapshot_namespace);
+    let written = stored
+        .list_metadata(&kube::api::ListParams::default())
+        .await
+        .unwrap();
+    assert!(written.items.is_empty(), "the gate let a write through");
+    let queued = metric(&sb.metrics(), "snapback_snapshot_writes_queued");
+    assert!(queued >= 4.0, "4 changes admitted, {queued} writes queued");
+
+    // The rollback waits for the queued writes, so it finds the action.
+    let rollback = {
+        let api = sb.api(c);
+        let admin = c.token("admin");
+        let path = format!("/api/v1/actions/{action}/rollback");
+        tokio::spawn(async move { api.call("POST", &path, Some(&admin), None).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !rollback.is_finished(),
+        "the rollback answered before the snapshots it needs were written"
+    );
+    open.send(true).unwrap();
+    let (status, report) = rollback.await.unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["counts"], json!({"restored": 2}), "{report}");
+    for (name, before) in [("a", "1"), ("b", "2")] {
+        let v = c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "configmap",
+            name,
+            "-o",
+            "jsonpath={.data.v}",
+        ]);
+        assert_eq!(v, before);
+    }
+    let text = sb.metrics();
+    assert_eq!(metric(&text, "snapback_snapshot_writes_queued"), 0.0);
+    assert_eq!(
+        metric(&text, "snapback_uncaptured_changes_admitted_total"),
+        0.0,
+        "no write failed"
+    );
+    sb.unregister(c);
+}

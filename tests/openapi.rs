@@ -52,6 +52,7 @@ fn state() -> Arc<ApiState> {
             window: std::time::Duration::from_secs(3600),
             rollback_as: None,
         },
+        pending: None,
     })
 }
 

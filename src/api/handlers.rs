@@ -51,7 +51,26 @@ fn action_id(id: &str) -> Result<ActionId> {
     ActionId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// How long a read waits for the snapshot writes queued before it
+/// (`--capture-ack=queued`).
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Let the snapshot writes queued before this request land first, so a read
+/// right after a change sees its snapshot (`--capture-ack=queued` only).
+pub(crate) async fn settle(state: &ApiState, id: Option<&ActionId>) {
+    if let Some(p) = &state.pending
+        && !p.settle(id.map(ActionId::as_str), SETTLE_LIMIT).await
+    {
+        tracing::warn!(
+            action = id.map(ActionId::as_str),
+            queued = p.len(),
+            "snapshot writes queued before this request are still not written; reading without them"
+        );
+    }
+}
+
 async fn record(state: &ApiState, id: &ActionId) -> Result<(ActionRecord, String)> {
+    settle(state, Some(id)).await;
     state
         .store
         .get_action(id)
@@ -96,6 +115,7 @@ pub async fn list_actions(
         None => 100,
     };
     state.auth.check(&headers, "list", None).await?;
+    settle(&state, None).await;
     let records = state
         .store
         .list_actions(filter_state)
@@ -651,6 +671,7 @@ async fn run_rollback(
     let q = query(raw)?;
     let params = rollback_params(&state, &q)?;
     let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
+    settle(&state, Some(&id)).await;
     // Run detached: a client that disconnects does not abandon a rollback halfway.
     let restorer = state.restorer.clone();
     let task =

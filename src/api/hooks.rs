@@ -217,6 +217,7 @@ pub async fn alertmanager(
 }
 
 async fn find_action(state: &ApiState, alert: &Alert) -> Result<Option<ActionId>, ApiError> {
+    crate::api::handlers::settle(state, None).await;
     if let Some(id) = alert.labels.get("snapback_action") {
         let id = ActionId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
         return match state.store.get_action(&id).await {

@@ -41,6 +41,9 @@ pub struct ApiState {
     /// Serialises "open an action" so a user cannot end up with two.
     pub open_lock: tokio::sync::Mutex<()>,
     pub alerts: AlertConfig,
+    /// The webhook's queued snapshot writes when it runs in this process
+    /// with `--capture-ack=queued`: reads of an action wait for them.
+    pub pending: Option<Arc<crate::capture::pending::PendingWrites>>,
 }
 
 /// How Alertmanager notifications roll actions back.

@@ -7,6 +7,7 @@ pub mod attribution;
 pub mod decide;
 pub mod handler;
 pub mod open_actions;
+pub mod pending;
 pub mod review;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 use crate::capture::attribution::{Attribution, HintKey};
 use crate::capture::decide::{Decision, classify};
+use crate::capture::pending::PendingWrites;
 use crate::capture::review::Review;
 use crate::config::{CaptureConfig, CaptureFailure};
 use crate::metrics::Metrics;
@@ -33,6 +35,10 @@ use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 /// Leave the API server's webhook timeout (10s by default) room to deliver
 /// our own, clearer denial.
 const STORE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A queued snapshot write (`--capture-ack=queued`) has this long; nobody
+/// waits on it but readers settling the action.
+const QUEUED_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -69,6 +75,8 @@ pub struct CaptureService {
     sink: Arc<dyn SnapshotSink>,
     attribution: Arc<Attribution>,
     metrics: Metrics,
+    /// Set with `--capture-ack=queued`: answer once the snapshot is queued.
+    pending: Option<Arc<PendingWrites>>,
 }
 
 /// An answer to an AdmissionReview: a review to send with 200, or a bare 400
@@ -124,7 +132,16 @@ impl CaptureService {
             sink,
             attribution,
             metrics,
+            pending: None,
         }
+    }
+
+    /// Answer for a captured change once its snapshot is queued, not
+    /// written (`--capture-ack=queued`; fail-open only). Readers of an
+    /// action settle `pending` first.
+    pub fn with_queued_ack(mut self, pending: Arc<PendingWrites>) -> Self {
+        self.pending = Some(pending);
+        self
     }
 
     pub fn attribution(&self) -> &Arc<Attribution> {
@@ -349,23 +366,58 @@ impl CaptureService {
             prior,
             size_hint: body_len,
         };
-        let write = async {
-            self.sink.ensure_action(&record).await?;
-            self.sink.put_snapshot(snapshot).await
+        let sink = self.sink.clone();
+        let write = async move {
+            sink.ensure_action(&record).await?;
+            sink.put_snapshot(snapshot).await
         };
+        let queued = self.pending.as_ref().filter(|_| {
+            // Only fail-open may admit before the write (config check).
+            self.cfg.capture_failure == CaptureFailure::Allow
+        });
+        if let Some(ticket) = queued.and_then(|p| p.begin(action.as_str(), body_len)) {
+            let metrics = self.metrics.clone();
+            metrics.snapshot_writes_queued.inc();
+            let request_uid = req.uid.clone();
+            tokio::spawn(async move {
+                let result = tokio::time::timeout(QUEUED_STORE_TIMEOUT, write)
+                    .await
+                    .map_err(|_| CaptureError::Timeout(QUEUED_STORE_TIMEOUT))
+                    .and_then(|r| r.map_err(CaptureError::from));
+                match result {
+                    Ok(bytes) => count_stored(&metrics, operation, bytes),
+                    Err(e) => {
+                        metrics
+                            .snapshot_failures
+                            .with_label_values(&[e.metric_label()])
+                            .inc();
+                        metrics.uncaptured_admitted.inc();
+                        tracing::error!(error = %e, %request_uid,
+                            "queued snapshot not written: the change was admitted without one (--capture-ack=queued)");
+                    }
+                }
+                metrics.snapshot_writes_queued.dec();
+                drop(ticket);
+            });
+            return Ok(action);
+        }
         let bytes = tokio::time::timeout(STORE_TIMEOUT, write)
             .await
             .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
-        self.metrics
-            .snapshots_stored
-            .with_label_values(&[operation.as_str()])
-            .inc();
-        self.metrics
-            .snapshot_bytes
-            .with_label_values(&[operation.as_str()])
-            .inc_by(bytes);
+        count_stored(&self.metrics, operation, bytes);
         Ok(action)
     }
+}
+
+fn count_stored(metrics: &Metrics, operation: Operation, bytes: u64) {
+    metrics
+        .snapshots_stored
+        .with_label_values(&[operation.as_str()])
+        .inc();
+    metrics
+        .snapshot_bytes
+        .with_label_values(&[operation.as_str()])
+        .inc_by(bytes);
 }
 
 /// The keys under which the mutating call of a request leaves its hint and

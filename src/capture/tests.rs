@@ -206,6 +206,59 @@ async fn store_failure_denies_in_deny_mode_and_warns_in_allow_mode() {
 }
 
 #[tokio::test]
+async fn queued_acknowledgement_admits_before_the_write_and_counts_failed_writes() {
+    let store = Arc::new(MemoryStore::default());
+    *store.write_delay.lock().unwrap() = Duration::from_millis(200);
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Allow);
+    let pending = Arc::new(PendingWrites::default());
+    let svc = svc.with_queued_ack(pending.clone());
+    let body = fixture("validate-update-configmap.json");
+
+    let answer = svc.validate(&body).await;
+    assert!(response(&answer).allowed);
+    assert!(response(&answer).warnings.is_none());
+    assert_eq!(store.snapshot_count(), 0, "answered before the write");
+    assert_eq!(pending.len(), 1);
+    assert!(
+        metrics
+            .render()
+            .contains("snapback_snapshot_writes_queued 1")
+    );
+    assert!(pending.settle(None, Duration::from_secs(5)).await);
+    let snap = only_snapshot(&store);
+    assert_eq!(snap.meta.operation, Operation::Update);
+    let text = metrics.render();
+    assert!(text.contains("snapback_snapshot_writes_queued 0"), "{text}");
+    assert!(text.contains(r#"snapback_snapshots_stored_total{operation="update"} 1"#));
+
+    // A write that fails after the answer is counted, never lost silently.
+    *store.fail_with.lock().unwrap() = Some("disk on fire".into());
+    let answer = svc
+        .validate(&fixture("validate-delete-deployment.json"))
+        .await;
+    assert!(response(&answer).allowed);
+    assert!(pending.settle(None, Duration::from_secs(5)).await);
+    let text = metrics.render();
+    assert!(
+        text.contains("snapback_uncaptured_changes_admitted_total 1"),
+        "{text}"
+    );
+    assert!(text.contains("snapback_snapshot_failures_total{reason=\"corrupt\"} 1"));
+}
+
+#[tokio::test]
+async fn queued_acknowledgement_is_ignored_in_deny_mode() {
+    let store = Arc::new(MemoryStore::default());
+    *store.fail_with.lock().unwrap() = Some("disk on fire".into());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    let svc = svc.with_queued_ack(Arc::new(PendingWrites::default()));
+    let answer = svc
+        .validate(&fixture("validate-update-configmap.json"))
+        .await;
+    assert!(!response(&answer).allowed, "deny mode waits for the write");
+}
+
+#[tokio::test]
 async fn malformed_reviews_get_invalid_or_400_never_a_panic() {
     let store = Arc::new(MemoryStore::default());
     let (svc, _) = service(store.clone(), CaptureFailure::Deny);

@@ -17,6 +17,8 @@ pub struct MemoryStore {
     pub snapshots: Mutex<BTreeMap<String, StoredSnapshot>>,
     /// When set, every write fails with this message (to test deny mode).
     pub fail_with: Mutex<Option<String>>,
+    /// Every snapshot write takes this long (to test queued acknowledgement).
+    pub write_delay: Mutex<std::time::Duration>,
 }
 
 impl MemoryStore {
@@ -53,6 +55,10 @@ impl SnapshotSink for MemoryStore {
 
     fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
+            let delay = *self.write_delay.lock().unwrap_or_else(|p| p.into_inner());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             self.check()?;
             let stored = encode_single(snapshot).await?;
             let bytes = stored

@@ -55,11 +55,43 @@ pub struct FaultRates {
     pub lose_response: f64,
 }
 
+impl FaultRates {
+    pub const NONE: FaultRates = FaultRates {
+        delay: 0.0,
+        error_500: 0.0,
+        throttle_429: 0.0,
+        conflict_409: 0.0,
+        lose_response: 0.0,
+    };
+}
+
+/// Holds back POSTs whose path contains `path` until the gate opens.
+#[derive(Clone)]
+pub struct Gate {
+    path: String,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Gate {
+    /// A closed gate for POSTs to paths containing `path`, and its opener.
+    pub fn closed(path: &str) -> (Gate, tokio::sync::watch::Sender<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (
+            Gate {
+                path: path.to_string(),
+                open: rx,
+            },
+            tx,
+        )
+    }
+}
+
 struct ProxyState {
     upstream: String,
     http: reqwest::Client,
     rates: FaultRates,
     counts: Arc<FaultCounts>,
+    gate: Option<Gate>,
 }
 
 fn status(code: u16, reason: &str) -> Response {
@@ -87,6 +119,12 @@ async fn proxy(State(st): State<Arc<ProxyState>>, req: Request) -> Response {
     let exempt =
         streaming || path.contains("tokenreviews") || path.contains("subjectaccessreviews");
     st.counts.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(gate) = &st.gate
+        && req.method() == axum::http::Method::POST
+        && path.contains(&gate.path)
+    {
+        let _ = gate.open.clone().wait_for(|open| *open).await;
+    }
     let roll = |rate: f64| !exempt && rand::random::<f64>() < rate;
     if roll(st.rates.delay) {
         st.counts.delayed.fetch_add(1, Ordering::Relaxed);
@@ -147,6 +185,37 @@ pub async fn start_fault_proxy(
     key: &std::path::Path,
     rates: FaultRates,
 ) -> (SocketAddr, Arc<FaultCounts>) {
+    start_proxy(upstream, upstream_ca, cert, key, rates, None).await
+}
+
+/// Start a proxy that injects no faults but holds back the POSTs `gate` names.
+pub async fn start_gated_proxy(
+    upstream: &str,
+    upstream_ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    gate: Gate,
+) -> SocketAddr {
+    start_proxy(
+        upstream,
+        upstream_ca,
+        cert,
+        key,
+        FaultRates::NONE,
+        Some(gate),
+    )
+    .await
+    .0
+}
+
+async fn start_proxy(
+    upstream: &str,
+    upstream_ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    rates: FaultRates,
+    gate: Option<Gate>,
+) -> (SocketAddr, Arc<FaultCounts>) {
     snapback::tls::install_crypto_provider();
     let ca = std::fs::read(upstream_ca).unwrap();
     let http = reqwest::Client::builder()
@@ -160,6 +229,7 @@ pub async fn start_fault_proxy(
         http,
         rates,
         counts: counts.clone(),
+        gate,
     });
     let app = axum::Router::new().fallback(proxy).with_state(state);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
