@@ -50,9 +50,17 @@ enum Mode {
     /// snapback with `--snapshot-batching=false`: one API write per change.
     PerChange,
     Snapback,
+    /// snapback with `--capture-failure=allow --capture-ack=queued`.
+    Queued,
 }
 
-const MODES: [Mode; 4] = [Mode::NoWebhook, Mode::Noop, Mode::PerChange, Mode::Snapback];
+const MODES: [Mode; 5] = [
+    Mode::NoWebhook,
+    Mode::Noop,
+    Mode::PerChange,
+    Mode::Snapback,
+    Mode::Queued,
+];
 
 impl Mode {
     fn label(self) -> &'static str {
@@ -61,25 +69,123 @@ impl Mode {
             Mode::Noop => "no-op webhook",
             Mode::PerChange => "snapback, batching off (one write per change)",
             Mode::Snapback => "snapback",
+            Mode::Queued => "snapback, `--capture-ack=queued` (fail-open)",
         }
     }
 }
 
-/// One cell of the admission table.
+/// One measurement of one setup: latencies inside the measured window, and
+/// the CPU time each process spent over the whole cell (warm-up included)
+/// with the number of writes made in it.
 struct Cell {
-    mode: Mode,
-    clients: usize,
-    writes: usize,
+    lat: Vec<Duration>,
     secs: f64,
-    p50: f64,
-    p95: f64,
-    p99: f64,
+    ops: u64,
+    cpu: [f64; 4],
 }
 
 impl Cell {
     fn rate(&self) -> f64 {
-        self.writes as f64 / self.secs
+        self.lat.len() as f64 / self.secs
     }
+}
+
+/// The rounds of one setup at one client count.
+struct Summary {
+    mode: Mode,
+    clients: usize,
+    rates: Vec<f64>,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    /// Microseconds of CPU per write: API server, etcd, webhook, load generator.
+    cpu_us: [f64; 4],
+}
+
+impl Summary {
+    fn new(mode: Mode, clients: usize, cells: &[Cell]) -> Summary {
+        let mut lat: Vec<Duration> = cells.iter().flat_map(|c| c.lat.iter().copied()).collect();
+        lat.sort();
+        let ops: u64 = cells.iter().map(|c| c.ops).sum::<u64>().max(1);
+        let mut cpu_us = [0.0; 4];
+        for (i, v) in cpu_us.iter_mut().enumerate() {
+            *v = cells.iter().map(|c| c.cpu[i]).sum::<f64>() * 1e6 / ops as f64;
+        }
+        Summary {
+            mode,
+            clients,
+            rates: cells.iter().map(Cell::rate).collect(),
+            p50: percentile(&lat, 0.50),
+            p95: percentile(&lat, 0.95),
+            p99: percentile(&lat, 0.99),
+            cpu_us,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        median(&self.rates)
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// CPU seconds used so far by a process (utime + stime of /proc/PID/stat).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields 14 and 15 of the line; 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The one process whose command name is `comm`, if exactly one runs.
+fn pid_of(comm: &str) -> Option<u32> {
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim() == comm {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(pid);
+        }
+    }
+    found
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -201,10 +307,11 @@ impl Live {
                     None,
                 );
             }
-            Mode::Noop | Mode::PerChange | Mode::Snapback => {
+            Mode::Noop | Mode::PerChange | Mode::Snapback | Mode::Queued => {
                 let port = match mode {
                     Mode::Noop => ports.noop,
                     Mode::PerChange => ports.per_change,
+                    Mode::Queued => ports.queued,
                     _ => ports.snapback,
                 };
                 let ca = self.work.join("certs/ca.crt");
@@ -234,7 +341,7 @@ impl Live {
         ]);
         let noop_port = free_port();
         let certs = self.work.join("certs");
-        let _noop = Proc(
+        let noop = Proc(
             Command::new(std::env::current_exe().unwrap())
                 .args(["noop-webhook", certs.join("tls.crt").to_str().unwrap()])
                 .arg(certs.join("tls.key"))
@@ -245,37 +352,72 @@ impl Live {
         let (sb, sb_webhook, sb_api) = self.serve("snapback", &[]);
         let (_per_change, per_change_webhook, _) =
             self.serve("per-change", &["--snapshot-batching=false"]);
+        let (queued, queued_webhook, _) = self.serve(
+            "queued",
+            &["--capture-failure=allow", "--capture-ack=queued"],
+        );
         let ports = Ports {
             noop: noop_port,
             per_change: per_change_webhook,
             snapback: sb_webhook,
+            queued: queued_webhook,
+        };
+        // Whose CPU each cell accounts: API server, etcd, the webhook of the
+        // setup, this process (the load generator).
+        let apiserver = pid_of("kube-apiserver");
+        let etcd = pid_of("etcd");
+        let webhook_pid = |mode: Mode| match mode {
+            Mode::NoWebhook => None,
+            Mode::Noop => Some(noop.0.id()),
+            Mode::PerChange => Some(_per_change.0.id()),
+            Mode::Snapback => Some(sb.0.id()),
+            Mode::Queued => Some(queued.0.id()),
         };
         std::thread::sleep(Duration::from_secs(2));
         let idle_kib = rss_kib(sb.0.id(), "VmRSS:");
 
         let clients: &[usize] = if self.smoke { &[1, 2] } else { &[1, 8, 32] };
-        let secs = if self.smoke { 1.0 } else { 10.0 };
+        let secs = if self.smoke { 1.0 } else { 6.0 };
+        let rounds = if self.smoke { 1 } else { 3 };
         let client = rt.block_on(self.client("admin"));
         rt.block_on(ensure_namespace(&client, "bench-load"));
-        let mut cells = Vec::new();
+        let mut summaries = Vec::new();
         let mut load_peak_kib = 0;
-        for (round, &n) in clients.iter().enumerate() {
-            for mode in MODES {
-                self.register(mode, &ports);
-                let sampler = (mode == Mode::Snapback).then(|| RssSampler::start(sb.0.id()));
-                let cell = rt.block_on(self.load(mode, n, secs, round));
-                if let Some(s) = sampler {
-                    load_peak_kib = load_peak_kib.max(s.stop());
+        let mut cell_no = 0;
+        for &n in clients {
+            let mut cells: Vec<Vec<Cell>> = MODES.iter().map(|_| Vec::new()).collect();
+            // Interleaved rounds, each in a rotated order, so that the
+            // machine's drift spreads over every setup alike.
+            for round in 0..rounds {
+                for k in 0..MODES.len() {
+                    let i = (k + round) % MODES.len();
+                    let mode = MODES[i];
+                    self.register(mode, &ports);
+                    let sampler = (mode == Mode::Snapback).then(|| RssSampler::start(sb.0.id()));
+                    let pids = [apiserver, etcd, webhook_pid(mode), Some(std::process::id())];
+                    let before = pids.map(|p| p.map_or(0.0, cpu_secs));
+                    cell_no += 1;
+                    let mut cell = rt.block_on(self.load(mode, n, secs, cell_no));
+                    let after = pids.map(|p| p.map_or(0.0, cpu_secs));
+                    for j in 0..4 {
+                        cell.cpu[j] = after[j] - before[j];
+                    }
+                    if let Some(s) = sampler {
+                        load_peak_kib = load_peak_kib.max(s.stop());
+                    }
+                    eprintln!(
+                        "  round {round}: {} at {n} clients: {:.0} writes/s",
+                        mode.label(),
+                        cell.rate()
+                    );
+                    cells[i].push(cell);
                 }
-                eprintln!(
-                    "  {} at {n} clients: {:.0} writes/s",
-                    mode.label(),
-                    cell.rate()
-                );
-                cells.push(cell);
+            }
+            for (i, mode) in MODES.iter().enumerate() {
+                summaries.push(Summary::new(*mode, n, &cells[i]));
             }
         }
-        self.print_admission(&cells, secs);
+        self.print_admission(&summaries, secs, rounds);
 
         // Rollback speed: snapback (parallel), snapback one object at a time,
         // and kubectl apply -f of the prior manifests.
@@ -335,53 +477,95 @@ impl Live {
             tasks.spawn(async move { worker(client, prefix, start, end).await });
         }
         let mut lat = Vec::new();
+        let mut ops = 0;
         while let Some(r) = tasks.join_next().await {
-            lat.extend(r.unwrap());
+            let (l, n) = r.unwrap();
+            lat.extend(l);
+            ops += n;
         }
-        lat.sort();
         Cell {
-            mode,
-            clients,
-            writes: lat.len(),
+            lat,
             secs,
-            p50: percentile(&lat, 0.50),
-            p95: percentile(&lat, 0.95),
-            p99: percentile(&lat, 0.99),
+            ops,
+            cpu: [0.0; 4],
         }
     }
 
-    fn print_admission(&self, cells: &[Cell], secs: f64) {
+    fn print_admission(&self, rows: &[Summary], secs: f64, rounds: usize) {
         println!(
-            "## Admission overhead through the API server ({secs:.0} s per cell after a warm-up; writes: create, update, delete of ConfigMaps and Deployments, in turn)\n"
+            "## Admission overhead through the API server ({rounds} interleaved rounds of {secs:.0} s per setup after a warm-up, each round in a rotated order; writes: create, update, delete of ConfigMaps and Deployments, in turn)\n"
+        );
+        println!(
+            "Throughput: the median of the rounds (all rounds in brackets). Latency: percentiles over every write of all rounds.\n"
         );
         println!("| clients | setup | writes/s | p50 ms | p95 ms | p99 ms |");
         println!("|---|---|---|---|---|---|");
-        for c in cells {
+        for r in rows {
+            let all: Vec<String> = r.rates.iter().map(|x| format!("{x:.0}")).collect();
             println!(
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
-                c.clients,
-                c.mode.label(),
-                c.rate(),
-                c.p50,
-                c.p95,
-                c.p99
+                "| {} | {} | {:.0} ({}) | {:.2} | {:.2} | {:.2} |",
+                r.clients,
+                r.mode.label(),
+                r.rate(),
+                all.join(", "),
+                r.p50,
+                r.p95,
+                r.p99
             );
         }
         println!();
         println!(
-            "| clients | throughput snapback / no webhook | throughput snapback / no-op | p50 added over no-op (ms) | p99 snapback / no-op | before the design change: batching off / no-op |"
+            "Ratios of throughput are taken round by round (each setup against the no-op webhook of the same round); the median, and the range over the rounds.\n"
         );
-        println!("|---|---|---|---|---|---|");
-        for group in cells.chunks(MODES.len()) {
-            let (none, noop, per_change, sb) = (&group[0], &group[1], &group[2], &group[3]);
+        println!(
+            "| clients | snapback / no webhook | snapback / no-op | p50 added over no-op (ms) | p99 snapback / no-op | before: batching off / no-op | queued ack / no-op | queued: p50 added over no-op (ms) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let ratio = |a: &Summary, b: &Summary| {
+            let per_round: Vec<f64> = a.rates.iter().zip(&b.rates).map(|(x, y)| x / y).collect();
+            let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if per_round.len() > 1 {
+                format!("{:.2} ({lo:.2}–{hi:.2})", median(&per_round))
+            } else {
+                format!("{:.2}", median(&per_round))
+            }
+        };
+        for group in rows.chunks(MODES.len()) {
+            let (none, noop, per_change, sb, queued) =
+                (&group[0], &group[1], &group[2], &group[3], &group[4]);
             println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {:.2} |",
                 sb.clients,
-                sb.rate() / none.rate(),
-                sb.rate() / noop.rate(),
+                ratio(sb, none),
+                ratio(sb, noop),
                 sb.p50 - noop.p50,
                 sb.p99 / noop.p99,
-                per_change.rate() / noop.rate(),
+                ratio(per_change, noop),
+                ratio(queued, noop),
+                queued.p50 - noop.p50,
+            );
+        }
+        println!();
+        println!(
+            "CPU time per write (µs, over whole cells including warm-up; user + system from /proc): where each setup's cost lands.\n"
+        );
+        println!(
+            "| clients | setup | kube-apiserver | etcd | webhook process | load generator | total |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for r in rows {
+            let [api, etcd, hook, load] = r.cpu_us;
+            println!(
+                "| {} | {} | {api:.0} | {etcd:.0} | {} | {load:.0} | {:.0} |",
+                r.clients,
+                r.mode.label(),
+                if r.mode == Mode::NoWebhook {
+                    "–".to_string()
+                } else {
+                    format!("{hook:.0}")
+                },
+                api + etcd + hook + load
             );
         }
         println!();
@@ -583,6 +767,7 @@ struct Ports {
     noop: u16,
     per_change: u16,
     snapback: u16,
+    queued: u16,
 }
 
 struct RollbackRow {
@@ -652,16 +837,19 @@ async fn ensure_namespace(client: &kube::Client, name: &str) {
 
 /// One client's loop: ConfigMap create, update, delete, then the same for a
 /// Deployment, until `end`; latencies recorded from `start` on.
+/// Writes in turn until `end`; the latencies of those started inside
+/// [start, end), and how many writes were made in all.
 async fn worker(
     client: kube::Client,
     prefix: String,
     start: Instant,
     end: Instant,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, u64) {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-load");
     let deps: Api<Deployment> = Api::namespaced(client, "bench-load");
     let pp = PostParams::default();
     let mut lat = Vec::new();
+    let mut ops = 0u64;
     let mut i = 0u64;
     loop {
         let name = format!("{prefix}-{i}");
@@ -681,6 +869,7 @@ async fn worker(
             ($write:expr) => {{
                 let t = Instant::now();
                 $write.await.map(drop).unwrap();
+                ops += 1;
                 if t >= start && t < end {
                     lat.push(t.elapsed());
                 }
@@ -693,7 +882,7 @@ async fn worker(
         timed!(deps.patch(&name, &mp, &Patch::Merge(&dpatch)));
         timed!(deps.delete(&name, &dp));
         if Instant::now() >= end {
-            return lat;
+            return (lat, ops);
         }
     }
 }

@@ -220,7 +220,7 @@ impl CaptureService {
     #[tracing::instrument(skip_all, fields(request_uid, kind, operation, action, outcome))]
     pub async fn validate(&self, body: &[u8]) -> Answer {
         let started = Instant::now();
-        let review = match Review::from_slice(body) {
+        let mut review = match Review::from_slice(body) {
             Ok(r) => r,
             Err((e, uid)) => {
                 self.record("validate", "unknown", "invalid", started);
@@ -246,16 +246,13 @@ impl CaptureService {
             }
             Decision::Capture { operation, secret } => (operation, secret),
         };
-        match self.capture(&review, operation, secret, body.len()).await {
+        match self
+            .capture(&mut review, operation, secret, body.len())
+            .await
+        {
             Ok(action) => {
                 span.record("action", action.as_str());
                 span.record("outcome", "captured");
-                tracing::debug!(
-                    name = %review.object_name(),
-                    namespace = review.object_namespace().as_deref().unwrap_or(""),
-                    resource = %review.request.resource.resource,
-                    "captured"
-                );
                 self.record("validate", op, "captured", started);
                 Answer::from_response(resp)
             }
@@ -289,28 +286,31 @@ impl CaptureService {
         }
     }
 
+    /// Capture the change; takes the prior object out of `review`.
     async fn capture(
         &self,
-        review: &Review,
+        review: &mut Review,
         operation: Operation,
         secret: bool,
         body_len: usize,
     ) -> Result<ActionId, CaptureError> {
         let now = jiff::Timestamp::now();
-        let user = review.username();
         let keys = hint_keys(review, false);
-        let (action, origin) =
-            self.attribution
-                .attribute(user, review.user_extra(ACTION_ANNOTATION), &keys, now)?;
+        let (name, namespace) = (review.object_name(), review.object_namespace());
         let prior = match operation {
             Operation::Create => None,
             _ => Some(
                 review
                     .old_object
-                    .clone()
+                    .take()
                     .ok_or(CaptureError::MissingObject("oldObject"))?,
             ),
         };
+        let review: &Review = review;
+        let user = review.username();
+        let (action, origin) =
+            self.attribution
+                .attribute(user, review.user_extra(ACTION_ANNOTATION), &keys, now)?;
         let after = match operation {
             Operation::Delete => None,
             _ => Some(
@@ -332,8 +332,8 @@ impl CaptureService {
                 resource: req.resource.resource.clone(),
                 subresource: req.sub_resource.clone(),
                 kind: req.kind.kind.clone(),
-                namespace: review.object_namespace(),
-                name: review.object_name(),
+                namespace,
+                name,
             },
             user: user.to_string(),
             timestamp: now,
@@ -345,7 +345,8 @@ impl CaptureService {
             uid: prior.as_ref().or(after).and_then(uid_of),
             payload_sha256: None,
             after_fingerprint: after.map(codec::fingerprint),
-            before_fingerprint: prior.as_ref().map(codec::fingerprint),
+            // Computed from the stored prior object when a rollback plans.
+            before_fingerprint: None,
             chunks: 0,
             secret,
             guard: after
@@ -359,6 +360,12 @@ impl CaptureService {
                 .map(str::to_string),
             batch: None,
         };
+        tracing::debug!(
+            name = %meta.object.name,
+            namespace = meta.object.namespace.as_deref().unwrap_or(""),
+            resource = %meta.object.resource,
+            "capturing"
+        );
         let mut record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
         record.owner_groups = req.user_info.groups.clone().unwrap_or_default();
         let snapshot = NewSnapshot {

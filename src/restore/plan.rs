@@ -89,10 +89,13 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
     let fingerprints = |set: &mut HashSet<String>, list: &[&Loaded]| {
         for l in list {
             let m = &l.meta;
-            set.insert(match (&m.before_fingerprint, m.operation) {
-                (_, Operation::Create) => ABSENT.to_string(),
-                (Some(fp), _) => fp.clone(),
-                (None, _) => continue,
+            set.insert(match (&m.before_fingerprint, m.operation, &l.prior) {
+                (_, Operation::Create, _) => ABSENT.to_string(),
+                (Some(fp), _, _) => fp.clone(),
+                // Not recorded at capture (it costs the admission path a
+                // second fingerprint): the stored prior object gives it.
+                (None, _, Ok(Some(prior))) => crate::store::codec::fingerprint(prior),
+                (None, _, _) => continue,
             });
             set.insert(match (&m.after_fingerprint, m.operation) {
                 (_, Operation::Delete) => ABSENT.to_string(),

@@ -65,7 +65,8 @@ fn snap_sub(
             uid,
             payload_sha256: before.map(|_| "x".into()),
             after_fingerprint: after.map(codec::fingerprint),
-            before_fingerprint: before.map(codec::fingerprint),
+            // As captured now: derived from the prior object when planning.
+            before_fingerprint: None,
             chunks: u32::from(before.is_some()),
             secret: false,
             guard: None,
@@ -163,6 +164,31 @@ fn someone_elses_later_change_is_a_conflict_unless_forced() {
     // Deleted by someone after the action: also a conflict.
     let step = decide(&h, None, false);
     assert!(matches!(step.action, Action::None(Outcome::Conflict, ref m) if m.contains("deleted")));
+}
+
+#[test]
+fn a_recorded_before_fingerprint_is_still_honoured() {
+    // Snapshots written before the fingerprint moved to planning carry it in
+    // an annotation: the state it names is accepted even when the
+    // snapshot's later states differ.
+    let (v1, v2, v3) = (
+        obj("c", "1", "u1"),
+        obj("c", "2", "u1"),
+        obj("c", "3", "u1"),
+    );
+    let first = snap(1, Operation::Update, "c", Some(&v1), Some(&v2));
+    let mut phantom = snap(2, Operation::Update, "c", Some(&v2), Some(&v3));
+    phantom.meta.before_fingerprint = Some(codec::fingerprint(&v2));
+    phantom.prior = Err("unreadable".into());
+    let h = only(vec![first, phantom]);
+    assert!(matches!(
+        decide(&h, Some(&v2), false).action,
+        Action::Replace(_)
+    ));
+    assert!(matches!(
+        decide(&h, Some(&obj("c", "4", "u1")), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
 }
 
 #[test]
