@@ -64,7 +64,7 @@ thread_local! {
     /// buffer at once, which is all a snapshot needs, several times faster
     /// than a streaming zlib at the same level.
     static DEFLATE_FAST: std::cell::RefCell<libdeflater::Compressor> =
-        std::cell::RefCell::new(libdeflater::Compressor::new(libdeflater::CompressionLvl::fastest()));
+        std::cell::RefCell::new(libdeflater::Compressor::new(libdeflater::CompressionLvl::new(1).unwrap_or_else(|_| libdeflater::CompressionLvl::fastest())));
     static DEFLATE_BEST: std::cell::RefCell<libdeflater::Compressor> = std::cell::RefCell::new(
         libdeflater::Compressor::new(
             libdeflater::CompressionLvl::new(9).unwrap_or_else(|_| libdeflater::CompressionLvl::best()),
