@@ -7,6 +7,9 @@
 //! snapback user bound to snapback's RBAC); SNAPBACK_BIN a release build of
 //! snapback. `--smoke` runs every part with tiny sizes (CI), so that the
 //! suite cannot rot; its numbers mean nothing.
+//!
+//! For a quick look at one part: `BENCH_CLIENTS=32` (comma-separated client
+//! counts), `BENCH_ROUNDS=1`, `BENCH_ADMISSION_ONLY=1` (no rollbacks).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -376,15 +379,25 @@ impl Live {
         std::thread::sleep(Duration::from_secs(2));
         let idle_kib = rss_kib(sb.0.id(), "VmRSS:");
 
-        let clients: &[usize] = if self.smoke { &[1, 2] } else { &[1, 8, 32] };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let clients: Vec<usize> = match env("BENCH_CLIENTS") {
+            Some(list) => list.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+            None if self.smoke => vec![1, 2],
+            None => vec![1, 8, 32],
+        };
         let secs = if self.smoke { 1.0 } else { 6.0 };
-        let rounds = if self.smoke { 1 } else { 3 };
+        let rounds = match env("BENCH_ROUNDS") {
+            Some(n) => n.parse().unwrap(),
+            None if self.smoke => 1,
+            None => 3,
+        };
+        let mut peaks: Vec<(Mode, u64)> = Vec::new();
         let client = rt.block_on(self.client("admin"));
         rt.block_on(ensure_namespace(&client, "bench-load"));
         let mut summaries = Vec::new();
         let mut load_peak_kib = 0;
         let mut cell_no = 0;
-        for &n in clients {
+        for &n in &clients {
             let mut cells: Vec<Vec<Cell>> = MODES.iter().map(|_| Vec::new()).collect();
             // Interleaved rounds, each in a rotated order, so that the
             // machine's drift spreads over every setup alike.
@@ -393,7 +406,7 @@ impl Live {
                     let i = (k + round) % MODES.len();
                     let mode = MODES[i];
                     self.register(mode, &ports);
-                    let sampler = (mode == Mode::Snapback).then(|| RssSampler::start(sb.0.id()));
+                    let sampler = webhook_pid(mode).map(RssSampler::start);
                     let pids = [apiserver, etcd, webhook_pid(mode), Some(std::process::id())];
                     let before = pids.map(|p| p.map_or(0.0, cpu_secs));
                     cell_no += 1;
@@ -402,13 +415,21 @@ impl Live {
                     for j in 0..4 {
                         cell.cpu[j] = after[j] - before[j];
                     }
-                    if let Some(s) = sampler {
-                        load_peak_kib = load_peak_kib.max(s.stop());
+                    let peak = sampler.map_or(0, RssSampler::stop);
+                    if Some(&n) == clients.last() {
+                        match peaks.iter_mut().find(|(m, _)| *m == mode) {
+                            Some((_, p)) => *p = (*p).max(peak),
+                            None => peaks.push((mode, peak)),
+                        }
+                        if mode == Mode::Snapback {
+                            load_peak_kib = load_peak_kib.max(peak);
+                        }
                     }
                     eprintln!(
-                        "  round {round}: {} at {n} clients: {:.0} writes/s",
+                        "  round {round}: {} at {n} clients: {:.0} writes/s, webhook RSS peak {:.1} MiB",
                         mode.label(),
-                        cell.rate()
+                        cell.rate(),
+                        peak as f64 / 1024.0
                     );
                     cells[i].push(cell);
                 }
@@ -418,6 +439,9 @@ impl Live {
             }
         }
         self.print_admission(&summaries, secs, rounds);
+        if env("BENCH_ADMISSION_ONLY").is_some() {
+            return;
+        }
 
         // Rollback speed: snapback (parallel), snapback one object at a time,
         // and kubectl apply -f of the prior manifests.
@@ -447,6 +471,15 @@ impl Live {
             clients.last().unwrap(),
             load_peak_kib as f64 / 1024.0
         );
+        for (mode, peak) in &peaks {
+            if !matches!(mode, Mode::Snapback | Mode::NoWebhook) {
+                println!(
+                    "| for comparison, {} under the same load | {:.1} MiB |",
+                    mode.label(),
+                    *peak as f64 / 1024.0
+                );
+            }
+        }
         println!(
             "| idle, after all benchmarks | {:.1} MiB |",
             idle_after as f64 / 1024.0

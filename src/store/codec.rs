@@ -90,6 +90,8 @@ pub fn gzip_with(raw: &[u8], effort: Effort) -> Result<Vec<u8>, CodecError> {
             .gzip_compress(raw, &mut out)
             .map_err(|e| CodecError::Gzip(std::io::Error::other(format!("{e:?}"))))?;
         out.truncate(n);
+        // The bound is about the input's size: keep only what was written.
+        out.shrink_to_fit();
         Ok(out)
     })
 }
