@@ -273,22 +273,34 @@ impl KubeStore {
 
     /// The entries of the batches matching a selector (decoded once, cached).
     async fn batched_metas(&self, batch_selector: &str, read: Read) -> Result<Vec<SnapshotMeta>> {
+        let mut out = Vec::new();
+        self.visit_batched_metas(batch_selector, read, |m| out.push(m.clone()))
+            .await?;
+        Ok(out)
+    }
+
+    /// Visit the entries of the batches matching a selector, batch by batch,
+    /// without gathering them: the whole store's batches can hold far more
+    /// entries than should sit in memory at once.
+    async fn visit_batched_metas(
+        &self,
+        batch_selector: &str,
+        read: Read,
+        mut visit: impl FnMut(&SnapshotMeta),
+    ) -> Result<()> {
         let (batches, _) = meta_page(&self.config_maps, &read.params(batch_selector)).await?;
         let names: Vec<String> = batches.into_iter().filter_map(|b| b.name).collect();
-        let decoded: Vec<Result<Arc<Vec<SnapshotMeta>>>> = futures::stream::iter(names)
+        let mut decoded = futures::stream::iter(names)
             .map(|name| async move { self.batch_metas(&name).await })
-            .buffered(8)
-            .collect()
-            .await;
-        let mut out = Vec::new();
-        for metas in decoded {
+            .buffered(8);
+        while let Some(metas) = decoded.next().await {
             match metas {
-                Ok(m) => out.extend(m.iter().cloned()),
+                Ok(m) => m.iter().for_each(&mut visit),
                 Err(StoreError::NotFound(_)) => {} // deleted since the listing
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The metadata of a batch's entries, decoded once and cached.
@@ -383,17 +395,16 @@ impl KubeStore {
                 }
             }
         }
-        let batched = self
-            .batched_metas(
-                &format!("{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"),
-                Read::Cached,
-            )
-            .await?;
-        for m in batched {
-            out.entry(m.action.to_string())
-                .or_default()
-                .add(Some(m.timestamp), false);
-        }
+        self.visit_batched_metas(
+            &format!("{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"),
+            Read::Cached,
+            |m| {
+                out.entry(m.action.to_string())
+                    .or_default()
+                    .add(Some(m.timestamp), false);
+            },
+        )
+        .await?;
         Ok(out)
     }
 
@@ -522,15 +533,15 @@ impl KubeStore {
     /// many snapshots were folded.
     pub async fn compact_action(&self, action: &ActionId) -> Result<usize> {
         let selector = format!("{LABEL_ACTION}={action},!{LABEL_RECORD}");
-        let in_batches: std::collections::HashSet<String> = self
-            .batched_metas(
-                &format!("{LABEL_ACTION}={action},{LABEL_RECORD}={RECORD_BATCH}"),
-                Read::Consistent,
-            )
-            .await?
-            .into_iter()
-            .map(|m| m.snapshot_name)
-            .collect();
+        let mut in_batches = std::collections::HashSet::new();
+        self.visit_batched_metas(
+            &format!("{LABEL_ACTION}={action},{LABEL_RECORD}={RECORD_BATCH}"),
+            Read::Consistent,
+            |m| {
+                in_batches.insert(m.snapshot_name.clone());
+            },
+        )
+        .await?;
         // Page by page, so that an action of many thousands of changes never
         // sits in memory whole.
         let mut folded = 0;
