@@ -100,8 +100,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.snapshot_batching,
     ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
-    let pending = (cfg.capture.capture_ack == CaptureAck::Queued)
-        .then(|| Arc::new(crate::capture::pending::PendingWrites::default()));
+    let pending = (cfg.capture.capture_ack == CaptureAck::Queued).then(|| {
+        Arc::new(crate::capture::pending::PendingWrites::with_gauge(
+            metrics.snapshot_writes_queued.clone(),
+        ))
+    });
     if cfg.role.webhook() {
         tokio::spawn(open_actions::watch(
             client.clone(),

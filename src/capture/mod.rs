@@ -257,10 +257,7 @@ impl CaptureService {
                 Answer::from_response(resp)
             }
             Err(e) => {
-                self.metrics
-                    .snapshot_failures
-                    .with_label_values(&[e.metric_label()])
-                    .inc();
+                count_failed(&self.metrics, &e);
                 match self.cfg.capture_failure {
                     CaptureFailure::Deny => {
                         span.record("outcome", "denied");
@@ -384,7 +381,6 @@ impl CaptureService {
         });
         if let Some(ticket) = queued.and_then(|p| p.begin(action.as_str(), body_len)) {
             let metrics = self.metrics.clone();
-            metrics.snapshot_writes_queued.inc();
             let request_uid = req.uid.clone();
             tokio::spawn(async move {
                 let result = tokio::time::timeout(QUEUED_STORE_TIMEOUT, write)
@@ -394,16 +390,12 @@ impl CaptureService {
                 match result {
                     Ok(bytes) => count_stored(&metrics, operation, bytes),
                     Err(e) => {
-                        metrics
-                            .snapshot_failures
-                            .with_label_values(&[e.metric_label()])
-                            .inc();
+                        count_failed(&metrics, &e);
                         metrics.uncaptured_admitted.inc();
                         tracing::error!(error = %e, %request_uid,
                             "queued snapshot not written: the change was admitted without one (--capture-ack=queued)");
                     }
                 }
-                metrics.snapshot_writes_queued.dec();
                 drop(ticket);
             });
             return Ok(action);
@@ -414,6 +406,13 @@ impl CaptureService {
         count_stored(&self.metrics, operation, bytes);
         Ok(action)
     }
+}
+
+fn count_failed(metrics: &Metrics, e: &CaptureError) {
+    metrics
+        .snapshot_failures
+        .with_label_values(&[e.metric_label()])
+        .inc();
 }
 
 fn count_stored(metrics: &Metrics, operation: Operation, bytes: u64) {

@@ -32,6 +32,8 @@ struct Queued {
 pub struct PendingWrites {
     queued: Mutex<Queued>,
     done: Notify,
+    /// Mirrors the number of queued writes (`snapback_snapshot_writes_queued`).
+    gauge: Option<prometheus::IntGauge>,
 }
 
 /// One queued write; dropping it (written or failed) ends it.
@@ -42,6 +44,20 @@ pub struct Ticket {
 }
 
 impl PendingWrites {
+    /// A queue whose length `gauge` shows.
+    pub fn with_gauge(gauge: prometheus::IntGauge) -> Self {
+        PendingWrites {
+            gauge: Some(gauge),
+            ..Default::default()
+        }
+    }
+
+    fn show(&self, q: &Queued) {
+        if let Some(g) = &self.gauge {
+            g.set(q.writes.len() as i64);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -57,6 +73,7 @@ impl PendingWrites {
         q.next += 1;
         q.bytes += bytes;
         q.writes.insert(seq, (action.to_string(), bytes));
+        self.show(&q);
         Some(Ticket {
             pending: self.clone(),
             seq,
@@ -68,6 +85,7 @@ impl PendingWrites {
         if let Some((_, bytes)) = q.writes.remove(&seq) {
             q.bytes -= bytes;
         }
+        self.show(&q);
         drop(q);
         self.done.notify_waiters();
     }

@@ -210,7 +210,9 @@ async fn queued_acknowledgement_admits_before_the_write_and_counts_failed_writes
     let store = Arc::new(MemoryStore::default());
     *store.write_delay.lock().unwrap() = Duration::from_millis(200);
     let (svc, metrics) = service(store.clone(), CaptureFailure::Allow);
-    let pending = Arc::new(PendingWrites::default());
+    let pending = Arc::new(PendingWrites::with_gauge(
+        metrics.snapshot_writes_queued.clone(),
+    ));
     let svc = svc.with_queued_ack(pending.clone());
     let body = fixture("validate-update-configmap.json");
 
