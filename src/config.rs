@@ -172,6 +172,12 @@ pub struct ServeArgs {
         default_value = "written"
     )]
     pub capture_ack: CaptureAck,
+    /// With --capture-ack=queued: how long a queued snapshot may wait for
+    /// others of its action, so that one API write stores them together
+    /// (at most 1s; 0 writes at once). Changes do not wait for it; a rollback
+    /// asked for meanwhile waits for the queued writes as always.
+    #[arg(long, env = "SNAPBACK_CAPTURE_BATCH_WINDOW", default_value = "20ms", value_parser = parse_duration)]
+    pub capture_batch_window: Duration,
     /// Store the snapshots of changes admitted together (same action, while
     /// a snapshot write is in flight) as one batch ConfigMap, and fold the
     /// snapshots of finished actions into batches. `false`: one ConfigMap per
@@ -290,6 +296,9 @@ pub struct Config {
     pub webhook_client_ca: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub snapshot_batching: bool,
+    /// How long a round of queued snapshot writes gathers snapshots (only
+    /// with `--capture-ack=queued`; see [`Config::batch_window`]).
+    pub capture_batch_window: Duration,
     pub kube_context: Option<String>,
     pub capture: CaptureConfig,
     pub retention: Duration,
@@ -339,9 +348,30 @@ impl Config {
                     .into(),
             );
         }
+        if self.capture_batch_window > MAX_BATCH_WINDOW {
+            return Err(format!(
+                "--capture-batch-window must be at most {MAX_BATCH_WINDOW:?} (got {:?})",
+                self.capture_batch_window
+            ));
+        }
         Ok(())
     }
+
+    /// The batch window the snapshot writer uses: `--capture-batch-window`
+    /// when the webhook answers before the write (`--capture-ack=queued`),
+    /// none otherwise (a change that waits for its snapshot would wait for
+    /// the window too).
+    pub fn batch_window(&self) -> Duration {
+        match self.capture.capture_ack {
+            CaptureAck::Queued => self.capture_batch_window,
+            CaptureAck::Written => Duration::ZERO,
+        }
+    }
 }
+
+/// Longest `--capture-batch-window`: a queued snapshot is not durable until
+/// written, and readers of an action wait for it.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 impl CaptureConfig {
     /// Defaults of the command line, for tests and benchmarks.
@@ -396,6 +426,7 @@ impl From<ServeArgs> for Config {
             webhook_client_ca: a.webhook_client_ca,
             kubeconfig: a.kubeconfig,
             snapshot_batching: a.snapshot_batching,
+            capture_batch_window: a.capture_batch_window,
             kube_context: a.kube_context,
             capture: CaptureConfig {
                 snapshot_namespace: a.snapshot_namespace,
@@ -574,5 +605,19 @@ mod tests {
         let cfg = parse(&["--capture-ack", "queued", "--capture-failure", "allow"]);
         assert_eq!(cfg.capture.capture_ack, CaptureAck::Queued);
         assert_eq!(cfg.check(), Ok(()));
+        // The batch window applies only where nobody waits for the write.
+        assert_eq!(cfg.batch_window(), Duration::from_millis(20));
+        let written = parse(&["--capture-batch-window", "50ms"]);
+        assert_eq!(written.batch_window(), Duration::ZERO);
+        let wide = parse(&[
+            "--capture-ack",
+            "queued",
+            "--capture-failure",
+            "allow",
+            "--capture-batch-window",
+            "2s",
+        ]);
+        let err = wide.check().unwrap_err();
+        assert!(err.contains("--capture-batch-window"), "{err}");
     }
 }

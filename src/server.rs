@@ -98,6 +98,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         client.clone(),
         &cfg.capture.snapshot_namespace,
         cfg.snapshot_batching,
+        cfg.batch_window(),
     ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
     let pending = (cfg.capture.capture_ack == CaptureAck::Queued).then(|| {

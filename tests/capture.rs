@@ -853,6 +853,88 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
     );
 }
 
+/// With `--capture-ack=queued`, `--capture-batch-window` lets a round of
+/// snapshot writes wait for more snapshots of its action: one client's
+/// changes made one after another share API writes too (without the window
+/// each would mostly be written alone). Every change is still captured once
+/// and rolled back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
+    const CHANGES: usize = 12;
+    const WINDOW: Duration = Duration::from_secs(1);
+    let c = cluster();
+    let mut opts = SnapbackOpts::isolated(c, "window");
+    opts.extra_args = vec![
+        "--capture-failure=allow".into(),
+        "--capture-ack=queued".into(),
+        format!("--capture-batch-window={}ms", WINDOW.as_millis()),
+    ];
+    let snapshot_ns = opts.snapshot_namespace.clone();
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("window", &[]);
+    sb.adopt_namespace(c, &ns);
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let id = format!("window-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+
+    // One client, one change after another.
+    let cms: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &ns);
+    let started = std::time::Instant::now();
+    for i in 0..CHANGES {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": format!("win-{i}")},
+            "data": {"i": i.to_string()}
+        }))
+        .unwrap();
+        cms.create(&Default::default(), &cm).await.expect("create");
+    }
+    let took = started.elapsed();
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+
+    // The API read waited for the queued writes: every change is there.
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let changes = detail["changesList"].as_array().expect("changesList");
+    assert_eq!(changes.len(), CHANGES, "one snapshot per change: {detail}");
+
+    // A round is written once its oldest snapshot is WINDOW old, so the
+    // changes made within one window share one write.
+    let stored: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &snapshot_ns);
+    let objects = stored
+        .list_metadata(&ListParams::default().labels(&format!(
+            "snapback.io/action={id},snapback.io/record!=action"
+        )))
+        .await
+        .unwrap()
+        .items;
+    let windows = (took.as_secs_f64() / WINDOW.as_secs_f64()).ceil() as usize;
+    assert!(
+        objects.len() <= windows + 1,
+        "{CHANGES} changes made in {took:?} took {} API objects; a {WINDOW:?} window allows {}",
+        objects.len(),
+        windows + 1
+    );
+    record_figure(&format!(
+        "batch window {WINDOW:?}: {CHANGES} changes of one client in {took:?} stored in {} API objects",
+        objects.len()
+    ));
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["counts"]["restored"], CHANGES, "{report}");
+    let left = cms.list_metadata(&ListParams::default()).await.unwrap();
+    assert!(
+        left.items
+            .iter()
+            .all(|o| !o.metadata.name.as_deref().unwrap_or("").starts_with("win-")),
+        "created objects remain after the rollback"
+    );
+}
+
 /// A finished action's snapshots are folded into batches by the maintenance
 /// pass; diff, manifests and rollback read them as before.
 #[tokio::test(flavor = "multi_thread")]

@@ -93,17 +93,24 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 impl KubeStore {
     /// A store that batches concurrent snapshots of an action (group commit).
     pub fn new(client: Client, namespace: &str) -> Self {
-        Self::with_batching(client, namespace, true)
+        Self::with_batching(client, namespace, true, std::time::Duration::ZERO)
     }
 
     /// With `batching` off, every snapshot is written alone (SPEC §3 only).
-    pub fn with_batching(client: Client, namespace: &str, batching: bool) -> Self {
+    /// `window`: how long a round of batch writes may gather snapshots
+    /// (`--capture-batch-window`; only where nobody waits for the write).
+    pub fn with_batching(
+        client: Client,
+        namespace: &str,
+        batching: bool,
+        window: std::time::Duration,
+    ) -> Self {
         KubeStore {
             namespace: namespace.to_string(),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
             known_actions: Mutex::default(),
-            writer: Arc::new(Writer::new(client, namespace, batching)),
+            writer: Arc::new(Writer::new(client, namespace, batching).with_window(window)),
             batch_metas: Mutex::default(),
         }
     }

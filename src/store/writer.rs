@@ -11,10 +11,17 @@
 //! applying manifests one by one) is written exactly as SPEC §3 says: one
 //! ConfigMap (or Secret) of its own. Secrets, and objects too large to share
 //! a ConfigMap, are always written alone.
+//!
+//! With a batch window (`--capture-batch-window`, only when the webhook
+//! answers once a snapshot is queued), a round waits until its oldest
+//! snapshot has been queued that long (or the round is full) before it is
+//! written, so that each API write carries more snapshots. Nobody's change
+//! waits for it; only the durability of the queued snapshots does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -42,7 +49,13 @@ type Prepared = (Vec<BatchEntry>, Vec<Vec<usize>>, Vec<batch::EncodedBatch>);
 struct Pending {
     snapshot: NewSnapshot,
     done: oneshot::Sender<Result<u64>>,
+    queued_at: Instant,
 }
+
+/// A round stops waiting for its batch window once this many snapshots queue.
+pub const WINDOW_FULL_ENTRIES: usize = 512;
+/// ... or once their objects total this many bytes (about one batch ConfigMap).
+pub const WINDOW_FULL_BYTES: usize = 2 * CHUNK_SIZE;
 
 pub struct Writer {
     namespace: String,
@@ -53,6 +66,9 @@ pub struct Writer {
     running: AtomicBool,
     /// Batch writes happen at all (off: every change alone, as SPEC §3).
     batching: bool,
+    /// How long a round waits for its oldest snapshot to have been queued
+    /// before it is written (zero: write what is queued at once).
+    window: Duration,
 }
 
 impl Writer {
@@ -64,7 +80,16 @@ impl Writer {
             queue: Mutex::default(),
             running: AtomicBool::new(false),
             batching,
+            window: Duration::ZERO,
         }
+    }
+
+    /// Let each round of batch writes gather snapshots for up to `window`
+    /// (see the module documentation). Only for writers whose callers do
+    /// not wait for the write.
+    pub fn with_window(mut self, window: Duration) -> Writer {
+        self.window = window;
+        self
     }
 
     pub fn meta(
@@ -92,7 +117,11 @@ impl Writer {
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Pending { snapshot, done });
+            .push(Pending {
+                snapshot,
+                done,
+                queued_at: Instant::now(),
+            });
         if !self.running.swap(true, Ordering::AcqRel) {
             // The flush runs in its own task: a webhook call that times out
             // (and is dropped) must not take the writes of others with it.
@@ -119,6 +148,10 @@ impl Writer {
         }
         let _running = Running(&self.running);
         loop {
+            if let Some(wait) = self.window_left() {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let round = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
             if round.is_empty() {
                 self.running.store(false, Ordering::Release);
@@ -144,6 +177,23 @@ impl Writer {
             futures::future::join_all(by_action.into_values().map(|group| self.write_group(group)))
                 .await;
         }
+    }
+
+    /// How much longer the queued round should wait for its batch window:
+    /// none once the oldest snapshot is `window` old or the round is full.
+    fn window_left(&self) -> Option<Duration> {
+        if self.window.is_zero() {
+            return None;
+        }
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = queue.first()?.queued_at;
+        let bytes: usize = queue.iter().map(|p| p.snapshot.size_hint).sum();
+        if queue.len() >= WINDOW_FULL_ENTRIES || bytes >= WINDOW_FULL_BYTES {
+            return None;
+        }
+        // Short sleeps: a round that fills up meanwhile is not held back long.
+        let left = self.window.checked_sub(oldest.elapsed())?;
+        (!left.is_zero()).then(|| left.min(Duration::from_millis(5)))
     }
 
     /// The queued changes of one action: alone when one, batched otherwise.
