@@ -33,6 +33,9 @@ pub struct Metrics {
     pub open_actions: IntGauge,
     /// Snapshots queued and not yet written (--capture-ack=queued).
     pub snapshot_writes_queued: IntGauge,
+    /// labels: layout (single|batch): API objects created to store captured
+    /// snapshots; snapshots_stored / this = snapshots per API write.
+    pub snapshot_api_writes: IntCounterVec,
     pub snapshots_pruned: IntCounter,
     pub actions_pruned: IntCounter,
     /// Snapshots folded from their own ConfigMaps into batches.
@@ -171,6 +174,12 @@ impl Metrics {
             ),
             open_actions,
             snapshot_writes_queued,
+            snapshot_api_writes: counter_vec(
+                registry,
+                "snapshot_api_writes_total",
+                "API objects created to store captured snapshots, by layout: single (one change, SPEC §3) or batch (changes of one action written together)",
+                &["layout"],
+            ),
             snapshots_pruned: counter(
                 registry,
                 "snapshots_pruned_total",

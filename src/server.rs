@@ -21,6 +21,7 @@ use crate::config::{AuthMode, CaptureAck, Config, WebhookConfigArgs};
 use crate::metrics::Metrics;
 use crate::restore::rollback::Restorer;
 use crate::store::kube_store::KubeStore;
+use crate::store::writer::WriterOptions;
 use crate::tls::ServingTls;
 
 /// Grace period for in-flight requests after SIGTERM.
@@ -94,11 +95,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut leases = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
 
-    let store = Arc::new(KubeStore::with_batching(
+    let store = Arc::new(KubeStore::with_writer(
         client.clone(),
         &cfg.capture.snapshot_namespace,
-        cfg.snapshot_batching,
-        cfg.batch_window(),
+        WriterOptions {
+            batching: cfg.snapshot_batching,
+            window: cfg.batch_window(),
+            api_writes: Some(metrics.snapshot_api_writes.clone()),
+        },
     ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
     let pending = (cfg.capture.capture_ack == CaptureAck::Queued).then(|| {

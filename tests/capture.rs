@@ -878,7 +878,18 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
     let id = format!("window-{:06x}", rand::random::<u32>() & 0xffffff);
     api.open_action(&token, &id).await;
 
+    // The probes that showed the webhook is called are captured too: let
+    // their snapshots be written first.
+    eventually(
+        "the probes' snapshots written",
+        Duration::from_secs(10),
+        || async {
+            (metric(&sb.metrics(), "snapback_snapshot_writes_queued") == 0.0).then_some(())
+        },
+    )
+    .await;
     // One client, one change after another.
+    let [stored_before, writes_before] = snapshot_counts(&sb);
     let cms: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &ns);
     let started = std::time::Instant::now();
     for i in 0..CHANGES {
@@ -921,6 +932,10 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
         "batch window {WINDOW:?}: {CHANGES} changes of one client in {took:?} stored in {} API objects",
         objects.len()
     ));
+    // The metrics tell operators the same: snapshots per API write.
+    let [stored_after, writes_after] = snapshot_counts(&sb);
+    assert_eq!(stored_after - stored_before, CHANGES as f64);
+    assert_eq!(writes_after - writes_before, objects.len() as f64);
 
     let report = api
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
@@ -933,6 +948,21 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
             .all(|o| !o.metadata.name.as_deref().unwrap_or("").starts_with("win-")),
         "created objects remain after the rollback"
     );
+}
+
+/// Snapshots stored, and API objects created to store them, so far.
+fn snapshot_counts(sb: &Snapback) -> [f64; 2] {
+    let text = sb.metrics();
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    [
+        sum("snapback_snapshots_stored_total"),
+        sum("snapback_snapshot_api_writes_total"),
+    ]
 }
 
 /// A finished action's snapshots are folded into batches by the maintenance

@@ -9,7 +9,8 @@
 //! suite cannot rot; its numbers mean nothing.
 //!
 //! For a quick look at one part: `BENCH_CLIENTS=32` (comma-separated client
-//! counts), `BENCH_ROUNDS=1`, `BENCH_ADMISSION_ONLY=1` (no rollbacks).
+//! counts), `BENCH_ROUNDS=1`, `BENCH_ADMISSION_ONLY=1` (no rollbacks),
+//! `BENCH_QUEUED_WINDOW=0` (the queued setup's `--capture-batch-window`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,6 +86,9 @@ struct Cell {
     secs: f64,
     ops: u64,
     cpu: [f64; 4],
+    /// snapback's own count over the cell: snapshots stored, and the API
+    /// objects created to store them (`snapback_snapshot_api_writes_total`).
+    snapshots: [f64; 2],
 }
 
 impl Cell {
@@ -103,6 +107,8 @@ struct Summary {
     p99: f64,
     /// Microseconds of CPU per write: API server, etcd, webhook, load generator.
     cpu_us: [f64; 4],
+    /// Snapshots stored per API write (snapback setups).
+    per_write: Option<f64>,
 }
 
 impl Summary {
@@ -114,7 +120,10 @@ impl Summary {
         for (i, v) in cpu_us.iter_mut().enumerate() {
             *v = cells.iter().map(|c| c.cpu[i]).sum::<f64>() * 1e6 / ops as f64;
         }
+        let stored: f64 = cells.iter().map(|c| c.snapshots[0]).sum();
+        let writes: f64 = cells.iter().map(|c| c.snapshots[1]).sum();
         Summary {
+            per_write: (writes > 0.0).then(|| stored / writes),
             mode,
             clients,
             rates: cells.iter().map(Cell::rate).collect(),
@@ -265,8 +274,9 @@ impl Live {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `snapback serve` with extra flags; returns it and its ports.
-    fn serve(&self, name: &str, extra: &[&str]) -> (Proc, u16, u16) {
+    /// Starts `snapback serve` with extra flags; returns it and its webhook,
+    /// API and metrics ports.
+    fn serve(&self, name: &str, extra: &[&str]) -> (Proc, u16, u16, u16) {
         let (wh, api, met) = (free_port(), free_port(), free_port());
         let certs = self.work.join("certs");
         let log = std::fs::File::create(self.work.join(format!("{name}.log"))).unwrap();
@@ -294,7 +304,7 @@ impl Live {
             assert!(Instant::now() < deadline, "{name} never became ready");
             std::thread::sleep(Duration::from_millis(100));
         }
-        (proc, wh, api)
+        (proc, wh, api, met)
     }
 
     fn register(&self, mode: Mode, ports: &Ports) {
@@ -352,13 +362,18 @@ impl Live {
                 .spawn()
                 .expect("no-op webhook"),
         );
-        let (sb, sb_webhook, sb_api) = self.serve("snapback", &[]);
-        let (_per_change, per_change_webhook, _) =
+        let (sb, sb_webhook, sb_api, sb_metrics) = self.serve("snapback", &[]);
+        let (_per_change, per_change_webhook, _, per_change_metrics) =
             self.serve("per-change", &["--snapshot-batching=false"]);
-        let (queued, queued_webhook, _) = self.serve(
-            "queued",
-            &["--capture-failure=allow", "--capture-ack=queued"],
-        );
+        // BENCH_QUEUED_WINDOW: the queued setup's --capture-batch-window
+        // (its default otherwise), to compare windows.
+        let window = std::env::var("BENCH_QUEUED_WINDOW")
+            .ok()
+            .filter(|w| !w.is_empty())
+            .map(|w| format!("--capture-batch-window={w}"));
+        let mut queued_args = vec!["--capture-failure=allow", "--capture-ack=queued"];
+        queued_args.extend(window.as_deref());
+        let (queued, queued_webhook, _, queued_metrics) = self.serve("queued", &queued_args);
         let ports = Ports {
             noop: noop_port,
             per_change: per_change_webhook,
@@ -375,6 +390,22 @@ impl Live {
             Mode::PerChange => Some(_per_change.0.id()),
             Mode::Snapback => Some(sb.0.id()),
             Mode::Queued => Some(queued.0.id()),
+        };
+        let metrics_port = |mode: Mode| match mode {
+            Mode::NoWebhook | Mode::Noop => None,
+            Mode::PerChange => Some(per_change_metrics),
+            Mode::Snapback => Some(sb_metrics),
+            Mode::Queued => Some(queued_metrics),
+        };
+        // Snapshots stored and API objects written for them, so far.
+        let snapshot_counts = |mode: Mode| {
+            metrics_port(mode).map_or([0.0; 2], |port| {
+                let text = http_get(port, "/metrics").unwrap_or_default();
+                [
+                    metric_sum(&text, "snapback_snapshots_stored_total"),
+                    metric_sum(&text, "snapback_snapshot_api_writes_total"),
+                ]
+            })
         };
         std::thread::sleep(Duration::from_secs(2));
         let idle_kib = rss_kib(sb.0.id(), "VmRSS:");
@@ -408,6 +439,7 @@ impl Live {
                     self.register(mode, &ports);
                     let sampler = webhook_pid(mode).map(RssSampler::start);
                     let pids = [apiserver, etcd, webhook_pid(mode), Some(std::process::id())];
+                    let counted = snapshot_counts(mode);
                     let before = pids.map(|p| p.map_or(0.0, cpu_secs));
                     cell_no += 1;
                     let mut cell = rt.block_on(self.load(mode, n, secs, cell_no));
@@ -415,6 +447,10 @@ impl Live {
                     for j in 0..4 {
                         cell.cpu[j] = after[j] - before[j];
                     }
+                    // Queued snapshots are written within a batch window.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let now = snapshot_counts(mode);
+                    cell.snapshots = [now[0] - counted[0], now[1] - counted[1]];
                     let peak = sampler.map_or(0, RssSampler::stop);
                     if Some(&n) == clients.last() {
                         match peaks.iter_mut().find(|(m, _)| *m == mode) {
@@ -446,7 +482,7 @@ impl Live {
         // Rollback speed: snapback (parallel), snapback one object at a time,
         // and kubectl apply -f of the prior manifests.
         self.register(Mode::Snapback, &ports);
-        let (_seq, _, seq_api) = self.serve(
+        let (_seq, _, seq_api, _) = self.serve(
             "sequential",
             &["--role", "snapshotter", "--rollback-parallelism", "1"],
         );
@@ -521,6 +557,7 @@ impl Live {
             secs,
             ops,
             cpu: [0.0; 4],
+            snapshots: [0.0; 2],
         }
     }
 
@@ -584,13 +621,13 @@ impl Live {
             "CPU time per write (µs, over whole cells including warm-up; user + system from /proc): where each setup's cost lands.\n"
         );
         println!(
-            "| clients | setup | kube-apiserver | etcd | webhook process | load generator | total |"
+            "| clients | setup | kube-apiserver | etcd | webhook process | load generator | total | snapshots per snapshot API write |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for r in rows {
             let [api, etcd, hook, load] = r.cpu_us;
             println!(
-                "| {} | {} | {api:.0} | {etcd:.0} | {} | {load:.0} | {:.0} |",
+                "| {} | {} | {api:.0} | {etcd:.0} | {} | {load:.0} | {:.0} | {} |",
                 r.clients,
                 r.mode.label(),
                 if r.mode == Mode::NoWebhook {
@@ -598,7 +635,8 @@ impl Live {
                 } else {
                     format!("{hook:.0}")
                 },
-                api + etcd + hook + load
+                api + etcd + hook + load,
+                r.per_write.map_or("–".to_string(), |p| format!("{p:.2}"))
             );
         }
         println!();
@@ -931,17 +969,32 @@ fn deployment(name: &str) -> Value {
 }
 
 fn http_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).is_some()
+}
+
+/// The body of a plain-HTTP GET that answered 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
-        return false;
-    }
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
+    if !(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")) {
+        return None;
+    }
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// The sum of every series of a metric in Prometheus text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Samples a process's resident set in the background; `stop` gives the peak.

@@ -18,7 +18,7 @@ use crate::store::model::*;
 use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError};
 
 pub use crate::store::writer::SNAPSHOT_SECRET_TYPE;
-use crate::store::writer::{Writer, already_exists};
+use crate::store::writer::{Writer, WriterOptions, already_exists};
 
 /// How long an action record is assumed to exist after we saw or made it.
 const KNOWN_ACTION_TTL: Duration = Duration::from_secs(300);
@@ -93,24 +93,18 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 impl KubeStore {
     /// A store that batches concurrent snapshots of an action (group commit).
     pub fn new(client: Client, namespace: &str) -> Self {
-        Self::with_batching(client, namespace, true, std::time::Duration::ZERO)
+        Self::with_writer(client, namespace, WriterOptions::default())
     }
 
-    /// With `batching` off, every snapshot is written alone (SPEC §3 only).
-    /// `window`: how long a round of batch writes may gather snapshots
-    /// (`--capture-batch-window`; only where nobody waits for the write).
-    pub fn with_batching(
-        client: Client,
-        namespace: &str,
-        batching: bool,
-        window: std::time::Duration,
-    ) -> Self {
+    /// A store whose snapshot writer works as `options` say (batching or
+    /// not, the batch window, the write counter).
+    pub fn with_writer(client: Client, namespace: &str, options: WriterOptions) -> Self {
         KubeStore {
             namespace: namespace.to_string(),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
             known_actions: Mutex::default(),
-            writer: Arc::new(Writer::new(client, namespace, batching).with_window(window)),
+            writer: Arc::new(Writer::new(client, namespace, options)),
             batch_metas: Mutex::default(),
         }
     }

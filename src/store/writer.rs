@@ -27,6 +27,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
+use prometheus::IntCounterVec;
 use tokio::sync::oneshot;
 
 use crate::store::batch::{self, BatchEntry};
@@ -69,27 +70,49 @@ pub struct Writer {
     /// How long a round waits for its oldest snapshot to have been queued
     /// before it is written (zero: write what is queued at once).
     window: Duration,
+    /// Counts the API objects created for captured snapshots, by layout.
+    api_writes: Option<IntCounterVec>,
+}
+
+/// How a store writes captured snapshots.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Batch writes happen at all (`--snapshot-batching`).
+    pub batching: bool,
+    /// `--capture-batch-window` (zero unless nobody waits for the write).
+    pub window: Duration,
+    /// `snapback_snapshot_api_writes_total`, when the process exports metrics.
+    pub api_writes: Option<IntCounterVec>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            batching: true,
+            window: Duration::ZERO,
+            api_writes: None,
+        }
+    }
 }
 
 impl Writer {
-    pub fn new(client: kube::Client, namespace: &str, batching: bool) -> Writer {
+    pub fn new(client: kube::Client, namespace: &str, options: WriterOptions) -> Writer {
         Writer {
             namespace: namespace.to_string(),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client, namespace),
             queue: Mutex::default(),
             running: AtomicBool::new(false),
-            batching,
-            window: Duration::ZERO,
+            batching: options.batching,
+            window: options.window,
+            api_writes: options.api_writes,
         }
     }
 
-    /// Let each round of batch writes gather snapshots for up to `window`
-    /// (see the module documentation). Only for writers whose callers do
-    /// not wait for the write.
-    pub fn with_window(mut self, window: Duration) -> Writer {
-        self.window = window;
-        self
+    fn count_api_writes(&self, layout: &str, n: u64) {
+        if let Some(c) = &self.api_writes {
+            c.with_label_values(&[layout]).inc_by(n);
+        }
     }
 
     pub fn meta(
@@ -297,6 +320,9 @@ impl Writer {
                     return;
                 }
                 let result = self.write_batch(&enc).await;
+                if result.is_ok() {
+                    self.count_api_writes("batch", 1);
+                }
                 let n = mine.len().max(1) as u64;
                 for w in mine.into_iter().flatten() {
                     let _ = w.send(match &result {
@@ -337,6 +363,8 @@ impl Writer {
     pub async fn write_alone(&self, snapshot: NewSnapshot) -> Result<u64> {
         let stored = crate::store::encode_single(snapshot).await?;
         self.write_single(&stored).await?;
+        let objects = stored.payload.as_ref().map_or(1, |p| p.chunks.len().max(1));
+        self.count_api_writes("single", objects as u64);
         Ok(stored
             .payload
             .as_ref()
