@@ -12,6 +12,7 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
 use snapback::store::actions::{ActionRecord, ActionState};
+use snapback::store::codec::Effort;
 use snapback::store::model::{ActionId, Operation, SnapshotMeta};
 use support::*;
 
@@ -950,6 +951,97 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
     );
 }
 
+/// The maintenance pass learns each action's activity (how many snapshots,
+/// when the newest was captured) from the batches' annotations, without
+/// reading them; a batch written before those annotations existed is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn activity_of_batched_actions_comes_from_batch_metadata() {
+    use snapback::store::batch::{self, BatchEntry};
+    use snapback::store::model::{ANN_TIMESTAMP, ObjectRef};
+    let c = cluster();
+    let ns = c.namespace("activity", &[]);
+    c.kubectl_ok(&["label", "namespace", &ns, "snapback.io/exclude=true"]);
+    let client = c.client("admin").await;
+    let base: jiff::Timestamp = "2026-11-23T08:00:00.000001Z".parse().unwrap();
+    let entries = |action: &str, n: usize| -> Vec<BatchEntry> {
+        let mut out: Vec<BatchEntry> = (0..n)
+            .map(|i| {
+                let ts = base + jiff::SignedDuration::from_secs(i as i64);
+                BatchEntry {
+                    meta: SnapshotMeta {
+                        snapshot_name: SnapshotMeta::object_name(ts, &format!("{action}-{i}")),
+                        action: ActionId::parse(action).unwrap(),
+                        operation: Operation::Update,
+                        object: ObjectRef {
+                            group: "".into(),
+                            version: "v1".into(),
+                            resource: "configmaps".into(),
+                            subresource: None,
+                            kind: "ConfigMap".into(),
+                            namespace: Some("shop".into()),
+                            name: format!("cm-{i}"),
+                        },
+                        user: "alice".into(),
+                        timestamp: ts,
+                        request_uid: format!("{action}-{i}"),
+                        resource_version: Some("7".into()),
+                        uid: None,
+                        payload_sha256: None,
+                        after_fingerprint: None,
+                        before_fingerprint: None,
+                        chunks: 0,
+                        secret: false,
+                        guard: None,
+                        batch: None,
+                    },
+                    prior: Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": format!("cm-{i}"), "namespace": "shop"},
+                        "data": {"i": i.to_string()}})),
+                }
+            })
+            .collect();
+        batch::prepare(&mut out).unwrap();
+        out
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let write = |b: batch::EncodedBatch| {
+        let cms = cms.clone();
+        async move {
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "metadata": {"name": b.name, "labels": b.labels, "annotations": b.annotations},
+                "binaryData": {batch::BATCH_KEY: base64::engine::general_purpose::STANDARD.encode(&b.payload)}
+            }))
+            .unwrap();
+            cms.create(&Default::default(), &cm)
+                .await
+                .expect("writing a batch");
+        }
+    };
+    // Today's batches carry the newest entry's time, so their payload is
+    // not read (here it could not be) ...
+    let mut current = batch::encode(&entries("current-1", 5), Effort::Fast).unwrap();
+    assert!(current.annotations.contains_key(ANN_TIMESTAMP));
+    current.payload = b"not read by the maintenance pass".to_vec();
+    write(current).await;
+    // ... older ones do not, and are read instead.
+    let mut legacy = batch::encode(&entries("legacy-1", 3), Effort::Fast).unwrap();
+    legacy.annotations.remove(ANN_TIMESTAMP);
+    write(legacy).await;
+
+    let store = snapback::store::kube_store::KubeStore::new(client, &ns);
+    let activity = store.activity_by_action().await.expect("activity");
+    for (action, n) in [("current-1", 5), ("legacy-1", 3)] {
+        let a = &activity[action];
+        assert_eq!(a.snapshots, n, "{action}: {a:?}");
+        assert_eq!(a.singles, 0, "{action}: batched entries are not singles");
+        assert_eq!(
+            a.last,
+            Some(base + jiff::SignedDuration::from_secs(n as i64 - 1)),
+            "{action}: the newest entry's time"
+        );
+    }
+}
+
 /// Snapshots stored, and API objects created to store them, so far.
 fn snapshot_counts(sb: &Snapback) -> [f64; 2] {
     let text = sb.metrics();
@@ -1031,6 +1123,18 @@ async fn a_finished_action_is_compacted_and_still_rolls_back() {
         metric(&sb.metrics(), "snapback_snapshots_compacted_total") >= 6.0,
         "{}",
         sb.metrics()
+    );
+    // Marked as compaction's, the only batches a later pass must read.
+    let compacted = stored
+        .list_metadata(&ListParams::default().labels(&format!(
+            "snapback.io/action={action},snapback.io/compacted=true"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        compacted.items.len(),
+        1,
+        "the batch carries snapback.io/compacted"
     );
 
     let api = sb.api(c);

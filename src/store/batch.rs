@@ -9,7 +9,10 @@
 //! Layout (docs/API.md, "Batch snapshots"): a ConfigMap labelled
 //! `app.kubernetes.io/managed-by=snapback`, `snapback.io/action=<id>`,
 //! `snapback.io/record=batch` (and `snapback.io/guard` when an entry asks for
-//! a guard), annotated with the entry count and the sha256 of its payload;
+//! a guard; `snapback.io/compacted=true` when compaction wrote it), annotated
+//! with the entry count, the sha256 of its payload and the capture time of
+//! its newest entry (`snapback.io/timestamp`, so that the maintenance pass
+//! learns an action's activity from metadata alone);
 //! `binaryData["snapshots.json.gz"]` is the gzip of
 //! `{"version": 1, "entries": [{"name", "labels", "annotations", "object"}]}`
 //! where `labels` and `annotations` are exactly those a per-change ConfigMap
@@ -135,10 +138,13 @@ pub fn encode(entries: &[BatchEntry], effort: codec::Effort) -> Result<EncodedBa
     if let Some(g) = entries.iter().find_map(|e| e.meta.guard.as_ref()) {
         labels.insert(LABEL_GUARD.to_string(), label_safe(g));
     }
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (ANN_ENTRIES.to_string(), entries.len().to_string()),
         (ANN_PAYLOAD_SHA256.to_string(), sha256_hex(&payload)),
     ]);
+    if let Some(newest) = entries.iter().map(|e| e.meta.timestamp).max() {
+        annotations.insert(ANN_TIMESTAMP.to_string(), format_timestamp(newest));
+    }
     Ok(EncodedBatch {
         name: batch_name(&first.snapshot_name, entries.len()),
         labels,
@@ -232,7 +238,10 @@ mod tests {
     use serde_json::json;
 
     fn entry(i: usize, op: Operation) -> BatchEntry {
-        let ts: jiff::Timestamp = "2026-11-23T01:02:03.123456Z".parse().unwrap();
+        let ts = "2026-11-23T01:02:03.123456Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            + jiff::SignedDuration::from_secs(i as i64);
         BatchEntry {
             meta: SnapshotMeta {
                 snapshot_name: SnapshotMeta::object_name(ts, &format!("uid-{i}")),
@@ -285,6 +294,13 @@ mod tests {
         assert_eq!(batch.labels[LABEL_ACTION], "release-7");
         assert_eq!(batch.labels[LABEL_GUARD], "5m");
         assert_eq!(batch.annotations[ANN_ENTRIES], "3");
+        // The newest entry's capture time, for the maintenance pass.
+        let newest = entries.iter().map(|e| e.meta.timestamp).max().unwrap();
+        assert_eq!(batch.annotations[ANN_TIMESTAMP], format_timestamp(newest));
+        assert_ne!(
+            newest, entries[0].meta.timestamp,
+            "a sample with distinct times"
+        );
         let decoded = decode(&batch.name, &batch.annotations, &batch.payload).unwrap();
         assert_eq!(decoded.len(), 3);
         for ((meta, prior), e) in decoded.iter().zip(&entries) {

@@ -72,9 +72,13 @@ pub struct Activity {
 
 impl Activity {
     fn add(&mut self, timestamp: Option<jiff::Timestamp>, single: bool) {
+        self.add_many(timestamp, 1, usize::from(single));
+    }
+
+    fn add_many(&mut self, timestamp: Option<jiff::Timestamp>, snapshots: usize, singles: usize) {
         self.last = self.last.max(timestamp);
-        self.snapshots += 1;
-        self.singles += usize::from(single);
+        self.snapshots += snapshots;
+        self.singles += singles;
     }
 }
 
@@ -291,9 +295,15 @@ impl KubeStore {
     ) -> Result<()> {
         let (batches, _) = meta_page(&self.config_maps, &read.params(batch_selector)).await?;
         let names: Vec<String> = batches.into_iter().filter_map(|b| b.name).collect();
+        self.visit_named_batches(names, &mut visit).await;
+        Ok(())
+    }
+
+    /// Visit the entries of the named batches, a few batches at a time.
+    async fn visit_named_batches(&self, names: Vec<String>, mut visit: impl FnMut(&SnapshotMeta)) {
         let mut decoded = futures::stream::iter(names)
             .map(|name| async move { self.batch_metas(&name).await })
-            .buffered(8);
+            .buffered(4);
         while let Some(metas) = decoded.next().await {
             match metas {
                 Ok(m) => m.iter().for_each(&mut visit),
@@ -301,7 +311,6 @@ impl KubeStore {
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
             }
         }
-        Ok(())
     }
 
     /// The metadata of a batch's entries, decoded once and cached.
@@ -396,16 +405,49 @@ impl KubeStore {
                 }
             }
         }
-        self.visit_batched_metas(
-            &format!("{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"),
-            Read::Cached,
-            |m| {
-                out.entry(m.action.to_string())
-                    .or_default()
-                    .add(Some(m.timestamp), false);
-            },
-        )
-        .await?;
+        // Batches: their annotations say how many entries they hold and when
+        // the newest was captured, so no batch is read. Batches written
+        // before those annotations existed are decoded (and cached).
+        let mut legacy = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default()
+                .labels(&format!(
+                    "{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"
+                ))
+                .limit(ACTIVITY_PAGE);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let (items, next) = meta_page(&self.config_maps, &lp).await?;
+            for om in items {
+                let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
+                let ann = |k: &str| om.annotations.as_ref().and_then(|a| a.get(k));
+                let (Some(action), Some(name)) = (label(LABEL_ACTION), om.name.as_ref()) else {
+                    continue;
+                };
+                let entries = ann(batch::ANN_ENTRIES).and_then(|n| n.parse::<usize>().ok());
+                let newest = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                match (entries, newest) {
+                    (Some(n), Some(ts)) => {
+                        out.entry(action.clone())
+                            .or_default()
+                            .add_many(Some(ts), n, 0);
+                    }
+                    _ => legacy.push(name.clone()),
+                }
+            }
+            token = next;
+            if token.is_none() {
+                break;
+            }
+        }
+        self.visit_named_batches(legacy, |m| {
+            out.entry(m.action.to_string())
+                .or_default()
+                .add(Some(m.timestamp), false);
+        })
+        .await;
         Ok(out)
     }
 
@@ -534,9 +576,16 @@ impl KubeStore {
     /// many snapshots were folded.
     pub async fn compact_action(&self, action: &ActionId) -> Result<usize> {
         let selector = format!("{LABEL_ACTION}={action},!{LABEL_RECORD}");
+        // Snapshots an earlier pass folded but did not get to delete. Only
+        // compaction batches can hold them (group-commit batches hold
+        // changes never stored alone), so only those are read. (Batches
+        // compacted before the label existed are not: a snapshot left
+        // behind in one is folded again, and readers drop the duplicate.)
         let mut in_batches = std::collections::HashSet::new();
         self.visit_batched_metas(
-            &format!("{LABEL_ACTION}={action},{LABEL_RECORD}={RECORD_BATCH}"),
+            &format!(
+                "{LABEL_ACTION}={action},{LABEL_RECORD}={RECORD_BATCH},{LABEL_COMPACTED}=true"
+            ),
             Read::Consistent,
             |m| {
                 in_batches.insert(m.snapshot_name.clone());
@@ -607,7 +656,9 @@ impl KubeStore {
                     if range.len() < 2 {
                         continue;
                     }
-                    let b = batch::encode(&entries[range.clone()], codec::Effort::Best)?;
+                    let mut b = batch::encode(&entries[range.clone()], codec::Effort::Best)?;
+                    b.labels
+                        .insert(LABEL_COMPACTED.to_string(), "true".to_string());
                     // Incompressible objects that do not fit together stay alone.
                     if b.payload.len() <= codec::CHUNK_SIZE {
                         out.push(b);

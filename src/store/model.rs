@@ -19,6 +19,8 @@ pub const LABEL_ORIGIN: &str = "snapback.io/origin";
 pub const LABEL_CHUNK_OF: &str = "snapback.io/chunk-of";
 /// On snapshots of objects annotated `snapback.io/guard: <duration>`.
 pub const LABEL_GUARD: &str = "snapback.io/guard";
+/// On batches written by compaction (their entries were stored alone first).
+pub const LABEL_COMPACTED: &str = "snapback.io/compacted";
 /// The annotation that puts a guard on an action.
 pub const GUARD_ANNOTATION: &str = "snapback.io/guard";
 pub const RECORD_ACTION: &str = "action";
