@@ -176,7 +176,7 @@ pub struct ServeArgs {
     /// others of its action, so that one API write stores them together
     /// (at most 1s; 0 writes at once). Changes do not wait for it; a rollback
     /// asked for meanwhile waits for the queued writes as always.
-    #[arg(long, env = "SNAPBACK_CAPTURE_BATCH_WINDOW", default_value = "20ms", value_parser = parse_duration)]
+    #[arg(long, env = "SNAPBACK_CAPTURE_BATCH_WINDOW", default_value = "50ms", value_parser = parse_duration)]
     pub capture_batch_window: Duration,
     /// Store the snapshots of changes admitted together (same action, while
     /// a snapshot write is in flight) as one batch ConfigMap, and fold the
@@ -606,7 +606,7 @@ mod tests {
         assert_eq!(cfg.capture.capture_ack, CaptureAck::Queued);
         assert_eq!(cfg.check(), Ok(()));
         // The batch window applies only where nobody waits for the write.
-        assert_eq!(cfg.batch_window(), Duration::from_millis(20));
+        assert_eq!(cfg.batch_window(), Duration::from_millis(50));
         let written = parse(&["--capture-batch-window", "50ms"]);
         assert_eq!(written.batch_window(), Duration::ZERO);
         let wide = parse(&[

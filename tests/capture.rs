@@ -801,6 +801,23 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
         changes.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(changes.len(), WRITERS * EACH, "one snapshot per change");
     assert_eq!(names.len(), WRITERS * EACH, "no change twice");
+    // The action list counts the batched changes from the batches' metadata.
+    let (status, list) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions?namespace={ns}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed for {ns}: {list}"));
+    assert_eq!(listed["changes"], WRITERS * EACH, "{listed}");
 
     // Fewer API objects than changes: some were written together.
     let admin = c.client("admin").await;
@@ -1034,6 +1051,11 @@ async fn activity_of_batched_actions_comes_from_batch_metadata() {
         let a = &activity[action];
         assert_eq!(a.snapshots, n, "{action}: {a:?}");
         assert_eq!(a.singles, 0, "{action}: batched entries are not singles");
+        assert_eq!(
+            a.namespaces.iter().collect::<Vec<_>>(),
+            ["shop"],
+            "{action}: the namespaces of its objects"
+        );
         assert_eq!(
             a.last,
             Some(base + jiff::SignedDuration::from_secs(n as i64 - 1)),

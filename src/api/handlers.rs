@@ -121,26 +121,16 @@ pub async fn list_actions(
         .list_actions(filter_state)
         .await
         .map_err(|e| ApiError::from_store("listing actions", &e))?;
-    let metas = state
+    // From the snapshots' metadata (batches say what they hold in their
+    // annotations), so the list reads no snapshot however many are stored.
+    let activity = state
         .store
-        .all_snapshot_metas()
+        .activity_by_action()
         .await
         .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
-    let mut by_action: HashMap<&str, Vec<&SnapshotMeta>> = HashMap::new();
-    for m in &metas {
-        by_action.entry(m.action.as_str()).or_default().push(m);
-    }
     let mut actions: Vec<ActionSummary> = records
         .iter()
-        .map(|(r, _)| {
-            ActionSummary::new(
-                r,
-                by_action
-                    .get(r.id.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            )
-        })
+        .map(|(r, _)| ActionSummary::from_activity(r, activity.get(r.id.as_str())))
         // An empty user or namespace filters nothing.
         .filter(|a| {
             q.get("user")

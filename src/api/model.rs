@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::store::actions::ActionRecord;
+use crate::store::kube_store::Activity;
 use crate::store::model::SnapshotMeta;
 
 /// `POST /api/v1/actions`. Unknown fields are refused (a typo would
@@ -63,6 +64,32 @@ pub struct ActionSummary {
 
 impl ActionSummary {
     pub fn new(r: &ActionRecord, snaps: &[&SnapshotMeta]) -> Self {
+        Self::with(
+            r,
+            snaps.iter().map(|s| s.timestamp).max(),
+            snaps.len(),
+            snaps
+                .iter()
+                .filter_map(|s| s.object.namespace.clone())
+                .collect(),
+        )
+    }
+
+    /// From what the store's metadata says of the action's snapshots
+    /// (the action list: no snapshot is read).
+    pub fn from_activity(r: &ActionRecord, activity: Option<&Activity>) -> Self {
+        match activity {
+            Some(a) => Self::with(r, a.last, a.snapshots, a.namespaces.clone()),
+            None => Self::with(r, None, 0, BTreeSet::new()),
+        }
+    }
+
+    fn with(
+        r: &ActionRecord,
+        last_change_at: Option<Timestamp>,
+        changes: usize,
+        namespaces: BTreeSet<String>,
+    ) -> Self {
         ActionSummary {
             id: r.id.to_string(),
             state: r.state.to_string(),
@@ -72,12 +99,9 @@ impl ActionSummary {
             created_at: r.created_at,
             updated_at: r.updated_at,
             completed_at: r.completed_at,
-            last_change_at: snaps.iter().map(|s| s.timestamp).max(),
-            changes: snaps.len(),
-            namespaces: snaps
-                .iter()
-                .filter_map(|s| s.object.namespace.clone())
-                .collect(),
+            last_change_at,
+            changes,
+            namespaces,
             rollback_of: r.rollback_of.as_ref().map(|a| a.to_string()),
             rollbacks: r.rollbacks.len(),
             guard: crate::guard::GuardStatus::of(r),

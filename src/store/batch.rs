@@ -10,9 +10,10 @@
 //! `app.kubernetes.io/managed-by=snapback`, `snapback.io/action=<id>`,
 //! `snapback.io/record=batch` (and `snapback.io/guard` when an entry asks for
 //! a guard; `snapback.io/compacted=true` when compaction wrote it), annotated
-//! with the entry count, the sha256 of its payload and the capture time of
-//! its newest entry (`snapback.io/timestamp`, so that the maintenance pass
-//! learns an action's activity from metadata alone);
+//! with the entry count, the sha256 of its payload, the capture time of its
+//! newest entry (`snapback.io/timestamp`) and its objects' namespaces
+//! (`snapback.io/namespaces`), so that the maintenance pass and the action
+//! list learn an action's activity from metadata alone;
 //! `binaryData["snapshots.json.gz"]` is the gzip of
 //! `{"version": 1, "entries": [{"name", "labels", "annotations", "object"}]}`
 //! where `labels` and `annotations` are exactly those a per-change ConfigMap
@@ -32,6 +33,9 @@ use crate::store::model::*;
 pub const RECORD_BATCH: &str = "batch";
 pub const BATCH_KEY: &str = "snapshots.json.gz";
 pub const ANN_ENTRIES: &str = "snapback.io/entries";
+/// The namespaces of a batch's objects, sorted, comma-separated (empty when
+/// all are cluster-scoped).
+pub const ANN_NAMESPACES: &str = "snapback.io/namespaces";
 /// Largest JSON document a batch may hold before compression: the decoder
 /// refuses more than `codec::MAX_DECODED_SIZE`.
 pub const MAX_BATCH_RAW: usize = 8 * 1024 * 1024;
@@ -145,6 +149,14 @@ pub fn encode(entries: &[BatchEntry], effort: codec::Effort) -> Result<EncodedBa
     if let Some(newest) = entries.iter().map(|e| e.meta.timestamp).max() {
         annotations.insert(ANN_TIMESTAMP.to_string(), format_timestamp(newest));
     }
+    let namespaces: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| e.meta.object.namespace.as_deref())
+        .collect();
+    annotations.insert(
+        ANN_NAMESPACES.to_string(),
+        namespaces.into_iter().collect::<Vec<_>>().join(","),
+    );
     Ok(EncodedBatch {
         name: batch_name(&first.snapshot_name, entries.len()),
         labels,
@@ -301,6 +313,7 @@ mod tests {
             newest, entries[0].meta.timestamp,
             "a sample with distinct times"
         );
+        assert_eq!(batch.annotations[ANN_NAMESPACES], "shop");
         let decoded = decode(&batch.name, &batch.annotations, &batch.payload).unwrap();
         assert_eq!(decoded.len(), 3);
         for ((meta, prior), e) in decoded.iter().zip(&entries) {

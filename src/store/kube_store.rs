@@ -60,7 +60,8 @@ impl Read {
 /// Snapshot metadata the maintenance pass reads at a time.
 const ACTIVITY_PAGE: u32 = 1000;
 
-/// What the maintenance pass needs to know of an action's snapshots.
+/// What the maintenance pass and the action list need to know of an
+/// action's snapshots, learnt from metadata alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Activity {
     /// Capture time of its latest change.
@@ -68,17 +69,28 @@ pub struct Activity {
     pub snapshots: usize,
     /// Snapshots compaction could fold into a batch.
     pub singles: usize,
+    /// Namespaces of the objects it changed.
+    pub namespaces: std::collections::BTreeSet<String>,
 }
 
 impl Activity {
-    fn add(&mut self, timestamp: Option<jiff::Timestamp>, single: bool) {
+    fn add(&mut self, timestamp: Option<jiff::Timestamp>, single: bool, namespace: Option<&str>) {
         self.add_many(timestamp, 1, usize::from(single));
+        if let Some(ns) = namespace {
+            self.add_namespace(ns);
+        }
     }
 
     fn add_many(&mut self, timestamp: Option<jiff::Timestamp>, snapshots: usize, singles: usize) {
         self.last = self.last.max(timestamp);
         self.snapshots += snapshots;
         self.singles += singles;
+    }
+
+    fn add_namespace(&mut self, ns: &str) {
+        if !ns.is_empty() && !self.namespaces.contains(ns) {
+            self.namespaces.insert(ns.to_string());
+        }
     }
 }
 
@@ -367,10 +379,15 @@ impl KubeStore {
         self.metas(ALL_SNAPSHOTS, Read::Consistent).await
     }
 
-    /// Per action: its latest change, how many snapshots it has, and how many
-    /// of them compaction could fold (alone in a ConfigMap, one chunk). For
-    /// the maintenance pass: read in pages and reduced as it goes, so memory
-    /// stays bounded however many snapshots are stored.
+    /// Per action: its latest change, how many snapshots it has, how many
+    /// of them compaction could fold (alone in a ConfigMap, one chunk), and
+    /// the namespaces it touched; for the maintenance pass and the action
+    /// list. Metadata only, read from etcd in pages (the watch cache of an
+    /// API server before 1.27 does not page) and reduced as it goes, so
+    /// memory stays bounded however many snapshots are stored; what a caller
+    /// just did is in it. (A snapshot an interrupted compaction left both
+    /// alone and in a batch counts twice until the next pass deletes the
+    /// original.)
     pub async fn activity_by_action(&self) -> Result<HashMap<String, Activity>> {
         let mut out: HashMap<String, Activity> = HashMap::new();
         for secret in [false, true] {
@@ -395,9 +412,11 @@ impl KubeStore {
                     };
                     let chunks: u32 = ann(ANN_CHUNKS).and_then(|c| c.parse().ok()).unwrap_or(0);
                     let ts = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                    out.entry(action.clone())
-                        .or_default()
-                        .add(ts, !secret && chunks <= 1);
+                    out.entry(action.clone()).or_default().add(
+                        ts,
+                        !secret && chunks <= 1,
+                        ann(ANN_NAMESPACE).map(String::as_str),
+                    );
                 }
                 token = next;
                 if token.is_none() {
@@ -405,9 +424,10 @@ impl KubeStore {
                 }
             }
         }
-        // Batches: their annotations say how many entries they hold and when
-        // the newest was captured, so no batch is read. Batches written
-        // before those annotations existed are decoded (and cached).
+        // Batches: their annotations say how many entries they hold, when
+        // the newest was captured and which namespaces, so no batch is read.
+        // Batches written before those annotations existed are decoded (and
+        // cached).
         let mut legacy = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -428,11 +448,11 @@ impl KubeStore {
                 };
                 let entries = ann(batch::ANN_ENTRIES).and_then(|n| n.parse::<usize>().ok());
                 let newest = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                match (entries, newest) {
-                    (Some(n), Some(ts)) => {
-                        out.entry(action.clone())
-                            .or_default()
-                            .add_many(Some(ts), n, 0);
+                match (entries, newest, ann(batch::ANN_NAMESPACES)) {
+                    (Some(n), Some(ts), Some(namespaces)) => {
+                        let a = out.entry(action.clone()).or_default();
+                        a.add_many(Some(ts), n, 0);
+                        namespaces.split(',').for_each(|ns| a.add_namespace(ns));
                     }
                     _ => legacy.push(name.clone()),
                 }
@@ -443,9 +463,11 @@ impl KubeStore {
             }
         }
         self.visit_named_batches(legacy, |m| {
-            out.entry(m.action.to_string())
-                .or_default()
-                .add(Some(m.timestamp), false);
+            out.entry(m.action.to_string()).or_default().add(
+                Some(m.timestamp),
+                false,
+                m.object.namespace.as_deref(),
+            );
         })
         .await;
         Ok(out)
