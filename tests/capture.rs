@@ -820,15 +820,7 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
     assert_eq!(listed["changes"], WRITERS * EACH, "{listed}");
 
     // Fewer API objects than changes: some were written together.
-    let admin = c.client("admin").await;
-    let stored: Api<ConfigMap> = Api::namespaced(admin, &sb.opts.snapshot_namespace);
-    let objects = stored
-        .list_metadata(&ListParams::default().labels(&format!(
-            "snapback.io/action={id},snapback.io/record!=action"
-        )))
-        .await
-        .unwrap()
-        .items;
+    let objects = stored_objects(c, &sb.opts.snapshot_namespace, &id).await;
     let batches = objects
         .iter()
         .filter(|o| {
@@ -861,14 +853,7 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
         .filter(|r| r["outcome"] == "restored" && r["operation"] == "delete")
         .count();
     assert_eq!(restored, WRITERS * EACH, "{}", report["counts"]);
-    let left: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &ns);
-    let left = left.list_metadata(&ListParams::default()).await.unwrap();
-    assert!(
-        left.items
-            .iter()
-            .all(|o| !o.metadata.name.as_deref().unwrap_or("").starts_with('w')),
-        "created objects remain after the rollback"
-    );
+    assert_none_left(c, &ns, "w").await;
 }
 
 /// With `--capture-ack=queued`, `--capture-batch-window` lets a round of
@@ -931,14 +916,7 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
 
     // A round is written once its oldest snapshot is WINDOW old, so the
     // changes made within one window share one write.
-    let stored: Api<ConfigMap> = Api::namespaced(c.client("admin").await, &snapshot_ns);
-    let objects = stored
-        .list_metadata(&ListParams::default().labels(&format!(
-            "snapback.io/action={id},snapback.io/record!=action"
-        )))
-        .await
-        .unwrap()
-        .items;
+    let objects = stored_objects(c, &snapshot_ns, &id).await;
     let windows = (took.as_secs_f64() / WINDOW.as_secs_f64()).ceil() as usize;
     assert!(
         objects.len() <= windows + 1,
@@ -959,11 +937,33 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
     assert_eq!(report["counts"]["restored"], CHANGES, "{report}");
-    let left = cms.list_metadata(&ListParams::default()).await.unwrap();
+    assert_none_left(c, &ns, "win-").await;
+}
+
+/// The snapshot objects (alone or batches) stored for an action.
+async fn stored_objects(
+    c: &Cluster,
+    snapshot_ns: &str,
+    action: &str,
+) -> Vec<kube::core::PartialObjectMeta<ConfigMap>> {
+    let stored: Api<ConfigMap> = Api::namespaced(c.client("admin").await, snapshot_ns);
+    stored
+        .list_metadata(&ListParams::default().labels(&format!(
+            "snapback.io/action={action},snapback.io/record!=action"
+        )))
+        .await
+        .unwrap()
+        .items
+}
+
+/// After a rollback, no ConfigMap the action created remains in `ns`.
+async fn assert_none_left(c: &Cluster, ns: &str, prefix: &str) {
+    let left: Api<ConfigMap> = Api::namespaced(c.client("admin").await, ns);
+    let left = left.list_metadata(&ListParams::default()).await.unwrap();
     assert!(
         left.items
             .iter()
-            .all(|o| !o.metadata.name.as_deref().unwrap_or("").starts_with("win-")),
+            .all(|o| !o.metadata.name.as_deref().unwrap_or("").starts_with(prefix)),
         "created objects remain after the rollback"
     );
 }

@@ -391,37 +391,24 @@ impl KubeStore {
     pub async fn activity_by_action(&self) -> Result<HashMap<String, Activity>> {
         let mut out: HashMap<String, Activity> = HashMap::new();
         for secret in [false, true] {
-            let mut token: Option<String> = None;
-            loop {
-                let mut lp = ListParams::default()
-                    .labels(ALL_SNAPSHOTS)
-                    .limit(ACTIVITY_PAGE);
-                if let Some(t) = &token {
-                    lp = lp.continue_token(t);
-                }
-                let (items, next) = if secret {
-                    meta_page(&self.secrets, &lp).await?
-                } else {
-                    meta_page(&self.config_maps, &lp).await?
+            let visit = |om: ObjectMeta| {
+                let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
+                let ann = |k: &str| om.annotations.as_ref().and_then(|a| a.get(k));
+                let Some(action) = label(LABEL_ACTION) else {
+                    return;
                 };
-                for om in &items {
-                    let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
-                    let ann = |k: &str| om.annotations.as_ref().and_then(|a| a.get(k));
-                    let Some(action) = label(LABEL_ACTION) else {
-                        continue;
-                    };
-                    let chunks: u32 = ann(ANN_CHUNKS).and_then(|c| c.parse().ok()).unwrap_or(0);
-                    let ts = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                    out.entry(action.clone()).or_default().add(
-                        ts,
-                        !secret && chunks <= 1,
-                        ann(ANN_NAMESPACE).map(String::as_str),
-                    );
-                }
-                token = next;
-                if token.is_none() {
-                    break;
-                }
+                let chunks: u32 = ann(ANN_CHUNKS).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let ts = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                out.entry(action.clone()).or_default().add(
+                    ts,
+                    !secret && chunks <= 1,
+                    ann(ANN_NAMESPACE).map(String::as_str),
+                );
+            };
+            if secret {
+                for_each_meta(&self.secrets, ALL_SNAPSHOTS, visit).await?;
+            } else {
+                for_each_meta(&self.config_maps, ALL_SNAPSHOTS, visit).await?;
             }
         }
         // Batches: their annotations say how many entries they hold, when
@@ -429,39 +416,25 @@ impl KubeStore {
         // Batches written before those annotations existed are decoded (and
         // cached).
         let mut legacy = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut lp = ListParams::default()
-                .labels(&format!(
-                    "{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}"
-                ))
-                .limit(ACTIVITY_PAGE);
-            if let Some(t) = &token {
-                lp = lp.continue_token(t);
-            }
-            let (items, next) = meta_page(&self.config_maps, &lp).await?;
-            for om in items {
-                let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
-                let ann = |k: &str| om.annotations.as_ref().and_then(|a| a.get(k));
-                let (Some(action), Some(name)) = (label(LABEL_ACTION), om.name.as_ref()) else {
-                    continue;
-                };
-                let entries = ann(batch::ANN_ENTRIES).and_then(|n| n.parse::<usize>().ok());
-                let newest = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                match (entries, newest, ann(batch::ANN_NAMESPACES)) {
-                    (Some(n), Some(ts), Some(namespaces)) => {
-                        let a = out.entry(action.clone()).or_default();
-                        a.add_many(Some(ts), n, 0);
-                        namespaces.split(',').for_each(|ns| a.add_namespace(ns));
-                    }
-                    _ => legacy.push(name.clone()),
+        let batches = format!("{MANAGED_BY}={MANAGER},{LABEL_RECORD}={RECORD_BATCH}");
+        for_each_meta(&self.config_maps, &batches, |om| {
+            let label = |k: &str| om.labels.as_ref().and_then(|l| l.get(k));
+            let ann = |k: &str| om.annotations.as_ref().and_then(|a| a.get(k));
+            let (Some(action), Some(name)) = (label(LABEL_ACTION), om.name.as_ref()) else {
+                return;
+            };
+            let entries = ann(batch::ANN_ENTRIES).and_then(|n| n.parse::<usize>().ok());
+            let newest = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            match (entries, newest, ann(batch::ANN_NAMESPACES)) {
+                (Some(n), Some(ts), Some(namespaces)) => {
+                    let a = out.entry(action.clone()).or_default();
+                    a.add_many(Some(ts), n, 0);
+                    namespaces.split(',').for_each(|ns| a.add_namespace(ns));
                 }
+                _ => legacy.push(name.clone()),
             }
-            token = next;
-            if token.is_none() {
-                break;
-            }
-        }
+        })
+        .await?;
         self.visit_named_batches(legacy, |m| {
             out.entry(m.action.to_string()).or_default().add(
                 Some(m.timestamp),
@@ -744,6 +717,31 @@ where
     let list = api.list_metadata(lp).await.map_err(StoreError::Kube)?;
     let next = list.metadata.continue_.filter(|t| !t.is_empty());
     Ok((list.items.into_iter().map(|i| i.metadata).collect(), next))
+}
+
+/// Every object's metadata matching `selector`, read from etcd in pages of
+/// [`ACTIVITY_PAGE`], handed to `visit` one at a time.
+async fn for_each_meta<K>(
+    api: &Api<K>,
+    selector: &str,
+    mut visit: impl FnMut(ObjectMeta),
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().labels(selector).limit(ACTIVITY_PAGE);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let (items, next) = meta_page(api, &lp).await?;
+        items.into_iter().for_each(&mut visit);
+        token = next;
+        if token.is_none() {
+            return Ok(());
+        }
+    }
 }
 
 /// Pair snapshots with their chunks and decode them.
