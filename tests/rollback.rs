@@ -1222,19 +1222,28 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
         ])
     };
     let octet = 100 + u32::from(rand::random::<u8>() % 50);
-    let (before, after) = (format!("10.0.0.{octet}"), format!("10.0.0.{}", octet + 60));
+    let before = format!("10.0.0.{octet}");
     c.kubectl_apply_str(&svc(&before));
     // The action replaces the Service by one with another clusterIP
     // (kubectl replace --force: a delete and a create, both in the action).
     let id = format!("ip-{:06x}", rand::random::<u32>() & 0xffffff);
     api.open_action(&token, &id).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let out = c.kubectl_stdin(user, &["replace", "--force", "-f", "-"], &svc(&after));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Services of tests running alongside get random clusterIPs: an address
+    // already taken is tried again with another.
+    let mut after = String::new();
+    for attempt in 0..5u32 {
+        after = format!("10.0.0.{}", octet + 60 + attempt * 7);
+        let out = c.kubectl_stdin(user, &["replace", "--force", "-f", "-"], &svc(&after));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            stderr.contains("already allocated") && attempt < 4,
+            "{stderr}"
+        );
+    }
     assert_eq!(ip(c), after);
     api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
         .await;
