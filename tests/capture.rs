@@ -1011,9 +1011,14 @@ async fn activity_of_batched_actions_comes_from_batch_metadata() {
                         guard: None,
                         batch: None,
                     },
-                    prior: Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": format!("cm-{i}"), "namespace": "shop"},
-                        "data": {"i": i.to_string()}})),
+                    prior: Some(
+                        snapback::store::prior_json(
+                            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": format!("cm-{i}"), "namespace": "shop"},
+                            "data": {"i": i.to_string()}}),
+                        )
+                        .unwrap(),
+                    ),
                 }
             })
             .collect();

@@ -337,9 +337,11 @@ impl CaptureService {
             request_uid: req.uid.clone(),
             resource_version: prior
                 .as_ref()
-                .and_then(|o| o.get("metadata")?.get("resourceVersion")?.as_str())
-                .map(str::to_string),
-            uid: prior.as_ref().or(after).and_then(uid_of),
+                .and_then(|_| review.old_identity.resource_version.clone()),
+            uid: match prior {
+                Some(_) => review.old_identity.uid.clone(),
+                None => after.and_then(uid_of),
+            },
             payload_sha256: None,
             after_fingerprint: after.map(codec::fingerprint),
             // Computed from the stored prior object when a rollback plans.

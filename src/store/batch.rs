@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::store::codec::{self, CodecError, sha256_hex};
 use crate::store::model::*;
@@ -46,7 +47,8 @@ pub const MAX_ENTRY_RAW: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct BatchEntry {
     pub meta: SnapshotMeta,
-    pub prior: Option<Value>,
+    /// The prior object's JSON, embedded in the batch as it is.
+    pub prior: Option<Box<RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -61,7 +63,7 @@ struct EntryOut<'a> {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    object: Option<&'a Value>,
+    object: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -76,7 +78,7 @@ struct EntryIn {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     #[serde(default)]
-    object: Option<Value>,
+    object: Option<Box<RawValue>>,
 }
 
 /// An encoded batch, ready to write.
@@ -108,8 +110,8 @@ pub fn prepare(entries: &mut [BatchEntry]) -> Result<Vec<usize>, CodecError> {
                 Ok(0)
             }
             Some(prior) => {
-                let raw = serde_json::to_vec(prior).map_err(CodecError::Serialize)?;
-                e.meta.payload_sha256 = Some(sha256_hex(&raw));
+                let raw = prior.get().as_bytes();
+                e.meta.payload_sha256 = Some(sha256_hex(raw));
                 e.meta.chunks = 1;
                 Ok(raw.len())
             }
@@ -128,7 +130,7 @@ pub fn encode(entries: &[BatchEntry], effort: codec::Effort) -> Result<EncodedBa
                 name: &e.meta.snapshot_name,
                 labels: e.meta.labels(),
                 annotations: e.meta.annotations(),
-                object: e.prior.as_ref(),
+                object: e.prior.as_deref(),
             })
             .collect(),
     };
@@ -180,9 +182,9 @@ pub fn decode(
     let sha = annotations
         .get(ANN_PAYLOAD_SHA256)
         .ok_or_else(|| format!("batch {batch}: missing annotation {ANN_PAYLOAD_SHA256}"))?;
-    let value = codec::decode(&[payload], sha).map_err(|e| format!("batch {batch}: {e}"))?;
+    let json = codec::decode_bytes(&[payload], sha).map_err(|e| format!("batch {batch}: {e}"))?;
     let doc: DocumentIn =
-        serde_json::from_value(value).map_err(|e| format!("batch {batch}: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| format!("batch {batch}: {e}"))?;
     if doc.version != 1 {
         return Err(format!(
             "batch {batch}: unknown format version {}",
@@ -203,11 +205,14 @@ pub fn decode(
             (None, _) => Ok(None),
             (Some(_), None) => Err(format!("snapshot {}: prior object is missing", e.name)),
             (Some(expected), Some(object)) => {
-                let computed = serde_json::to_vec(&object)
-                    .map(|raw| sha256_hex(&raw))
-                    .unwrap_or_default();
+                // The entry's bytes as written: the API server's JSON, or
+                // (batches of earlier versions and of compaction) the
+                // serialisation whose hash was taken.
+                let computed = sha256_hex(object.get().as_bytes());
                 if computed.eq_ignore_ascii_case(expected) {
-                    Ok(Some(object))
+                    serde_json::from_str(object.get())
+                        .map(Some)
+                        .map_err(|err| format!("snapshot {}: prior object: {err}", e.name))
                 } else {
                     Err(format!(
                         "snapshot {}: payload sha256 mismatch: stored {expected}, computed {computed}",
@@ -282,9 +287,12 @@ mod tests {
                 batch: None,
             },
             prior: (op != Operation::Create).then(|| {
-                json!({"apiVersion": "v1", "kind": "ConfigMap",
-                       "metadata": {"name": format!("cm-{i}"), "namespace": "shop"},
-                       "data": {"k": "v".repeat(i), "f": 0.1}})
+                // Keys in the API server's order, not sorted: stored as sent.
+                let raw = format!(
+                    r#"{{"kind":"ConfigMap","apiVersion":"v1","metadata":{{"name":"cm-{i}","namespace":"shop"}},"data":{{"k":"{}","f":0.1}}}}"#,
+                    "v".repeat(i)
+                );
+                RawValue::from_string(raw).unwrap()
             }),
         }
     }
@@ -320,7 +328,11 @@ mod tests {
             let mut expected = e.meta.clone();
             expected.batch = Some(batch.name.clone());
             assert_eq!(meta, &expected);
-            assert_eq!(prior.as_ref().unwrap(), &e.prior);
+            let sent: Option<Value> = e
+                .prior
+                .as_ref()
+                .map(|p| serde_json::from_str(p.get()).unwrap());
+            assert_eq!(prior.as_ref().unwrap(), &sent);
         }
     }
 
@@ -337,11 +349,36 @@ mod tests {
         // per-entry checksum) fails alone.
         let mut entries = vec![entry(1, Operation::Update), entry(2, Operation::Delete)];
         prepare(&mut entries).unwrap();
-        entries[0].prior.as_mut().unwrap()["data"]["k"] = json!("tampered");
+        let tampered = entries[0]
+            .prior
+            .as_ref()
+            .unwrap()
+            .get()
+            .replace("\"v\"", "\"w\"");
+        entries[0].prior = Some(RawValue::from_string(tampered).unwrap());
         let b = encode(&entries, codec::Effort::Fast).unwrap();
         let decoded = decode(&b.name, &b.annotations, &b.payload).unwrap();
         assert!(decoded[0].1.as_ref().unwrap_err().contains("mismatch"));
         assert!(decoded[1].1.as_ref().unwrap().is_some());
+    }
+
+    #[test]
+    fn batches_of_earlier_versions_still_decode() {
+        // Earlier versions embedded each object re-serialised from a JSON
+        // tree (sorted keys) and hashed that serialisation.
+        let (_, entries) = sample();
+        let object = json!({"metadata": {"name": "cm-1", "namespace": "shop"},
+                            "kind": "ConfigMap", "apiVersion": "v1", "data": {"k": "v"}});
+        let mut meta = entries[1].meta.clone();
+        meta.payload_sha256 = Some(sha256_hex(&serde_json::to_vec(&object).unwrap()));
+        let doc = json!({"version": 1, "entries": [{
+            "name": meta.snapshot_name, "labels": meta.labels(),
+            "annotations": meta.annotations(), "object": object}]});
+        let payload = codec::gzip(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        let annotations = BTreeMap::from([(ANN_PAYLOAD_SHA256.to_string(), sha256_hex(&payload))]);
+        let decoded = decode("legacy", &annotations, &payload).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].1.as_ref().unwrap().as_ref(), Some(&object));
     }
 
     #[test]
@@ -364,9 +401,12 @@ mod tests {
             .iter()
             .map(|e| {
                 let meta = serde_json::to_vec(&(e.meta.labels(), e.meta.annotations())).unwrap();
-                codec::encode(e.prior.as_ref().unwrap(), codec::CHUNK_SIZE)
-                    .unwrap()
-                    .compressed_len()
+                codec::encode_json(
+                    e.prior.as_ref().unwrap().get().as_bytes(),
+                    codec::CHUNK_SIZE,
+                )
+                .unwrap()
+                .compressed_len()
                     + meta.len()
             })
             .sum();

@@ -99,7 +99,13 @@ pub fn gzip_with(raw: &[u8], effort: Effort) -> Result<Vec<u8>, CodecError> {
 /// gzip the JSON of `object` and split it into chunks of at most `chunk_size`.
 pub fn encode(object: &Value, chunk_size: usize) -> Result<EncodedPayload, CodecError> {
     let raw = serde_json::to_vec(object).map_err(CodecError::Serialize)?;
-    let compressed = gzip(&raw)?;
+    encode_json(&raw, chunk_size)
+}
+
+/// gzip an object's JSON as it is (the bytes the API server sent) and split
+/// it into chunks of at most `chunk_size`.
+pub fn encode_json(raw: &[u8], chunk_size: usize) -> Result<EncodedPayload, CodecError> {
+    let compressed = gzip(raw)?;
     let sha256 = sha256_hex(&compressed);
     let chunks = compressed
         .chunks(chunk_size.max(1))
@@ -114,6 +120,12 @@ pub fn encode(object: &Value, chunk_size: usize) -> Result<EncodedPayload, Codec
 
 /// Reassemble, verify and decompress a payload.
 pub fn decode(chunks: &[&[u8]], expected_sha256: &str) -> Result<Value, CodecError> {
+    let out = decode_bytes(chunks, expected_sha256)?;
+    serde_json::from_slice(&out).map_err(CodecError::Json)
+}
+
+/// Reassemble, verify and decompress a payload into its JSON bytes.
+pub fn decode_bytes(chunks: &[&[u8]], expected_sha256: &str) -> Result<Vec<u8>, CodecError> {
     let compressed: Vec<u8> = chunks.concat();
     let computed = sha256_hex(&compressed);
     if !computed.eq_ignore_ascii_case(expected_sha256) {
@@ -130,7 +142,7 @@ pub fn decode(chunks: &[&[u8]], expected_sha256: &str) -> Result<Value, CodecErr
     if out.len() as u64 > MAX_DECODED_SIZE {
         return Err(CodecError::TooLarge);
     }
-    serde_json::from_slice(&out).map_err(CodecError::Json)
+    Ok(out)
 }
 
 /// Fields that change without anyone changing the object's content.

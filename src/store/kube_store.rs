@@ -637,7 +637,7 @@ impl KubeStore {
             {
                 entries.push(batch::BatchEntry {
                     meta: l.meta,
-                    prior,
+                    prior: prior.as_ref().map(super::prior_json).transpose()?,
                 });
             }
         }

@@ -11,6 +11,7 @@ pub mod writer;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::store::actions::ActionRecord;
 use crate::store::codec::EncodedPayload;
@@ -89,8 +90,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct NewSnapshot {
     /// `payload_sha256` and `chunks` are set by the store when it encodes.
     pub meta: SnapshotMeta,
-    /// The prior object; none for CREATE.
-    pub prior: Option<Value>,
+    /// The prior object, as the JSON the API server sent; none for CREATE.
+    pub prior: Option<Box<RawValue>>,
     /// About how large the object's JSON is (the review's size serves), to
     /// compress large ones off the async workers.
     pub size_hint: usize,
@@ -116,21 +117,30 @@ pub async fn encode_single(snapshot: NewSnapshot) -> Result<StoredSnapshot> {
     } = snapshot;
     let payload = match prior {
         None => None,
-        Some(prior) if size_hint < INLINE_ENCODE_LIMIT => {
-            Some(codec::encode(&prior, codec::CHUNK_SIZE)?)
-        }
+        Some(prior) if size_hint < INLINE_ENCODE_LIMIT => Some(codec::encode_json(
+            prior.get().as_bytes(),
+            codec::CHUNK_SIZE,
+        )?),
         Some(prior) => Some(
-            tokio::task::spawn_blocking(move || codec::encode(&prior, codec::CHUNK_SIZE))
-                .await
-                .map_err(|e| StoreError::Shared {
-                    message: format!("encoding task failed: {e}"),
-                    label: "internal",
-                })??,
+            tokio::task::spawn_blocking(move || {
+                codec::encode_json(prior.get().as_bytes(), codec::CHUNK_SIZE)
+            })
+            .await
+            .map_err(|e| StoreError::Shared {
+                message: format!("encoding task failed: {e}"),
+                label: "internal",
+            })??,
         ),
     };
     meta.payload_sha256 = payload.as_ref().map(|p| p.sha256.clone());
     meta.chunks = payload.as_ref().map_or(0, |p| p.chunks.len() as u32);
     Ok(StoredSnapshot { meta, payload })
+}
+
+/// The JSON of an object as a prior to store (for priors that were read
+/// back or built, not taken from a review).
+pub fn prior_json(object: &Value) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(object).map_err(|e| codec::CodecError::Serialize(e).into())
 }
 
 /// Where the webhook writes. Behind a trait so the capture path can be
