@@ -234,26 +234,40 @@ async fn find_action(state: &ApiState, alert: &Alert) -> Result<Option<ActionId>
         .list_actions(Some(ActionState::Completed))
         .await
         .map_err(|e| ApiError::from_store("listing actions", &e))?;
-    let metas = state
+    // Candidates from metadata alone (no batch is read): completed actions
+    // that touched the namespace and whose latest change, anywhere, is in
+    // the window. Only their snapshots are read, for the latest change in
+    // this namespace.
+    let activity = state
         .store
-        .all_snapshot_metas()
+        .activity_by_action()
         .await
         .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
     let window =
         jiff::SignedDuration::try_from(state.alerts.window).unwrap_or(jiff::SignedDuration::MAX);
     let now = Timestamp::now();
-    let newest = records
-        .iter()
-        .filter(|(r, _)| r.origin != "rollback")
-        .filter_map(|(r, _)| {
-            let last = metas
-                .iter()
-                .filter(|m| m.action == r.id && m.object.namespace.as_deref() == Some(ns.as_str()))
-                .map(|m| m.timestamp)
-                .max()?;
-            Some((last, r.id.clone()))
-        })
-        .filter(|(last, _)| now.duration_since(*last) <= window)
-        .max();
+    let in_window = |t: Timestamp| now.duration_since(t) <= window;
+    let mut newest: Option<(Timestamp, ActionId)> = None;
+    for (record, _) in records.iter().filter(|(r, _)| r.origin != "rollback") {
+        let Some(a) = activity.get(record.id.as_str()) else {
+            continue;
+        };
+        if !a.namespaces.contains(ns.as_str()) || !a.last.is_some_and(in_window) {
+            continue;
+        }
+        let metas = state
+            .store
+            .list_snapshots(&record.id)
+            .await
+            .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
+        let last = metas
+            .iter()
+            .filter(|m| m.object.namespace.as_deref() == Some(ns.as_str()))
+            .map(|m| m.timestamp)
+            .max();
+        if let Some(last) = last.filter(|t| in_window(*t)) {
+            newest = newest.max(Some((last, record.id.clone())));
+        }
+    }
     Ok(newest.map(|(_, id)| id))
 }
