@@ -268,7 +268,7 @@ fn storage(corpus: &str, kubeconfig: &str) {
             };
             snapback::store::SnapshotSink::put_snapshot(
                 &store,
-                snapback::store::NewSnapshot { meta, prior: Some(snapback::store::prior_json(obj).unwrap()), size_hint: raw_json.len() },
+                snapback::store::NewSnapshot { meta, prior: Some(snapback::store::prior_json(obj).unwrap()) },
             )
             .await
             .unwrap();

@@ -336,8 +336,9 @@ impl CaptureService {
             timestamp: now,
             request_uid: req.uid.clone(),
             resource_version: prior
-                .as_ref()
-                .and_then(|_| review.old_identity.resource_version.clone()),
+                .is_some()
+                .then(|| review.old_identity.resource_version.clone())
+                .flatten(),
             uid: match prior {
                 Some(_) => review.old_identity.uid.clone(),
                 None => after.and_then(uid_of),
@@ -367,11 +368,7 @@ impl CaptureService {
         );
         let mut record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
         record.owner_groups = req.user_info.groups.clone().unwrap_or_default();
-        let snapshot = NewSnapshot {
-            meta,
-            prior,
-            size_hint: body_len,
-        };
+        let snapshot = NewSnapshot { meta, prior };
         let sink = self.sink.clone();
         let write = async move {
             sink.ensure_action(&record).await?;

@@ -92,9 +92,14 @@ pub struct NewSnapshot {
     pub meta: SnapshotMeta,
     /// The prior object, as the JSON the API server sent; none for CREATE.
     pub prior: Option<Box<RawValue>>,
-    /// About how large the object's JSON is (the review's size serves), to
-    /// compress large ones off the async workers.
-    pub size_hint: usize,
+}
+
+impl NewSnapshot {
+    /// Bytes of the prior object's JSON (0 for CREATE): what there is to
+    /// compress and store.
+    pub fn prior_len(&self) -> usize {
+        self.prior.as_ref().map_or(0, |p| p.get().len())
+    }
 }
 
 /// A snapshot encoded for the per-change layout.
@@ -110,14 +115,10 @@ pub const INLINE_ENCODE_LIMIT: usize = 64 * 1024;
 /// Encode a snapshot for the per-change layout: gzip, sha256 and chunks of
 /// the prior object, recorded in its metadata.
 pub async fn encode_single(snapshot: NewSnapshot) -> Result<StoredSnapshot> {
-    let NewSnapshot {
-        mut meta,
-        prior,
-        size_hint,
-    } = snapshot;
+    let NewSnapshot { mut meta, prior } = snapshot;
     let payload = match prior {
         None => None,
-        Some(prior) if size_hint < INLINE_ENCODE_LIMIT => Some(codec::encode_json(
+        Some(prior) if prior.get().len() < INLINE_ENCODE_LIMIT => Some(codec::encode_json(
             prior.get().as_bytes(),
             codec::CHUNK_SIZE,
         )?),

@@ -210,7 +210,7 @@ impl Writer {
         }
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let oldest = queue.first()?.queued_at;
-        let bytes: usize = queue.iter().map(|p| p.snapshot.size_hint).sum();
+        let bytes: usize = queue.iter().map(|p| p.snapshot.prior_len()).sum();
         if queue.len() >= WINDOW_FULL_ENTRIES || bytes >= WINDOW_FULL_BYTES {
             return None;
         }
@@ -223,7 +223,7 @@ impl Writer {
     async fn write_group(&self, group: Vec<Pending>) {
         let (large, mut small): (Vec<Pending>, Vec<Pending>) = group
             .into_iter()
-            .partition(|p| p.snapshot.size_hint > batch::MAX_ENTRY_RAW);
+            .partition(|p| p.snapshot.prior_len() > batch::MAX_ENTRY_RAW);
         let alone = futures::future::join_all(large.into_iter().map(|p| async move {
             let r = self.write_alone(p.snapshot).await;
             let _ = p.done.send(r);
@@ -243,7 +243,7 @@ impl Writer {
     }
 
     async fn write_batches(&self, pending: Vec<Pending>) {
-        let total_hint: usize = pending.iter().map(|p| p.snapshot.size_hint).sum();
+        let total_hint: usize = pending.iter().map(|p| p.snapshot.prior_len()).sum();
         let (mut entries, waiters): (Vec<BatchEntry>, Vec<oneshot::Sender<Result<u64>>>) = pending
             .into_iter()
             .map(|p| {
@@ -308,7 +308,6 @@ impl Writer {
                         self.write_alone(NewSnapshot {
                             meta: e.meta,
                             prior: e.prior,
-                            size_hint: 0,
                         })
                     }))
                     .await;
