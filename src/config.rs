@@ -493,8 +493,11 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             "d" => value * 86400.0,
             other => return Err(format!("unknown unit {other:?} in duration {input:?}")),
         };
-        total += Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("duration {input:?} is out of range"))?;
+        let out_of_range = || format!("duration {input:?} is out of range");
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(out_of_range)?;
     }
     Ok(total)
 }
@@ -542,6 +545,9 @@ mod tests {
     #[case("s")]
     #[case("5x")]
     #[case("-5s")]
+    #[case("1e400s")]
+    // Each part fits, their sum does not: an error, not a panic.
+    #[case("4000000000000000h4000000000000000h")]
     fn bad_durations(#[case] s: &str) {
         assert!(parse_duration(s).is_err(), "{s}");
     }

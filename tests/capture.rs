@@ -796,7 +796,7 @@ async fn concurrent_changes_of_one_action_share_batch_writes_and_all_roll_back()
         .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
         .await;
     assert_eq!(status, 200, "{detail}");
-    let changes = detail["changesList"].as_array().expect("changesList");
+    let changes = detail["changes"].as_array().expect("changes");
     let names: std::collections::BTreeSet<&str> =
         changes.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(changes.len(), WRITERS * EACH, "one snapshot per change");
@@ -911,7 +911,7 @@ async fn a_batch_window_gathers_one_clients_changes_into_fewer_writes() {
     let detail = api
         .ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;
-    let changes = detail["changesList"].as_array().expect("changesList");
+    let changes = detail["changes"].as_array().expect("changes");
     assert_eq!(changes.len(), CHANGES, "one snapshot per change: {detail}");
 
     // A round is written once its oldest snapshot is WINDOW old, so the

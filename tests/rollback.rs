@@ -109,6 +109,102 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
+const SPROCKET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: sprockets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: sprockets, singular: sprocket, kind: Sprocket}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+/// A definition deleted with its custom resources, and a Job: the rollback
+/// creates the definition, waits until it is served, then its resources;
+/// the Job is created without the selector the API server generated for
+/// the old one (it refuses one it did not generate).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user9";
+    c.grant_api(user);
+    c.grant_cluster_edit(user);
+    let token = c.token(user);
+    let ns = c.namespace("crd-job", &[user]);
+    c.kubectl_apply_str(SPROCKET_CRD);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/sprockets.example.com",
+    ]);
+    c.apply_as(
+        "admin",
+        &format!(
+            "apiVersion: example.com/v1\nkind: Sprocket\nmetadata: {{name: s1, namespace: {ns}}}\nspec: {{teeth: 12}}\n"
+        ),
+    );
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "job",
+        "migrate",
+        "--image=busybox:1.36",
+    ]);
+    let old_job = get_json(c, &["-n", &ns, "job", "migrate"]).expect("the job");
+    let old_uid = old_job["metadata"]["uid"].as_str().unwrap().to_string();
+
+    let id = format!("crd-job-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "sprocket", "s1"]);
+    c.kubectl_as_ok(user, &["delete", "crd", "sprockets.example.com"]);
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "job", "migrate"]);
+    complete(&api, &token, &id).await;
+    assert!(get_json(c, &["crd", "sprockets.example.com"]).is_none());
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(
+        nonzero(&report["counts"]),
+        json!({"restored": 3}),
+        "{report:#}"
+    );
+    let s1 = get_json(c, &["-n", &ns, "sprocket", "s1"]).expect("the custom resource is back");
+    assert_eq!(s1["spec"]["teeth"], 12);
+    let job = get_json(c, &["-n", &ns, "job", "migrate"]).expect("the job is back");
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    assert_ne!(uid, old_uid);
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["controller-uid"],
+        uid
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.36"
+    );
+    // A second rollback finds everything in its prior state.
+    let again = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(
+        nonzero(&again["counts"]),
+        json!({"unchanged": 3}),
+        "{again:#}"
+    );
+}
+
 fn deployment(ns: &str, name: &str, image: &str, replicas: u32) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: main, image: \"{image}\"}}]}}\n"
@@ -224,7 +320,7 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
         .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
         .await;
     assert_eq!(status, 200, "{detail}");
-    assert_eq!(detail["changes"], 12, "{detail:#}");
+    assert_eq!(detail["changeCount"], 12, "{detail:#}");
 
     let report = api
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
@@ -433,7 +529,11 @@ async fn dry_run_changes_nothing_and_a_second_rollback_reports_unchanged() {
         .await;
     assert_eq!(second["results"][0]["outcome"], "unchanged", "{second}");
     assert_eq!(second["state"], "rolled-back");
-    assert_eq!(second["counts"], json!({"unchanged": 1}));
+    // Every outcome is counted, 0 where no object had it.
+    assert_eq!(
+        second["counts"],
+        json!({"restored": 0, "unchanged": 1, "planned": 0, "conflict": 0, "failed": 0, "skipped": 0})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -815,7 +915,8 @@ async fn cancel_closes_an_open_action_and_rolls_it_back() {
     let (_, detail) = api
         .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
         .await;
-    assert_eq!(detail["changes"], 3);
+    assert_eq!(detail["changeCount"], 3);
+    assert_eq!(detail["changes"].as_array().map(Vec::len), Some(3));
 }
 
 async fn create_many(c: &Cluster, ns: &str, names: Vec<String>, action: &str) {
@@ -926,7 +1027,7 @@ async fn a_thousand_object_action_rolls_back_correctly() {
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
     assert_eq!(report["state"], "rolled-back", "{}", report["counts"]);
-    assert_eq!(report["counts"], json!({"restored": 1000}));
+    assert_eq!(nonzero(&report["counts"]), json!({"restored": 1000}));
     let list: Value =
         serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "configmaps", "-o", "json"]))
             .unwrap();
@@ -1020,7 +1121,11 @@ async fn a_killed_snapshotter_finishes_the_rollback_after_restart_and_concurrent
     };
     assert_eq!(rec.state.as_str(), "rolled-back");
     let report = rec.rollbacks.last().unwrap();
-    assert_eq!(report["counts"], json!({"restored": 500}), "{report}");
+    assert_eq!(
+        nonzero(&report["counts"]),
+        json!({"restored": 500}),
+        "{report}"
+    );
     let list: Value =
         serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "configmaps", "-o", "json"]))
             .unwrap();
@@ -1091,6 +1196,13 @@ async fn every_status_code_comes_with_the_json_error_body() {
             &*format!("/api/v1/actions/{id}/rollback?dryRun=perhaps"),
             None,
         ),
+        // A misspelt flag is refused, not ignored (it would run a real rollback).
+        (
+            "POST",
+            &*format!("/api/v1/actions/{id}/rollback?dryrun=true"),
+            None,
+        ),
+        ("GET", "/api/v1/actions?owner=alice", None),
         ("GET", "/api/v1/actions/not%20valid", None),
         ("POST", "/api/v1/actions", Some("this is not json")),
         ("POST", "/api/v1/actions", Some(r#"{"id": "bad id!"}"#)),
@@ -1100,6 +1212,24 @@ async fn every_status_code_comes_with_the_json_error_body() {
         assert_eq!(s, 400, "{method} {path}: {b}");
         error_message(&b);
     }
+    // The URL template of SPEC §5 with nothing filled in lists everything.
+    let (s, b) = api
+        .call(
+            "GET",
+            "/api/v1/actions?user=&namespace=&state=&since=&limit=",
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        b["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id.as_str()),
+        "{b}"
+    );
     // 404s: unknown action on every endpoint, unknown route.
     for (method, path) in [
         ("GET", "/api/v1/actions/nope"),
@@ -1183,6 +1313,101 @@ async fn diff_and_manifests_show_the_prior_state() {
     assert!(cm["metadata"].get("uid").is_none() && cm["metadata"].get("resourceVersion").is_none());
     // The manifests apply cleanly with kubectl.
     let out = c.kubectl_stdin("admin", &["apply", "--dry-run=server", "-f", "-"], &resp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_hold_one_object_per_document_and_name_the_rest() {
+    use serde::Deserialize;
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user8";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("manifests", &[user]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "old",
+        "--from-literal=v=before",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.25",
+        "--replicas=2",
+    ]);
+    let id = format!("manifests-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "old",
+            "-p",
+            r#"{"data":{"v":"after"}}"#,
+        ],
+    );
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "new",
+            "--from-literal=v=1",
+        ],
+    );
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "scale", "deployment", "web", "--replicas=5"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+
+    let text = reqwest_text(&api, &format!("/api/v1/actions/{id}/manifests"), &token).await;
+    // Every document of the stream is an object: a YAML reader sees no empty ones.
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("a YAML document"))
+        .collect();
+    let docs: Vec<Value> = docs
+        .into_iter()
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{text}");
+    for d in &docs {
+        assert!(d["kind"].is_string(), "a document without a kind:\n{text}");
+    }
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} in\n{text}"))
+    };
+    assert_eq!(find("ConfigMap", "old")["data"]["v"], "before");
+    // Only its scale changed: its manifest with the replicas it had before.
+    assert_eq!(find("Deployment", "web")["spec"]["replicas"], 2, "{text}");
+    // What the action created has no prior manifest; a comment names it.
+    assert!(
+        text.contains(&format!(
+            "# configmaps/new in {ns}: did not exist before the action"
+        )),
+        "{text}"
+    );
+    let out = c.kubectl_stdin(user, &["apply", "--dry-run=server", "-f", "-"], &text);
     assert!(
         out.status.success(),
         "{}",

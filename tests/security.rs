@@ -161,13 +161,29 @@ async fn hostile_input_gets_a_clear_4xx_and_never_a_panic() {
         expect_4xx(&api, "POST", "/api/v1/actions", &h, b"[1,2,3]".to_vec()).await,
         400
     );
-    let text = [
+    let yaml = [
         ("authorization", auth.as_str()),
-        ("content-type", "text/plain"),
+        ("content-type", "application/yaml"),
     ];
     assert_eq!(
-        expect_4xx(&api, "POST", "/api/v1/actions", &text, b"{}".to_vec()).await,
+        expect_4xx(&api, "POST", "/api/v1/actions", &yaml, b"{}".to_vec()).await,
         415
+    );
+    // What `curl -d` sends: the JSON body is read (and here its id refused).
+    let form = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    assert_eq!(
+        expect_4xx(
+            &api,
+            "POST",
+            "/api/v1/actions",
+            &form,
+            br#"{"id": "bad id!"}"#.to_vec()
+        )
+        .await,
+        400
     );
     let label_unsafe = json!({"id": "Ünïcödé/../../etc"}).to_string();
     assert_eq!(
@@ -186,10 +202,14 @@ async fn hostile_input_gets_a_clear_4xx_and_never_a_panic() {
         format!("/api/v1/actions/{long_id}"),
         format!("/api/v1/actions/{long_id}/rollback"),
         "/api/v1/actions/%00%01".to_string(),
+        // Not UTF-8 once decoded.
+        "/api/v1/actions/%FF%FE".to_string(),
         "/api/v1/actions/..%2F..%2Fetc".to_string(),
         format!("/api/v1/actions?state={}", "x".repeat(10_000)),
         format!("/api/v1/actions?limit={}", "9".repeat(400)),
         "/api/v1/actions?since=%ff%fe".to_string(),
+        // Each part of the duration fits, the sum overflows.
+        "/api/v1/actions?since=4000000000000000h4000000000000000h".to_string(),
         "/api/v1/actions/x/rollback?force=maybe".to_string(),
     ] {
         let method = if path.contains("rollback") {
@@ -265,7 +285,7 @@ async fn hostile_input_gets_a_clear_4xx_and_never_a_panic() {
     let detail = api
         .ok("GET", &format!("/api/v1/actions/{action}"), &token)
         .await;
-    assert_eq!(detail["changesList"][0]["name"], name.as_str());
+    assert_eq!(detail["changes"][0]["name"], name.as_str());
     let report = api
         .ok(
             "POST",

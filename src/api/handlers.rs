@@ -25,30 +25,92 @@ use crate::store::model::{ActionId, SnapshotMeta};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-fn query(raw: Option<String>) -> Result<HashMap<String, String>> {
-    let mut out = HashMap::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(ApiError::bad_request(format!(
-                "query parameter {k:?} given more than once"
-            )));
-        }
-    }
-    Ok(out)
+/// The query parameters of `GET /api/v1/actions`.
+const LIST_PARAMS: &[&str] = &["user", "namespace", "state", "since", "limit"];
+/// The query parameters of `rollback` and `cancel`.
+const ROLLBACK_PARAMS: &[&str] = &["dryRun", "force", "failurePolicy", "recreate"];
+
+/// A request's query string. Each parameter at most once; a parameter with
+/// an empty value (`limit=`, as a filled-in URL template leaves it) is as if
+/// it were absent; a bare name (`?dryRun`) is a flag set to true. A name the
+/// endpoint does not take is refused: `?dryrun=true` must not run a real
+/// rollback because the parameter was misspelt.
+#[derive(Debug, Default)]
+struct Query {
+    values: HashMap<String, String>,
+    bare: std::collections::HashSet<String>,
 }
 
-fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool> {
-    match q.get(name).map(String::as_str) {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("true") | Some("1") | Some("") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "query parameter {name} must be true or false, not {other:?}"
-        ))),
+impl Query {
+    fn parse(raw: Option<&str>, known: &[&str]) -> Result<Query> {
+        let mut q = Query::default();
+        for piece in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let Some((k, v)) = form_urlencoded::parse(piece.as_bytes()).next() else {
+                continue;
+            };
+            if !known.contains(&k.as_ref()) {
+                let hint = known
+                    .iter()
+                    .find(|n| n.eq_ignore_ascii_case(&k))
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_else(|| format!("; this endpoint takes {}", known.join(", ")));
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {k:?}{hint}"
+                )));
+            }
+            if q.values.contains_key(k.as_ref()) {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {k:?} given more than once"
+                )));
+            }
+            if !piece.contains('=') {
+                q.bare.insert(k.to_string());
+            }
+            q.values.insert(k.to_string(), v.to_string());
+        }
+        Ok(q)
+    }
+
+    /// The parameter's value, unless absent or empty.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn flag(&self, name: &str) -> Result<bool> {
+        if self.bare.contains(name) {
+            return Ok(true);
+        }
+        match self.get(name) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "query parameter {name} must be true or false, not {other:?}"
+            ))),
+        }
     }
 }
 
 fn action_id(id: &str) -> Result<ActionId> {
     ActionId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The `{id}` of a request path, as an action id. A path segment that does
+/// not decode (not UTF-8) or is not a valid id is a 400 in the API's error
+/// shape.
+pub struct IdPath(pub ActionId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid action id: {}", e.body_text())))?;
+        Ok(IdPath(action_id(&id)?))
+    }
 }
 
 /// How long a read waits for the snapshot writes queued before it
@@ -91,7 +153,7 @@ pub async fn list_actions(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ActionList>> {
-    let q = query(raw)?;
+    let q = Query::parse(raw.as_deref(), LIST_PARAMS)?;
     let filter_state = match q.get("state") {
         Some(s) => Some(ActionState::parse(s).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -132,14 +194,9 @@ pub async fn list_actions(
         .iter()
         .map(|(r, _)| ActionSummary::from_activity(r, activity.get(r.id.as_str())))
         // An empty user or namespace filters nothing.
-        .filter(|a| {
-            q.get("user")
-                .filter(|u| !u.is_empty())
-                .is_none_or(|u| &a.owner == u)
-        })
+        .filter(|a| q.get("user").is_none_or(|u| a.owner == u))
         .filter(|a| {
             q.get("namespace")
-                .filter(|n| !n.is_empty())
                 .is_none_or(|ns| a.namespaces.contains(ns))
         })
         .filter(|a| since.is_none_or(|s| a.created_at >= s))
@@ -217,7 +274,7 @@ fn parse_since(s: &str) -> Result<Timestamp> {
         (status = 201, body = ActionSummary),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the caller already has an open action, or the id is taken"),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 pub async fn create_action(
     State(state): State<Arc<ApiState>>,
@@ -225,7 +282,7 @@ pub async fn create_action(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let body = read_body(body)?;
-    require_json(&headers, &body)?;
+    require_json(&headers)?;
     let req: OpenAction = if body.iter().all(u8::is_ascii_whitespace) {
         OpenAction::default()
     } else {
@@ -297,14 +354,16 @@ pub async fn create_action(
     Ok((StatusCode::CREATED, Json(ActionSummary::new(&record, &[]))).into_response())
 }
 
-/// JSON endpoints accept `application/json` (or `+json`), or no content type
-/// with an empty body.
-pub fn require_json(headers: &HeaderMap, body: &[u8]) -> Result<()> {
+/// JSON endpoints take a JSON body under `application/json` (or `+json`), no
+/// content type, or the types command-line tools send by default
+/// (`curl -d` says `application/x-www-form-urlencoded`, others
+/// `text/plain`); the body must parse as JSON either way. Any other type
+/// (YAML, a form upload…) is 415.
+pub fn require_json(headers: &HeaderMap) -> Result<()> {
     match headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or(""))
     {
-        None if body.is_empty() => Ok(()),
         None => Ok(()),
         Some(ct) => {
             let essence = ct
@@ -313,7 +372,11 @@ pub fn require_json(headers: &HeaderMap, body: &[u8]) -> Result<()> {
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase();
-            if essence == "application/json" || essence.ends_with("+json") {
+            if essence == "application/json"
+                || essence.ends_with("+json")
+                || essence == "application/x-www-form-urlencoded"
+                || essence == "text/plain"
+            {
                 Ok(())
             } else {
                 Err(ApiError::new(
@@ -345,9 +408,8 @@ fn read_body(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> 
 pub async fn get_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<ActionDetail>> {
-    let id = action_id(&id)?;
     state.auth.check(&headers, "get", Some(id.as_str())).await?;
     let (record, _) = record(&state, &id).await?;
     let metas = state
@@ -356,9 +418,11 @@ pub async fn get_action(
         .await
         .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
     let refs: Vec<&SnapshotMeta> = metas.iter().collect();
+    let mut summary = ActionSummary::new(&record, &refs);
+    summary.changes = None;
     Ok(Json(ActionDetail {
-        summary: ActionSummary::new(&record, &refs),
-        changes_list: metas.iter().map(Change::from).collect(),
+        summary,
+        changes: metas.iter().map(Change::from).collect(),
         rollback_reports: record.rollbacks.clone(),
         progress: Progress::of(&record),
     }))
@@ -374,9 +438,8 @@ pub async fn get_action(
 pub async fn diff_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<DiffResponse>> {
-    let id = action_id(&id)?;
     let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
     record(&state, &id).await?;
     let histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
@@ -456,47 +519,78 @@ pub async fn diff_action(
 #[utoipa::path(get, path = "/api/v1/actions/{id}/manifests", tag = "actions",
     params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
-        (status = 200, content_type = "text/plain", body = String, description = "a multi-document YAML stream"),
+        (status = 200, content_type = "application/yaml", body = String, description = "a multi-document YAML stream: one document per object that existed before the action; comments at the top name the others"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ))]
 pub async fn manifests(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Response> {
-    let id = action_id(&id)?;
     let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
     record(&state, &id).await?;
     let mut histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
     histories.sort_by_key(|h| (h.rank, h.object.namespace.clone(), h.object.name.clone()));
-    let mut out = format!("# Prior state of the objects of action {id}, captured by snapback.\n");
+    // Every document is an object (a YAML reader gets no empty documents);
+    // what has no manifest is said in the comments at the top.
+    let mut notes = Vec::new();
+    let mut docs = Vec::new();
+    let yaml = |v: &Value| {
+        serde_yaml::to_string(&redact(&crate::restore::plan::for_create(v)))
+            .map_err(|e| ApiError::internal("rendering YAML", &e))
+    };
+    let mut client = None;
     for h in &histories {
         let o = &h.object;
         match &h.target {
-            Target::Present(p) => {
-                let doc = serde_yaml::to_string(&redact(&crate::restore::plan::for_create(p)))
-                    .map_err(|e| ApiError::internal("rendering YAML", &e))?;
-                out.push_str("---\n");
-                out.push_str(&doc);
-            }
-            Target::Scale(p) => out.push_str(&format!(
-                "---\n# {o}: only its scale changed; prior replicas: {}\n",
-                p.get("spec")
+            Target::Present(p) => docs.push(yaml(p)?),
+            Target::Scale(scale) => {
+                // Only its scale changed: the object as it is now, with the
+                // replicas it had before the action.
+                let replicas = scale
+                    .get("spec")
                     .and_then(|s| s.get("replicas"))
-                    .unwrap_or(&Value::Null)
-            )),
-            Target::Absent { .. } => {
-                out.push_str(&format!("---\n# {o}: did not exist before the action\n"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let client = match &client {
+                    Some(c) => c,
+                    None => client.insert(state.restorer.client_for(&caller, None)?),
+                };
+                let mut parent = o.clone();
+                parent.subresource = None;
+                match crate::restore::dynamic::get(client, &parent).await {
+                    Ok(Some(mut current)) => {
+                        if let Some(spec) = current.get_mut("spec").and_then(Value::as_object_mut) {
+                            spec.insert("replicas".into(), replicas.clone());
+                        }
+                        docs.push(format!(
+                            "# {parent}: only its scale changed; its current manifest with the replicas it had before ({replicas})\n{}",
+                            yaml(&current)?
+                        ));
+                    }
+                    Ok(None) => notes.push(format!(
+                        "{parent}: only its scale changed (replicas before: {replicas}); it no longer exists"
+                    )),
+                    Err(e) => notes.push(format!(
+                        "{parent}: only its scale changed (replicas before: {replicas}); reading it now failed: {}",
+                        crate::store::describe_kube_error(&e)
+                    )),
+                }
             }
-            Target::Unreadable(e) => {
-                out.push_str(&format!("---\n# {o}: snapshot unreadable: {e}\n"))
-            }
+            Target::Absent { .. } => notes.push(format!("{o}: did not exist before the action")),
+            Target::Unreadable(e) => notes.push(format!("{o}: no manifest: {e}")),
         }
     }
+    let mut out = format!("# Prior state of the objects of action {id}, captured by snapback.\n");
+    for n in notes {
+        out.push_str(&format!("# {}\n", n.replace('\n', " ")));
+    }
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&d);
+    }
     Ok((
-        // A multi-document YAML stream, served as text so that generic
-        // clients (and schema checkers) do not parse it as one document.
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
         out,
     )
         .into_response())
@@ -550,9 +644,8 @@ fn redact(v: &Value) -> Value {
 pub async fn complete_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<ActionSummary>> {
-    let id = action_id(&id)?;
     state
         .auth
         .check(&headers, "update", Some(id.as_str()))
@@ -582,9 +675,9 @@ pub async fn complete_action(
     Ok(Json(ActionSummary::new(&rec, &refs)))
 }
 
-fn rollback_params(state: &ApiState, q: &HashMap<String, String>) -> Result<Params> {
-    let failure_policy = match q.get("failurePolicy").map(String::as_str) {
-        None | Some("") => state.restorer.config().failure_policy,
+fn rollback_params(state: &ApiState, q: &Query) -> Result<Params> {
+    let failure_policy = match q.get("failurePolicy") {
+        None => state.restorer.config().failure_policy,
         Some("abort") => FailurePolicy::Abort,
         Some("continue") => FailurePolicy::Continue,
         Some("retry") => FailurePolicy::Retry,
@@ -595,10 +688,10 @@ fn rollback_params(state: &ApiState, q: &HashMap<String, String>) -> Result<Para
         }
     };
     Ok(Params {
-        dry_run: flag(q, "dryRun")?,
-        force: flag(q, "force")?,
+        dry_run: q.flag("dryRun")?,
+        force: q.flag("force")?,
         failure_policy,
-        recreate: flag(q, "recreate")?,
+        recreate: q.flag("recreate")?,
     })
 }
 
@@ -620,7 +713,7 @@ fn rollback_params(state: &ApiState, q: &HashMap<String, String>) -> Result<Para
 pub async fn rollback_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Report>> {
     run_rollback(state, headers, id, raw, Trigger::Request, "rollback").await
@@ -643,7 +736,7 @@ pub async fn rollback_action(
 pub async fn cancel_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Report>> {
     run_rollback(state, headers, id, raw, Trigger::Cancel, "cancel").await
@@ -652,13 +745,12 @@ pub async fn cancel_action(
 async fn run_rollback(
     state: Arc<ApiState>,
     headers: HeaderMap,
-    id: String,
+    id: ActionId,
     raw: Option<String>,
     trigger: Trigger,
     verb: &str,
 ) -> Result<Json<Report>> {
-    let id = action_id(&id)?;
-    let q = query(raw)?;
+    let q = Query::parse(raw.as_deref(), ROLLBACK_PARAMS)?;
     let params = rollback_params(&state, &q)?;
     let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
     settle(&state, Some(&id)).await;
@@ -686,9 +778,8 @@ async fn run_rollback(
 pub async fn delete_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode> {
-    let id = action_id(&id)?;
     state
         .auth
         .check(&headers, "delete", Some(id.as_str()))

@@ -72,7 +72,7 @@ pub struct AlertResponse {
     request_body(content = AlertmanagerPayload, description = "Alertmanager webhook payload (version 4)", content_type = "application/json"),
     responses(
         (status = 200, body = AlertResponse, description = "what was done for each alert"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 pub async fn alertmanager(
     State(state): State<Arc<ApiState>>,
@@ -86,7 +86,7 @@ pub async fn alertmanager(
             ApiError::bad_request(e.to_string())
         }
     })?;
-    crate::api::handlers::require_json(&headers, &body)?;
+    crate::api::handlers::require_json(&headers)?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("not an Alertmanager webhook payload: {e}")))?;
     if !value.is_object() {

@@ -49,8 +49,13 @@ pub struct ActionSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_change_at: Option<Timestamp>,
-    /// Number of captured changes.
-    pub changes: usize,
+    /// Number of captured changes (in the action list and the answers of
+    /// `open` and `complete`; `GET /api/v1/actions/{id}` lists the changes
+    /// themselves under this name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<usize>,
+    /// Number of captured changes, in every answer.
+    pub change_count: usize,
     /// Namespaces of the objects the action touched.
     pub namespaces: BTreeSet<String>,
     /// For a rollback action: the action it rolled back.
@@ -100,7 +105,8 @@ impl ActionSummary {
             updated_at: r.updated_at,
             completed_at: r.completed_at,
             last_change_at,
-            changes,
+            changes: Some(changes),
+            change_count: changes,
             namespaces,
             rollback_of: r.rollback_of.as_ref().map(|a| a.to_string()),
             rollbacks: r.rollbacks.len(),
@@ -127,7 +133,7 @@ pub struct Change {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subresource: Option<String>,
     pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// null for a cluster-scoped object.
     pub namespace: Option<String>,
     pub name: String,
     pub user: String,
@@ -153,13 +159,15 @@ impl From<&SnapshotMeta> for Change {
     }
 }
 
-/// `GET /api/v1/actions/{id}`
+/// `GET /api/v1/actions/{id}`: the summary (without its `changes` number:
+/// `changeCount` has it) and the changes.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionDetail {
     #[serde(flatten)]
     pub summary: ActionSummary,
-    pub changes_list: Vec<Change>,
+    /// Every captured change, oldest first.
+    pub changes: Vec<Change>,
     /// Reports of the rollbacks of this action, oldest first.
     #[schema(value_type = Vec<Object>)]
     pub rollback_reports: Vec<Value>,
@@ -201,7 +209,7 @@ pub struct ObjectDiff {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subresource: Option<String>,
     pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// null for a cluster-scoped object.
     pub namespace: Option<String>,
     pub name: String,
     /// created (did not exist before the action), modified, deleted (does not

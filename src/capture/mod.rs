@@ -356,7 +356,15 @@ impl CaptureService {
                         .get(GUARD_ANNOTATION)?
                         .as_str()
                 })
-                .filter(|g| crate::config::parse_duration(g).is_ok())
+                // Only a guard the guard loop accepts (above 0, at most 168h).
+                .filter(|g| {
+                    crate::guard::GuardSpec {
+                        timeout: g.to_string(),
+                        on_failure: crate::guard::OnFailure::Rollback,
+                    }
+                    .validate()
+                    .is_ok()
+                })
                 .map(str::to_string),
             batch: None,
         };

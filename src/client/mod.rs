@@ -473,8 +473,8 @@ fn print_show(v: &Value, now: jiff::Timestamp) {
             ),
         );
     }
-    println!("\nChanges ({}):", v["changes"]);
-    let rows: Vec<Vec<String>> = v["changesList"]
+    println!("\nChanges ({}):", v["changeCount"]);
+    let rows: Vec<Vec<String>> = v["changes"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[])
@@ -502,7 +502,7 @@ fn print_show(v: &Value, now: jiff::Timestamp) {
                     str_of(r, "trigger").to_string(),
                     str_of(r, "state").to_string(),
                     str_of(r, "user").to_string(),
-                    r["counts"].to_string(),
+                    counts_text(&r["counts"]),
                     age(r["finishedAt"].as_str(), now),
                 ]
             })
@@ -609,15 +609,7 @@ fn print_report(r: &Value) {
             &rows
         )
     );
-    let counts = r["counts"]
-        .as_object()
-        .map(|c| {
-            c.iter()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let counts = counts_text(&r["counts"]);
     if r["dryRun"] == true {
         println!(
             "\ndry run of {}: {counts}; nothing was changed",
@@ -635,5 +627,22 @@ fn print_report(r: &Value) {
             str_of(r, "state"),
             str_of(r, "rollbackAction")
         );
+    }
+}
+
+/// A report's counts as "3 restored, 1 unchanged": outcomes with no object
+/// are left out.
+fn counts_text(counts: &Value) -> String {
+    let parts: Vec<String> = counts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    if parts.is_empty() {
+        "no objects".to_string()
+    } else {
+        parts.join(", ")
     }
 }

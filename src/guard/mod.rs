@@ -35,6 +35,10 @@ pub enum OnFailure {
     None,
 }
 
+/// The longest a guard watches (the default retention: an action is not
+/// watched longer than it is kept).
+pub const MAX_GUARD_TIMEOUT: Duration = Duration::from_secs(168 * 3600);
+
 /// A guard as requested: `POST /api/v1/actions` `{"guard": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -51,6 +55,12 @@ impl GuardSpec {
         let d = parse_duration(&self.timeout).map_err(|e| format!("guard.timeout: {e}"))?;
         if d.is_zero() {
             return Err("guard.timeout must be more than 0".into());
+        }
+        if d > MAX_GUARD_TIMEOUT {
+            return Err(format!(
+                "guard.timeout must be at most 168h, not {:?}",
+                self.timeout
+            ));
         }
         Ok(d)
     }

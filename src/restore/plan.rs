@@ -127,6 +127,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         };
     };
     fingerprints(&mut accepted, &main);
+    let first_main = first_real(&main).unwrap_or(first_main);
     let mut object = first_main.meta.object.clone();
     object.subresource = None;
     let target = match (first_main.meta.operation, &first_main.prior) {
@@ -171,6 +172,30 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         accepted,
         snapshots: names,
     }
+}
+
+/// The snapshot whose prior state is the object's before the action, when
+/// that is not the first one: creates the API server refused after
+/// admission (`kubectl create` of an object that already exists passes
+/// admission, with a fresh uid, and then fails with AlreadyExists). If the
+/// first update or delete in the action is of an object none of the
+/// action's creates made, that object existed before the action, and the
+/// creates before it never happened. None: the first snapshot it is.
+fn first_real<'a>(main: &[&'a Loaded]) -> Option<&'a Loaded> {
+    let mut created = HashSet::new();
+    for l in main {
+        match (l.meta.operation, &l.meta.uid) {
+            (Operation::Create, Some(uid)) => {
+                created.insert(uid.as_str());
+            }
+            (Operation::Create, None) => return None,
+            (_, Some(uid)) if !created.is_empty() && !created.contains(uid.as_str()) => {
+                return Some(l);
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Dependency order: namespaces, CRDs, service accounts, RBAC, config maps
@@ -223,6 +248,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Restored,
+        Outcome::Unchanged,
+        Outcome::Planned,
+        Outcome::Conflict,
+        Outcome::Failed,
+        Outcome::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Restored => "restored",
@@ -398,8 +432,16 @@ const SERVER_OWNED: &[&str] = &[
     "selfLink",
 ];
 
-/// The prior object stripped of server-owned fields and status.
+/// The prior object stripped of server-owned fields and status, and of what
+/// the API server generates from an object's uid on create (a Job's
+/// selector): the body that creates it anew.
 pub fn for_create(target: &Value) -> Value {
+    let mut body = without_server_owned(target);
+    codec::strip_generated_job_selector(&mut body);
+    body
+}
+
+fn without_server_owned(target: &Value) -> Value {
     let mut body = target.clone();
     if let Some(map) = body.as_object_mut() {
         map.remove("status");
@@ -415,7 +457,7 @@ pub fn for_create(target: &Value) -> Value {
 /// The prior content on top of the current object's identity and
 /// resourceVersion (optimistic concurrency); status stays as it is.
 pub fn for_replace(target: &Value, current: &Value) -> Value {
-    let mut body = for_create(target);
+    let mut body = without_server_owned(target);
     let cur_meta = current.get("metadata");
     if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
         for key in ["resourceVersion", "uid", "creationTimestamp"] {

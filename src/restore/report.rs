@@ -41,7 +41,8 @@ pub struct ObjectResult {
     pub resource: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subresource: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// null for a cluster-scoped object.
+    #[serde(default)]
     pub namespace: Option<String>,
     pub name: String,
     #[schema(value_type = String, example = "replace")]
@@ -124,8 +125,13 @@ pub struct Report {
     pub counts: BTreeMap<String, usize>,
 }
 
+/// Objects per outcome, every outcome present (0 where none), so a reader
+/// can ask for `counts.failed` without checking that the key exists.
 pub fn counts(results: &[ObjectResult]) -> BTreeMap<String, usize> {
-    let mut c = BTreeMap::new();
+    let mut c: BTreeMap<String, usize> = Outcome::ALL
+        .iter()
+        .map(|o| (o.as_str().to_string(), 0))
+        .collect();
     for r in results {
         *c.entry(r.outcome.as_str().to_string()).or_insert(0) += 1;
     }

@@ -628,7 +628,16 @@ impl Restorer {
                 dynamic::create(client, &h.object, &body)
                     .await
                     .map_err(api_err)?;
-                Ok(ok(&format!("recreated from its prior state{note}")))
+                // Its custom resources come in a later wave; the API server
+                // serves them only once the definition is established.
+                let established = if is_crd(&h.object) {
+                    wait_established(client, &h.object).await
+                } else {
+                    String::new()
+                };
+                Ok(ok(&format!(
+                    "recreated from its prior state{note}{established}"
+                )))
             }
             Action::ReplaceScale(body) => {
                 dynamic::replace(client, &h.object, body)
@@ -980,6 +989,41 @@ impl Restorer {
     }
 }
 
+/// How long a restore waits for a recreated CustomResourceDefinition to be
+/// established before it goes on to the custom resources.
+const CRD_ESTABLISH_WAIT: Duration = Duration::from_secs(30);
+
+fn is_crd(o: &crate::store::model::ObjectRef) -> bool {
+    o.group == "apiextensions.k8s.io" && o.resource == "customresourcedefinitions"
+}
+
+/// Wait until a CustomResourceDefinition has the condition `Established`
+/// (what `kubectl wait --for condition=established` waits for); a note for
+/// the report if it did not come.
+async fn wait_established(client: &kube::Client, crd: &crate::store::model::ObjectRef) -> String {
+    let deadline = tokio::time::Instant::now() + CRD_ESTABLISH_WAIT;
+    loop {
+        let established = match dynamic::get(client, crd).await {
+            Ok(Some(o)) => o["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Established" && c["status"] == "True"),
+            _ => false,
+        };
+        if established {
+            return String::new();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return format!(
+                "; not yet established after {}s, so its custom resources may fail to restore",
+                CRD_ESTABLISH_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Whether a 422 refuses a change to a field that cannot change in place:
 /// Kubernetes says so in several ways ("field is immutable", a Service's
 /// clusterIP "may not change once set", ...).
@@ -990,6 +1034,12 @@ fn immutable_refusal(message: &str) -> bool {
         "may not change once set",
         "cannot be changed",
         "may not be changed",
+        // RoleBinding, ClusterRoleBinding
+        "cannot change roleref",
+        // StatefulSet: "updates to statefulset spec for fields other than … are forbidden"
+        "for fields other than",
+        // Pod: "pod updates may not change fields other than …"
+        "may not change fields other than",
     ]
     .iter()
     .any(|p| m.contains(p))
@@ -1078,4 +1128,30 @@ pub fn strip_for_diff(v: &Value) -> Value {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::immutable_refusal;
+
+    #[test]
+    fn the_api_servers_ways_of_saying_a_field_cannot_change() {
+        for message in [
+            r#"Service "db" is invalid: spec.clusterIP: Invalid value: "10.0.0.9": field is immutable"#,
+            r#"Service "db" is invalid: spec.clusterIP: Invalid value: "": may not change once set"#,
+            r#"Job.batch "m" is invalid: spec.selector: Invalid value: {}: field is immutable"#,
+            r#"RoleBinding.rbac.authorization.k8s.io "rb" is invalid: roleRef: Invalid value: {}: cannot change roleRef"#,
+            r#"StatefulSet.apps "web" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'template', 'updateStrategy' and 'minReadySeconds' are forbidden"#,
+            r#"Pod "p" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"#,
+            r#"PersistentVolumeClaim "data" is invalid: spec: Forbidden: spec is immutable after creation except resources.requests for bound claims"#,
+        ] {
+            assert!(immutable_refusal(message), "{message}");
+        }
+        for message in [
+            r#"ConfigMap "c" is invalid: data[a b]: Invalid value: "a b": a valid config key must consist of alphanumeric characters"#,
+            r#"Deployment.apps "web" is invalid: spec.replicas: Invalid value: -1: must be greater than or equal to 0"#,
+        ] {
+            assert!(!immutable_refusal(message), "{message}");
+        }
+    }
 }

@@ -147,8 +147,33 @@ pub fn decode_bytes(chunks: &[&[u8]], expected_sha256: &str) -> Result<Vec<u8>, 
 
 /// Fields that change without anyone changing the object's content.
 const VOLATILE_METADATA: &[&str] = &["resourceVersion", "managedFields", "generation", "selfLink"];
-/// Annotations written by controllers, not by the people whose changes we track.
-const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &["deployment.kubernetes.io/"];
+/// Annotations written by controllers, not by the people whose changes we
+/// track: the Deployment revision, volume binding and provisioning, the
+/// status a v1 HorizontalPodAutoscaler keeps in annotations, leader election.
+const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &[
+    "deployment.kubernetes.io/",
+    "pv.kubernetes.io/",
+    "volume.beta.kubernetes.io/",
+    "volume.kubernetes.io/",
+    "autoscaling.alpha.kubernetes.io/",
+    "control-plane.alpha.kubernetes.io/leader",
+];
+/// Fields that controllers fill in on objects people create, by kind: the
+/// token controller's `secrets` of a ServiceAccount (before 1.24), the
+/// binding of a claim and of a volume, the scheduler's node of a Pod.
+/// `(kind, parent, field)`, parent `""` for the top level.
+const CONTROLLER_FIELDS: &[(&str, &str, &str)] = &[
+    ("ServiceAccount", "", "secrets"),
+    ("PersistentVolumeClaim", "spec", "volumeName"),
+    ("PersistentVolume", "spec", "claimRef"),
+    ("Pod", "spec", "nodeName"),
+];
+
+fn controller_field(kind: &str, parent: &str, key: &str) -> bool {
+    CONTROLLER_FIELDS
+        .iter()
+        .any(|&(k, p, f)| k == kind && p == parent && f == key)
+}
 /// Identity fields a recreated object gets anew.
 const IDENTITY_METADATA: &[&str] = &[
     "uid",
@@ -159,26 +184,29 @@ const IDENTITY_METADATA: &[&str] = &[
 
 /// The conflict fingerprint: a stable hash of the object's content
 /// (canonical JSON, sorted keys) without status, resourceVersion,
-/// managedFields, generation and controller annotations. Outside `Scale`
-/// objects `spec.replicas` is left out too: autoscalers and scale-subresource
-/// writes change it constantly, and a scale inside an action is checked
-/// through the subresource's own fingerprint.
+/// managedFields, generation, controller annotations and the fields
+/// controllers fill in ([`CONTROLLER_FIELDS`]). Outside `Scale` objects
+/// `spec.replicas` is left out too: autoscalers and scale-subresource writes
+/// change it constantly, and a scale inside an action is checked through the
+/// subresource's own fingerprint.
 pub fn fingerprint(object: &Value) -> String {
-    let scale = object.get("kind").and_then(Value::as_str) == Some("Scale");
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
     let mut hasher = Sha256::new();
-    write_fingerprint(object, &mut hasher, &[], scale);
+    write_fingerprint(object, &mut hasher, &[], kind);
     hex::encode(hasher.finalize())
 }
 
 /// Canonical JSON of `value` into `out`, leaving out what [`fingerprint`]
-/// ignores, without copying the object. `path` is the keys leading here.
-fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], scale: bool) {
+/// ignores, without copying the object. `path` is the keys leading here,
+/// `kind` the object's.
+fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], kind: &str) {
     let Value::Object(map) = value else {
         return write_canonical(value, out);
     };
+    let scale = kind == "Scale";
     let skip = |key: &str, v: &Value| -> bool {
         match path {
-            [] => key == "status",
+            [] => key == "status" || controller_field(kind, "", key),
             ["metadata"] => {
                 VOLATILE_METADATA.contains(&key)
                     || (key == "annotations"
@@ -193,7 +221,7 @@ fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], scale: bool
             ["metadata", "annotations"] => CONTROLLER_ANNOTATION_PREFIXES
                 .iter()
                 .any(|p| key.starts_with(p)),
-            ["spec"] => !scale && key == "replicas",
+            ["spec"] => (!scale && key == "replicas") || controller_field(kind, "spec", key),
             _ => false,
         }
     };
@@ -205,7 +233,7 @@ fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], scale: bool
             if path.len() < 2 {
                 let mut next: Vec<&str> = path.to_vec();
                 next.push(key);
-                write_fingerprint(v, out, &next, scale);
+                write_fingerprint(v, out, &next, kind);
             } else {
                 write_canonical(v, out);
             }
@@ -278,12 +306,47 @@ pub fn strip_volatile(object: &Value) -> Value {
     copy
 }
 
+/// Labels the API server puts on a Job's pod template, and in its selector,
+/// from the Job's uid.
+const JOB_UID_LABELS: &[&str] = &["controller-uid", "batch.kubernetes.io/controller-uid"];
+
+/// Unless `spec.manualSelector` is true, a Job's selector and its template's
+/// `controller-uid` labels are generated from its uid when it is created: a
+/// create that carries them is refused ("selector not auto-generated"), and
+/// a Job recreated from its prior state gets new ones. Removes them from a
+/// `batch` Job (nothing else is touched).
+pub fn strip_generated_job_selector(v: &mut Value) {
+    let is_job = v.get("kind").and_then(Value::as_str) == Some("Job")
+        && v.get("apiVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.starts_with("batch/"));
+    let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if !is_job || spec.get("manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    spec.remove("selector");
+    if let Some(labels) = spec
+        .get_mut("template")
+        .and_then(|t| t.get_mut("metadata"))
+        .and_then(|m| m.get_mut("labels"))
+        .and_then(Value::as_object_mut)
+    {
+        for key in JOB_UID_LABELS {
+            labels.remove(*key);
+        }
+    }
+}
+
 /// Whether two versions of an object have the same content, as a rollback
-/// sees it: everything but status, volatile and identity metadata. Unlike
-/// the fingerprint this includes `spec.replicas`.
+/// sees it: everything but status, volatile and identity metadata (and what
+/// the API server derives from the uid: ownerReferences' uids, a Job's
+/// generated selector). Unlike the fingerprint this includes `spec.replicas`.
 pub fn same_content(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut s = strip_volatile(v);
+        strip_generated_job_selector(&mut s);
         if let Some(meta) = s.get_mut("metadata").and_then(Value::as_object_mut) {
             for key in IDENTITY_METADATA {
                 meta.remove(*key);
@@ -364,10 +427,23 @@ mod tests {
     /// then hash the canonical JSON.
     fn reference_fingerprint(object: &Value) -> String {
         let mut stripped = strip_volatile(object);
-        if object.get("kind").and_then(Value::as_str) != Some("Scale")
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+        if kind != "Scale"
             && let Some(spec) = stripped.get_mut("spec").and_then(Value::as_object_mut)
         {
             spec.remove("replicas");
+        }
+        for &(k, parent, field) in CONTROLLER_FIELDS {
+            let at = if parent.is_empty() {
+                stripped.as_object_mut()
+            } else {
+                stripped.get_mut(parent).and_then(Value::as_object_mut)
+            };
+            if k == kind
+                && let Some(map) = at
+            {
+                map.remove(field);
+            }
         }
         let mut hasher = Sha256::new();
         write_canonical(&stripped, &mut hasher);
@@ -396,6 +472,50 @@ mod tests {
                          "name": "a\"b", "managedFields": []}, "spec": {"replicas": 2, "x": [1, 2.5, null, "é"]},
                          "status": {"y": 1}});
         assert_eq!(fingerprint(&odd), reference_fingerprint(&odd));
+        for controlled in [
+            json!({"kind": "ServiceAccount", "metadata": {"name": "sa"}, "secrets": [{"name": "sa-token-x"}]}),
+            json!({"kind": "PersistentVolumeClaim", "metadata": {"name": "c", "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+                   "spec": {"volumeName": "pv-1", "resources": {"requests": {"storage": "1Gi"}}}}),
+            json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": []}}),
+        ] {
+            assert_eq!(
+                fingerprint(&controlled),
+                reference_fingerprint(&controlled),
+                "{controlled}"
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprint_ignores_what_controllers_fill_in() {
+        // A ServiceAccount as created, and after the token controller (before
+        // Kubernetes 1.24) added its token Secret.
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}});
+        let mut with_token = sa.clone();
+        with_token["secrets"] = json!([{"name": "app-token-abcde"}]);
+        assert_eq!(fingerprint(&sa), fingerprint(&with_token));
+        // A claim as created, and once bound.
+        let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+                         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+        let mut bound = pvc.clone();
+        bound["spec"]["volumeName"] = json!("pvc-1234");
+        bound["metadata"]["annotations"] = json!({"pv.kubernetes.io/bind-completed": "yes",
+            "volume.beta.kubernetes.io/storage-provisioner": "rancher.io/local-path"});
+        assert_eq!(fingerprint(&pvc), fingerprint(&bound));
+        // A Pod as created, and once scheduled.
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                         "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+        let mut scheduled = pod.clone();
+        scheduled["spec"]["nodeName"] = json!("node-1");
+        assert_eq!(fingerprint(&pod), fingerprint(&scheduled));
+        // The same fields on other kinds, and people's changes, still count.
+        let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let plain = fingerprint(&cm);
+        cm["secrets"] = json!([{"name": "x"}]);
+        assert_ne!(fingerprint(&cm), plain);
+        let mut bigger = bound.clone();
+        bigger["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        assert_ne!(fingerprint(&bigger), fingerprint(&bound));
     }
 
     #[test]

@@ -448,3 +448,135 @@ fn objects_being_deleted_are_never_reported_as_restored() {
         Action::None(Outcome::Unchanged, _)
     ));
 }
+
+fn job(uid: &str, manual: bool) -> Value {
+    let mut j = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "migrate", "namespace": "ns", "uid": uid, "resourceVersion": "7"},
+        "spec": {
+            "backoffLimit": 2,
+            "selector": {"matchLabels": {"controller-uid": uid}},
+            "template": {"metadata": {"labels": {"controller-uid": uid, "job-name": "migrate", "app": "db"}},
+                         "spec": {"restartPolicy": "Never", "containers": [{"name": "m", "image": "busybox"}]}}}});
+    if manual {
+        j["spec"]["manualSelector"] = json!(true);
+    }
+    j
+}
+
+#[test]
+fn a_deleted_job_is_created_without_its_generated_selector() {
+    let h = only(vec![snap(
+        1,
+        Operation::Delete,
+        "migrate",
+        Some(&job("u1", false)),
+        None,
+    )]);
+    let Action::Create(body) = decide(&h, None, false).action else {
+        panic!("a create")
+    };
+    // The API server refuses a selector it did not generate, and generates
+    // a new one (with new controller-uid labels) from the new uid.
+    assert!(body["spec"].get("selector").is_none(), "{body}");
+    let labels = &body["spec"]["template"]["metadata"]["labels"];
+    assert!(labels.get("controller-uid").is_none(), "{labels}");
+    assert_eq!(labels["app"], "db");
+    assert_eq!(labels["job-name"], "migrate");
+    assert_eq!(body["spec"]["backoffLimit"], 2);
+}
+
+#[test]
+fn a_job_with_a_manual_selector_keeps_it() {
+    let h = only(vec![snap(
+        1,
+        Operation::Delete,
+        "migrate",
+        Some(&job("u1", true)),
+        None,
+    )]);
+    let Action::Create(body) = decide(&h, None, false).action else {
+        panic!("a create")
+    };
+    assert_eq!(
+        body["spec"]["selector"]["matchLabels"]["controller-uid"],
+        "u1"
+    );
+}
+
+#[test]
+fn a_recreated_job_is_already_in_its_prior_state() {
+    // Restored by a first rollback: same content, new uid and selector.
+    let h = only(vec![snap(
+        1,
+        Operation::Delete,
+        "migrate",
+        Some(&job("u1", false)),
+        None,
+    )]);
+    let step = decide(&h, Some(&job("u2", false)), false);
+    assert_eq!(
+        step.action,
+        Action::None(Outcome::Unchanged, "already in its prior state".into())
+    );
+    // A real difference still counts.
+    let mut other = job("u2", false);
+    other["spec"]["backoffLimit"] = json!(5);
+    assert_ne!(
+        decide(&h, Some(&other), true).action,
+        Action::None(Outcome::Unchanged, "already in its prior state".into())
+    );
+}
+
+#[test]
+fn an_updated_job_is_replaced_with_its_selector() {
+    // The selector is immutable: a replace must carry it unchanged.
+    let prior = job("u1", false);
+    let mut after = job("u1", false);
+    after["metadata"]["labels"] = json!({"team": "x"});
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "migrate",
+        Some(&prior),
+        Some(&after),
+    )]);
+    let Action::Replace(body) = decide(&h, Some(&after), false).action else {
+        panic!("a replace")
+    };
+    assert_eq!(
+        body["spec"]["selector"]["matchLabels"]["controller-uid"],
+        "u1"
+    );
+    assert_eq!(
+        body["spec"]["template"]["metadata"]["labels"]["controller-uid"],
+        "u1"
+    );
+}
+
+#[test]
+fn a_refused_create_of_an_existing_object_does_not_hide_later_changes() {
+    // `kubectl create` of an object that already exists (uid "old") passes
+    // admission with a fresh uid and then fails with AlreadyExists; the
+    // action then changes the existing object.
+    let phantom = obj("c", "x", "never-existed");
+    let (v1, v2) = (obj("c", "1", "old"), obj("c", "2", "old"));
+    let h = only(vec![
+        snap(1, Operation::Create, "c", None, Some(&phantom)),
+        snap(2, Operation::Update, "c", Some(&v1), Some(&v2)),
+    ]);
+    assert_eq!(h.target, Target::Present(v1.clone()));
+    let Action::Replace(body) = decide(&h, Some(&v2), false).action else {
+        panic!("a replace")
+    };
+    assert_eq!(body["data"]["v"], "1");
+    // Created by the action, deleted and created again, then changed: it
+    // did not exist before the action.
+    let (a, b1, b2) = (obj("c", "1", "a"), obj("c", "1", "b"), obj("c", "2", "b"));
+    let h = only(vec![
+        snap(1, Operation::Create, "c", None, Some(&a)),
+        snap(2, Operation::Delete, "c", Some(&a), None),
+        snap(3, Operation::Create, "c", None, Some(&b1)),
+        snap(4, Operation::Update, "c", Some(&b1), Some(&b2)),
+    ]);
+    assert!(matches!(h.target, Target::Absent { .. }), "{:?}", h.target);
+}
