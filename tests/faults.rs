@@ -82,11 +82,12 @@ async fn check_zero_lost(
     let mut priors: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut found = 0;
     for a in actions {
-        for l in store
+        let loaded = store
             .load_action(&snapback::store::model::ActionId::parse(&a).unwrap())
             .await
-            .unwrap()
-        {
+            .unwrap();
+        assert!(loaded.damaged.is_empty(), "{:?}", loaded.damaged);
+        for l in loaded.snapshots {
             if l.meta.operation != Operation::Update
                 || l.meta.object.namespace.as_deref() != Some(ns)
             {

@@ -215,6 +215,81 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
     );
 }
 
+/// A stored snapshot that cannot say which object it is of (its labels were
+/// damaged): the rollback refuses rather than restore from a later snapshot
+/// a state from the middle of the action, unless forced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_snapshot_stops_the_rollback_unless_forced() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user7";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("damaged", &[user]);
+    c.apply_as("admin", &configmap(&ns, "cm", "v1"));
+    let id = format!("damaged-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    c.apply_as(user, &configmap(&ns, "cm", "v2"));
+    c.apply_as(user, &configmap(&ns, "cm", "v3"));
+    complete(&api, &token, &id).await;
+    // The first change's snapshot (prior v1) loses its operation label.
+    let snapshots = get_json(
+        c,
+        &[
+            "-n",
+            &sb.opts.snapshot_namespace,
+            "configmaps",
+            "-l",
+            &format!("snapback.io/action={id},!snapback.io/record"),
+        ],
+    )
+    .expect("the snapshots");
+    let mut items: Vec<&Value> = snapshots["items"].as_array().unwrap().iter().collect();
+    assert_eq!(items.len(), 2, "{snapshots:#}");
+    items.sort_by_key(|i| {
+        i["metadata"]["annotations"]["snapback.io/timestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    let first = items[0]["metadata"]["name"].as_str().unwrap();
+    c.kubectl_ok(&[
+        "-n",
+        &sb.opts.snapshot_namespace,
+        "label",
+        "--overwrite",
+        "configmap",
+        first,
+        "snapback.io/operation=bogus",
+    ]);
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = error_message(&body);
+    assert!(
+        message.contains(first) && message.contains("force=true"),
+        "{message}"
+    );
+    assert_eq!(value_of(c, &ns, "cm"), "v3", "nothing was restored");
+    // Forced: what can be read is restored (here the later snapshot's prior).
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?force=true"),
+            &token,
+        )
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(value_of(c, &ns, "cm"), "v2");
+}
+
 fn deployment(ns: &str, name: &str, image: &str, replicas: u32) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: main, image: \"{image}\"}}]}}\n"

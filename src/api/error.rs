@@ -110,9 +110,9 @@ impl From<RollbackError> for ApiError {
                 objects: Some(objects.clone()),
                 message: e.to_string(),
             },
-            RollbackError::Running(_) | RollbackError::NotOpen { .. } => {
-                ApiError::conflict(e.to_string())
-            }
+            RollbackError::Running(_)
+            | RollbackError::NotOpen { .. }
+            | RollbackError::Damaged(_) => ApiError::conflict(e.to_string()),
             RollbackError::Store(ref s) => ApiError::from_store("rollback", s),
             RollbackError::Client(_) => ApiError::internal("rollback", &e),
         }

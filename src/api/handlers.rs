@@ -194,20 +194,26 @@ pub async fn list_actions(
         .iter()
         .map(|(r, _)| ActionSummary::from_activity(r, activity.get(r.id.as_str())))
         // An empty user or namespace filters nothing.
-        .filter(|a| q.get("user").is_none_or(|u| a.owner == u))
+        .filter(|a| q.get("user").is_none_or(|u| a.base.owner == u))
         .filter(|a| {
             q.get("namespace")
-                .is_none_or(|ns| a.namespaces.contains(ns))
+                .is_none_or(|ns| a.base.namespaces.contains(ns))
         })
-        .filter(|a| since.is_none_or(|s| a.created_at >= s))
+        .filter(|a| since.is_none_or(|s| a.base.created_at >= s))
         .collect();
-    actions.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    actions.sort_by(|a, b| {
+        b.base
+            .created_at
+            .cmp(&a.base.created_at)
+            .then(b.base.id.cmp(&a.base.id))
+    });
     actions.truncate(limit);
     Ok(Json(ActionList { actions }))
 }
 
 /// Query parameters of `GET /api/v1/actions` (for the OpenAPI description;
-/// the query is parsed by hand for precise error messages).
+/// the query is parsed by hand for precise error messages). An empty value
+/// is the same as none.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
@@ -217,13 +223,88 @@ pub struct ListQuery {
     /// Only actions that touched this namespace.
     namespace: Option<String>,
     /// Only actions in this state.
-    state: Option<ActionState>,
+    #[param(schema_with = state_schema)]
+    state: Option<String>,
     /// Created at or after this RFC 3339 time, or this long ago (`1h`).
     #[param(schema_with = since_schema)]
     since: Option<String>,
     /// At most this many (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
+    #[param(schema_with = limit_schema)]
+    limit: Option<String>,
+}
+
+/// Query parameters of `rollback` and `cancel`. An empty value is the same
+/// as none; a bare flag (`?dryRun`) is true.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, non_snake_case)]
+pub struct RollbackQuery {
+    /// Return the plan (outcome `planned`, with a JSON patch per object) and
+    /// change nothing.
+    #[param(schema_with = flag_schema)]
+    dryRun: Option<String>,
+    /// Overwrite objects changed after the action, and ignore the rollback
+    /// window.
+    #[param(schema_with = flag_schema)]
+    force: Option<String>,
+    /// `abort` (default: `--rollback-failure-policy`), `continue` or `retry`.
+    #[param(schema_with = failure_policy_schema)]
+    failurePolicy: Option<String>,
+    /// Restore objects whose replace hits an immutable field by delete and
+    /// create.
+    #[param(schema_with = flag_schema)]
+    recreate: Option<String>,
+}
+
+/// `{"type": "string", "maxLength": 0}`: a parameter given with no value.
+fn empty_value() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .max_length(Some(0))
+        .build()
+}
+
+/// One of these strings, or none.
+fn words_schema(words: &[&str]) -> utoipa::openapi::schema::Schema {
+    let mut all: Vec<&str> = words.to_vec();
+    all.push("");
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(all))
+        .into()
+}
+
+fn state_schema() -> utoipa::openapi::schema::Schema {
+    words_schema(&[
+        "open",
+        "completed",
+        "cancelled",
+        "rolling-back",
+        "rolled-back",
+        "rollback-failed",
+    ])
+}
+
+fn failure_policy_schema() -> utoipa::openapi::schema::Schema {
+    words_schema(&["abort", "continue", "retry"])
+}
+
+fn flag_schema() -> utoipa::openapi::schema::Schema {
+    words_schema(&["true", "false", "1", "0"])
+}
+
+fn limit_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(1000)),
+        )
+        .item(empty_value())
+        .build()
+        .into()
 }
 
 fn since_schema() -> utoipa::openapi::schema::Schema {
@@ -239,6 +320,7 @@ fn since_schema() -> utoipa::openapi::schema::Schema {
                 .schema_type(Type::String)
                 .pattern(Some(DURATION_PATTERN)),
         )
+        .item(empty_value())
         .build();
     utoipa::openapi::schema::Schema::OneOf(one_of)
 }
@@ -418,10 +500,8 @@ pub async fn get_action(
         .await
         .map_err(|e| ApiError::from_store("listing snapshots", &e))?;
     let refs: Vec<&SnapshotMeta> = metas.iter().collect();
-    let mut summary = ActionSummary::new(&record, &refs);
-    summary.changes = None;
     Ok(Json(ActionDetail {
-        summary,
+        base: ActionBase::new(&record, &refs),
         changes: metas.iter().map(Change::from).collect(),
         rollback_reports: record.rollbacks.clone(),
         progress: Progress::of(&record),
@@ -519,7 +599,7 @@ pub async fn diff_action(
 #[utoipa::path(get, path = "/api/v1/actions/{id}/manifests", tag = "actions",
     params(("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")),
     responses(
-        (status = 200, content_type = "application/yaml", body = String, description = "a multi-document YAML stream: one document per object that existed before the action; comments at the top name the others"),
+        (status = 200, content_type = "text/plain", body = String, description = "a multi-document YAML stream: one document per object that existed before the action; comments at the top name the others"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ))]
 pub async fn manifests(
@@ -590,7 +670,10 @@ pub async fn manifests(
         out.push_str(&d);
     }
     Ok((
-        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        // A multi-document YAML stream, served as text: generic clients
+        // and schema checkers that parse `application/yaml` expect one
+        // document.
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         out,
     )
         .into_response())
@@ -699,10 +782,7 @@ fn rollback_params(state: &ApiState, q: &Query) -> Result<Params> {
 #[utoipa::path(post, path = "/api/v1/actions/{id}/rollback", tag = "actions",
     params(
         ("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"),
-        ("dryRun" = Option<bool>, Query, description = "return the plan (outcome planned, with a JSON patch per object) and change nothing"),
-        ("force" = Option<bool>, Query, description = "overwrite objects changed after the action, and ignore the rollback window"),
-        ("failurePolicy" = Option<FailurePolicy>, Query, description = "abort (default), continue or retry"),
-        ("recreate" = Option<bool>, Query, description = "restore objects whose replace hits an immutable field by delete and create"),
+        RollbackQuery,
     ),
     responses(
         (status = 200, body = Report),
@@ -723,10 +803,7 @@ pub async fn rollback_action(
 #[utoipa::path(post, path = "/api/v1/actions/{id}/cancel", tag = "actions",
     params(
         ("id" = String, Path, description = "action id", pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"),
-        ("dryRun" = Option<bool>, Query, description = "return the plan and change nothing"),
-        ("force" = Option<bool>, Query, description = "overwrite objects changed after the action, and ignore the rollback window"),
-        ("failurePolicy" = Option<FailurePolicy>, Query, description = "abort (default), continue or retry"),
-        ("recreate" = Option<bool>, Query, description = "restore objects whose replace hits an immutable field by delete and create"),
+        RollbackQuery,
     ),
     responses(
         (status = 200, body = Report),

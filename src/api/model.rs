@@ -27,10 +27,10 @@ pub struct OpenAction {
     pub guard: Option<crate::guard::GuardSpec>,
 }
 
-/// An action as listed.
+/// What every answer about an action says.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ActionSummary {
+pub struct ActionBase {
     pub id: String,
     /// open, completed, cancelled, rolling-back, rolled-back, rollback-failed
     pub state: String,
@@ -49,12 +49,7 @@ pub struct ActionSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_change_at: Option<Timestamp>,
-    /// Number of captured changes (in the action list and the answers of
-    /// `open` and `complete`; `GET /api/v1/actions/{id}` lists the changes
-    /// themselves under this name).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub changes: Option<usize>,
-    /// Number of captured changes, in every answer.
+    /// Number of captured changes.
     pub change_count: usize,
     /// Namespaces of the objects the action touched.
     pub namespaces: BTreeSet<String>,
@@ -67,7 +62,39 @@ pub struct ActionSummary {
     pub guard: Option<crate::guard::GuardStatus>,
 }
 
+/// An action as listed (and as `open` and `complete` answer).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionSummary {
+    #[serde(flatten)]
+    pub base: ActionBase,
+    /// Number of captured changes (the same as `changeCount`).
+    pub changes: usize,
+}
+
 impl ActionSummary {
+    pub fn new(r: &ActionRecord, snaps: &[&SnapshotMeta]) -> Self {
+        Self::of(ActionBase::new(r, snaps))
+    }
+
+    /// From what the store's metadata says of the action's snapshots
+    /// (the action list: no snapshot is read).
+    pub fn from_activity(r: &ActionRecord, activity: Option<&Activity>) -> Self {
+        Self::of(match activity {
+            Some(a) => ActionBase::with(r, a.last, a.snapshots, a.namespaces.clone()),
+            None => ActionBase::with(r, None, 0, BTreeSet::new()),
+        })
+    }
+
+    fn of(base: ActionBase) -> Self {
+        ActionSummary {
+            changes: base.change_count,
+            base,
+        }
+    }
+}
+
+impl ActionBase {
     pub fn new(r: &ActionRecord, snaps: &[&SnapshotMeta]) -> Self {
         Self::with(
             r,
@@ -80,22 +107,13 @@ impl ActionSummary {
         )
     }
 
-    /// From what the store's metadata says of the action's snapshots
-    /// (the action list: no snapshot is read).
-    pub fn from_activity(r: &ActionRecord, activity: Option<&Activity>) -> Self {
-        match activity {
-            Some(a) => Self::with(r, a.last, a.snapshots, a.namespaces.clone()),
-            None => Self::with(r, None, 0, BTreeSet::new()),
-        }
-    }
-
     fn with(
         r: &ActionRecord,
         last_change_at: Option<Timestamp>,
         changes: usize,
         namespaces: BTreeSet<String>,
     ) -> Self {
-        ActionSummary {
+        ActionBase {
             id: r.id.to_string(),
             state: r.state.to_string(),
             origin: r.origin.clone(),
@@ -105,7 +123,6 @@ impl ActionSummary {
             updated_at: r.updated_at,
             completed_at: r.completed_at,
             last_change_at,
-            changes: Some(changes),
             change_count: changes,
             namespaces,
             rollback_of: r.rollback_of.as_ref().map(|a| a.to_string()),
@@ -159,13 +176,12 @@ impl From<&SnapshotMeta> for Change {
     }
 }
 
-/// `GET /api/v1/actions/{id}`: the summary (without its `changes` number:
-/// `changeCount` has it) and the changes.
+/// `GET /api/v1/actions/{id}`: the action and its changes.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionDetail {
     #[serde(flatten)]
-    pub summary: ActionSummary,
+    pub base: ActionBase,
     /// Every captured change, oldest first.
     pub changes: Vec<Change>,
     /// Reports of the rollbacks of this action, oldest first.

@@ -19,7 +19,7 @@ use crate::restore::dynamic;
 use crate::restore::plan::{self, Action, ObjectHistory, Outcome, RestoreOp, Step, Target};
 use crate::restore::report::{ObjectResult, Report, Trigger, counts};
 use crate::store::actions::{ActionRecord, ActionState};
-use crate::store::kube_store::KubeStore;
+use crate::store::kube_store::{KubeStore, LoadedAction};
 use crate::store::model::{ACTION_ANNOTATION, ActionId};
 use crate::store::{StoreError, describe_kube_error};
 
@@ -88,6 +88,11 @@ pub enum RollbackError {
     Running(ActionId),
     #[error("action {id} is {state}; only an open action can be cancelled")]
     NotOpen { id: ActionId, state: ActionState },
+    #[error(
+        "{} stored snapshot object(s) of this action cannot be read ({}); which objects they are of is unknown, so a rollback could restore a state from the middle of the action; use force=true to restore from the snapshots that can be read",
+        .0.len(), .0.join("; ")
+    )]
+    Damaged(Vec<String>),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("building the impersonating client: {0}")]
@@ -175,7 +180,7 @@ impl Restorer {
     /// The histories of an action's objects.
     pub async fn histories(&self, id: &ActionId) -> Result<Vec<ObjectHistory>, RollbackError> {
         let loaded = self.store.load_action(id).await?;
-        Ok(plan::histories(loaded))
+        Ok(plan::histories(loaded.snapshots))
     }
 
     /// Current state of every object (bounded concurrency), as the caller sees it.
@@ -246,7 +251,16 @@ impl Restorer {
                 state: record.state,
             });
         }
-        let loaded = self.store.load_action(id).await?;
+        let LoadedAction {
+            snapshots: loaded,
+            damaged,
+        } = self.store.load_action(id).await?;
+        // Without knowing which objects those snapshots are of, an object's
+        // earliest snapshot may be among them, and a later one would restore
+        // a state between the action's changes.
+        if !damaged.is_empty() && !params.force {
+            return Err(RollbackError::Damaged(damaged));
+        }
         let last_change = loaded
             .iter()
             .map(|l| l.meta.timestamp)

@@ -518,12 +518,11 @@ impl KubeStore {
 
     /// Every snapshot of an action with its decoded prior object, in two LIST
     /// calls (ConfigMaps and Secrets) rather than one GET per snapshot. A
-    /// snapshot that cannot be decoded carries the reason instead of failing
-    /// the whole action.
-    pub async fn load_action(
-        &self,
-        action: &ActionId,
-    ) -> Result<Vec<crate::restore::plan::Loaded>> {
+    /// snapshot whose payload cannot be decoded carries the reason instead
+    /// of failing the whole action; stored objects that cannot even say
+    /// which object they are of (damaged metadata, a batch that fails its
+    /// checksum) are in `damaged`.
+    pub async fn load_action(&self, action: &ActionId) -> Result<LoadedAction> {
         let lp = ListParams::default().labels(&format!("{LABEL_ACTION}={action}"));
         let mut raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)> = Vec::new();
         for cm in self
@@ -553,13 +552,16 @@ impl KubeStore {
             let payload = s.data.and_then(|mut d| d.remove(PAYLOAD_KEY)).map(|b| b.0);
             raw.push((s.metadata, payload, true));
         }
-        let all = tokio::task::spawn_blocking(move || assemble(raw))
+        let (all, damaged) = tokio::task::spawn_blocking(move || assemble(raw))
             .await
             .map_err(|e| StoreError::Corrupt {
                 name: action.to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(dedupe(all, |l| &l.meta.snapshot_name))
+        Ok(LoadedAction {
+            snapshots: dedupe(all, |l| &l.meta.snapshot_name),
+            damaged,
+        })
     }
 
     /// Fold the per-change ConfigMaps of a finished action into batches
@@ -621,7 +623,7 @@ impl KubeStore {
                 (cm.metadata, payload, false)
             })
             .collect();
-        let loaded = tokio::task::spawn_blocking(move || assemble(raw))
+        let (loaded, _damaged) = tokio::task::spawn_blocking(move || assemble(raw))
             .await
             .map_err(|e| StoreError::Corrupt {
                 name: action.to_string(),
@@ -744,11 +746,24 @@ where
     }
 }
 
-/// Pair snapshots with their chunks and decode them.
-fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore::plan::Loaded> {
+/// An action's stored snapshots, read back.
+#[derive(Debug, Default)]
+pub struct LoadedAction {
+    pub snapshots: Vec<crate::restore::plan::Loaded>,
+    /// Stored objects of the action that cannot be read at all (which
+    /// objects their snapshots are of is unknown), each with the reason.
+    pub damaged: Vec<String>,
+}
+
+/// Pair snapshots with their chunks and decode them; also the stored
+/// objects that cannot be read at all.
+fn assemble(
+    raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>,
+) -> (Vec<crate::restore::plan::Loaded>, Vec<String>) {
     let mut chunks: HashMap<(String, u32), Vec<u8>> = HashMap::new();
     let mut mains = Vec::new();
     let mut batched = Vec::new();
+    let mut damaged = Vec::new();
     for (om, payload, secret) in raw {
         let labels = om.labels.clone().unwrap_or_default();
         match labels.get(LABEL_RECORD).map(String::as_str) {
@@ -767,7 +782,10 @@ fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore
                 let annotations = om.annotations.clone().unwrap_or_default();
                 match batch::decode(&name, &annotations, &payload.unwrap_or_default()) {
                     Ok(entries) => batched.extend(entries),
-                    Err(e) => tracing::warn!(error = %e, "skipping unreadable batch"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping unreadable batch");
+                        damaged.push(format!("batch {name}: {e}"));
+                    }
                 }
             }
             Some(_) => {}
@@ -779,13 +797,17 @@ fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "skipping unreadable snapshot");
+                damaged.push(format!(
+                    "snapshot {}: {e}",
+                    om.name.as_deref().unwrap_or("?")
+                ));
                 return None;
             }
         };
         let prior = decode_payload(&meta, payload, &mut chunks);
         Some(crate::restore::plan::Loaded { meta, prior })
     });
-    singles
+    let loaded = singles
         .collect::<Vec<_>>()
         .into_iter()
         .chain(
@@ -793,7 +815,8 @@ fn assemble(raw: Vec<(ObjectMeta, Option<Vec<u8>>, bool)>) -> Vec<crate::restore
                 .into_iter()
                 .map(|(meta, prior)| crate::restore::plan::Loaded { meta, prior }),
         )
-        .collect()
+        .collect();
+    (loaded, damaged)
 }
 
 /// One item per snapshot name: a snapshot can be found twice, alone and in
