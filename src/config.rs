@@ -184,6 +184,12 @@ pub struct ServeArgs {
     /// change, always (SPEC §3 only).
     #[arg(long, env = "SNAPBACK_SNAPSHOT_BATCHING", default_value_t = true, action = clap::ArgAction::Set)]
     pub snapshot_batching: bool,
+    /// How long an action stays finished (and unchanged) before compaction
+    /// folds its per-change ConfigMaps into batches: until then they are
+    /// exactly as SPEC §3 stores them, for whoever inspects a recent action.
+    /// 0: as soon as it is finished.
+    #[arg(long, env = "SNAPBACK_COMPACT_AFTER", default_value = "1h", value_parser = parse_duration)]
+    pub compact_after: Duration,
     #[arg(long, env = "SNAPBACK_RETENTION", default_value = "168h", value_parser = parse_duration)]
     pub retention: Duration,
     #[arg(long, env = "SNAPBACK_MAX_ACTIONS", default_value_t = 1000)]
@@ -296,6 +302,8 @@ pub struct Config {
     pub webhook_client_ca: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub snapshot_batching: bool,
+    /// `--compact-after`.
+    pub compact_after: Duration,
     /// How long a round of queued snapshot writes gathers snapshots (only
     /// with `--capture-ack=queued`; see [`Config::batch_window`]).
     pub capture_batch_window: Duration,
@@ -426,6 +434,7 @@ impl From<ServeArgs> for Config {
             webhook_client_ca: a.webhook_client_ca,
             kubeconfig: a.kubeconfig,
             snapshot_batching: a.snapshot_batching,
+            compact_after: a.compact_after,
             capture_batch_window: a.capture_batch_window,
             kube_context: a.kube_context,
             capture: CaptureConfig {

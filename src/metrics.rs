@@ -117,7 +117,7 @@ impl Metrics {
         registry
             .register(Box::new(snapshot_writes_queued.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
-        Metrics {
+        let m = Metrics {
             admission_requests: counter_vec(
                 registry,
                 "admission_requests_total",
@@ -208,6 +208,57 @@ impl Metrics {
                 &["outcome"],
             ),
             registry: registry.clone(),
+        };
+        m.show_at_zero();
+        m
+    }
+
+    /// Series of a vector exist only once a label value is used; the main
+    /// ones are created at 0, so `/metrics` shows every instrument of SPEC §6
+    /// (and a rate over a counter that has not moved yet) from the start.
+    fn show_at_zero(&self) {
+        const OPERATIONS: [&str; 3] = ["create", "update", "delete"];
+        for op in OPERATIONS {
+            for outcome in ["captured", "skipped", "denied"] {
+                self.admission_requests
+                    .with_label_values(&["validate", op, outcome]);
+            }
+            for outcome in ["allowed", "patched", "denied"] {
+                self.admission_requests
+                    .with_label_values(&["mutate", op, outcome]);
+            }
+            self.snapshots_stored.with_label_values(&[op]);
+            self.snapshot_bytes.with_label_values(&[op]);
+        }
+        for webhook in ["mutate", "validate"] {
+            self.admission_duration.with_label_values(&[webhook]);
+        }
+        for reason in [
+            "forbidden",
+            "too_large",
+            "throttled",
+            "server_error",
+            "api_error",
+            "unreachable",
+            "timeout",
+        ] {
+            self.snapshot_failures.with_label_values(&[reason]);
+        }
+        for (trigger, outcome) in [
+            ("request", "rolled-back"),
+            ("request", "rollback-failed"),
+            ("cancel", "cancelled"),
+            ("cancel", "rollback-failed"),
+        ] {
+            self.rollbacks.with_label_values(&[trigger, outcome]);
+        }
+        for op in ["delete", "replace", "create"] {
+            for outcome in ["restored", "unchanged", "conflict", "failed", "skipped"] {
+                self.objects_restored.with_label_values(&[op, outcome]);
+            }
+        }
+        for layout in ["single", "batch"] {
+            self.snapshot_api_writes.with_label_values(&[layout]);
         }
     }
 
@@ -244,5 +295,29 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("snapback_"), "{line}");
         }
+    }
+
+    #[test]
+    fn every_instrument_of_spec_6_shows_before_it_is_used() {
+        let text = Metrics::standalone().render();
+        for name in [
+            "snapback_admission_requests_total{",
+            "snapback_admission_duration_seconds_bucket{",
+            "snapback_snapshots_stored_total{",
+            "snapback_snapshot_bytes_total{",
+            "snapback_snapshot_failures_total{",
+            "snapback_rollbacks_total{",
+            "snapback_rollback_duration_seconds_bucket{",
+            "snapback_objects_restored_total{",
+            "snapback_rollback_conflicts_total ",
+            "snapback_open_actions ",
+            "snapback_snapshots_pruned_total ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("snapback_snapshot_failures_total{reason=\"forbidden\"} 0"));
     }
 }

@@ -30,6 +30,8 @@ pub struct RetentionConfig {
     pub lease_duration: Duration,
     /// Fold the snapshots of finished actions into batches.
     pub compact: bool,
+    /// ... once they have been finished and unchanged this long.
+    pub compact_after: Duration,
 }
 
 /// A Lease held by at most one replica; taken over when not renewed in time.
@@ -210,8 +212,17 @@ pub async fn maintain(
         if !cfg.compact || compacted_actions >= COMPACT_PER_PASS {
             break;
         }
-        let singles = by_action.get(r.id.as_str()).map_or(0, |a| a.singles);
+        let activity = by_action.get(r.id.as_str());
+        let singles = activity.map_or(0, |a| a.singles);
         if singles < 2 || matches!(r.state, ActionState::Open | ActionState::RollingBack) {
+            continue;
+        }
+        // Recent actions keep SPEC §3's layout for a while: they are the
+        // ones people inspect.
+        let last = activity
+            .and_then(|a| a.last)
+            .map_or(r.updated_at, |l| l.max(r.updated_at));
+        if !settled_for(last, cfg.compact_after) {
             continue;
         }
         match store.get_action(&r.id).await {
@@ -285,4 +296,12 @@ pub fn spawn(
         }
     });
     handle
+}
+
+/// Whether `since` is at least `age` ago.
+fn settled_for(since: jiff::Timestamp, age: Duration) -> bool {
+    let Ok(age) = jiff::SignedDuration::try_from(age) else {
+        return false;
+    };
+    jiff::Timestamp::now().duration_since(since).ge(&age)
 }

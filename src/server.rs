@@ -163,6 +163,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 interval: cfg.maintenance_interval,
                 lease_duration: cfg.lease_duration,
                 compact: cfg.snapshot_batching,
+                compact_after: cfg.compact_after,
             },
             metrics.clone(),
             format!("{identity}-{:08x}", rand::random::<u32>()),

@@ -606,7 +606,10 @@ async fn deny_mode_rejects_a_change_whose_snapshot_cannot_be_stored() {
     assert_eq!(v, "before");
     let metrics = sb.metrics();
     assert!(
-        metrics.contains("snapback_snapshot_failures_total{reason=\"forbidden\"}"),
+        metric(
+            &metrics,
+            "snapback_snapshot_failures_total{reason=\"forbidden\"}"
+        ) >= 1.0,
         "{metrics}"
     );
     sb.unregister(c);
@@ -1093,6 +1096,7 @@ async fn a_finished_action_is_compacted_and_still_rolls_back() {
     opts.extra_args = vec![
         "--maintenance-interval=1s".into(),
         "--session-idle=1s".into(),
+        "--compact-after=10s".into(),
     ];
     let snapshot_ns = opts.snapshot_namespace.clone();
     let sb = Snapback::start(c, opts);
@@ -1141,7 +1145,33 @@ async fn a_finished_action_is_compacted_and_still_rolls_back() {
                 .count()
         }
     };
-    // The annotation action completes when idle, then it is compacted.
+    // The annotation action completes when idle; for --compact-after it
+    // keeps SPEC §3's layout, then it is compacted.
+    let api = sb.api(c);
+    let token = c.token("admin");
+    eventually("the action completed", Duration::from_secs(30), || async {
+        let (status, a) = api
+            .call(
+                "GET",
+                &format!("/api/v1/actions/{action}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        (status == 200 && a["state"] == "completed").then_some(())
+    })
+    .await;
+    let completed = std::time::Instant::now();
+    // Several maintenance passes (one a second), well inside the 10s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if completed.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            count(false).await,
+            6,
+            "finished but recent: still one per change"
+        );
+        assert_eq!(count(true).await, 0);
+    }
     eventually("the action compacted", Duration::from_secs(60), || async {
         (count(false).await == 0 && count(true).await == 1).then_some(())
     })
@@ -1164,8 +1194,6 @@ async fn a_finished_action_is_compacted_and_still_rolls_back() {
         "the batch carries snapback.io/compacted"
     );
 
-    let api = sb.api(c);
-    let token = c.token("admin");
     let diff = api
         .ok("GET", &format!("/api/v1/actions/{action}/diff"), &token)
         .await;

@@ -66,6 +66,15 @@ pub fn classify(review: &Review, cfg: &CaptureConfig) -> Decision {
     if namespace.as_deref() == Some(cfg.snapshot_namespace.as_str()) {
         return Decision::Skip(Skip::SnapshotNamespace);
     }
+    // The snapshot namespace itself: its snapshot would have to be stored
+    // in it (before it exists, on create: deny mode would refuse to let
+    // snapback be installed).
+    if req.resource.group.is_empty()
+        && req.resource.resource == "namespaces"
+        && req.name == cfg.snapshot_namespace
+    {
+        return Decision::Skip(Skip::SnapshotNamespace);
+    }
     // A restore write made by snapback impersonating the caller is always
     // captured: it is what makes a rollback itself undoable.
     let restore_write = review

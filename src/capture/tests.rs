@@ -176,6 +176,28 @@ async fn namespaces_are_cluster_scoped() {
 }
 
 #[tokio::test]
+async fn the_snapshot_namespace_itself_is_not_captured() {
+    // Its snapshot would have to go into it: on install, before it exists,
+    // deny mode would refuse to create it.
+    let store = Arc::new(MemoryStore::default());
+    *store.fail_with.lock().unwrap() = Some("namespace fx not found".into());
+    let mut cfg = CaptureConfig::with_namespace("fx");
+    cfg.self_users = vec!["snapback".into()];
+    let svc = CaptureService::new(
+        cfg,
+        store.clone(),
+        Arc::new(Attribution::new(Duration::from_secs(30))),
+        Metrics::standalone(),
+    );
+    assert!(
+        svc.validate(&fixture("validate-create-namespace.json"))
+            .await
+            .allowed()
+    );
+    assert_eq!(store.snapshot_count(), 0);
+}
+
+#[tokio::test]
 async fn store_failure_denies_in_deny_mode_and_warns_in_allow_mode() {
     let body = fixture("validate-delete-deployment.json");
     let store = Arc::new(MemoryStore::default());
