@@ -128,6 +128,41 @@ fn a_session_through_kubectl_snapback() {
         .find(|a| a["id"] == id.as_str())
         .unwrap();
     assert_eq!(mine["changes"], 2);
+    // Every flag also as a SNAPBACK_* variable (SPEC §7).
+    let c = cluster();
+    let sb = shared_snapback();
+    let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("SNAPBACK_CONTEXT", user)
+        .env(
+            "SNAPBACK_SERVER",
+            format!("https://127.0.0.1:{}", sb.api_port),
+        )
+        .env("SNAPBACK_CA_FILE", c.certs.join("ca.crt"))
+        .env("SNAPBACK_OUTPUT", "json")
+        .env("SNAPBACK_LIST_NAMESPACE", &ns)
+        .arg("list")
+        .output()
+        .unwrap();
+    let by_env = json_of(&out);
+    let ids: Vec<&str> = by_env["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert!(ids.contains(&id.as_str()), "{by_env}");
+    // The namespace filter came from SNAPBACK_LIST_NAMESPACE.
+    for a in by_env["actions"].as_array().unwrap() {
+        assert!(
+            a["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n == ns.as_str()),
+            "{a}"
+        );
+    }
     let yaml = ok(&kubectl_snapback(user, &["show", &id, "-o", "yaml"]));
     let shown: Value = serde_yaml::from_str(&yaml).unwrap();
     assert_eq!(shown["description"], "switch to green");

@@ -39,10 +39,17 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "SNAPBACK_OUTPUT"
+    )]
     pub output: OutputFormat,
     /// Never colour the output.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "SNAPBACK_NO_COLOR")]
     pub no_color: bool,
 }
 
@@ -50,16 +57,16 @@ pub struct ClientArgs {
 pub enum ClientCommand {
     /// List actions, newest first.
     List {
-        #[arg(long)]
+        #[arg(long, env = "SNAPBACK_LIST_USER")]
         user: Option<String>,
-        #[arg(long, short = 'n')]
+        #[arg(long, short = 'n', env = "SNAPBACK_LIST_NAMESPACE")]
         namespace: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "SNAPBACK_LIST_STATE")]
         state: Option<String>,
         /// RFC 3339 time or a duration such as 1h.
-        #[arg(long)]
+        #[arg(long, env = "SNAPBACK_LIST_SINCE")]
         since: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "SNAPBACK_LIST_LIMIT")]
         limit: Option<u32>,
     },
     /// Show an action and its changes.
@@ -80,9 +87,9 @@ pub enum ClientCommand {
     },
     /// Open an action: your changes (deletes too) are grouped into it until you complete it.
     Open {
-        #[arg(long)]
+        #[arg(long, env = "SNAPBACK_OPEN_ID")]
         id: Option<String>,
-        #[arg(long)]
+        #[arg(long, env = "SNAPBACK_OPEN_DESCRIPTION")]
         description: Option<String>,
     },
     /// Complete an open action.
@@ -96,16 +103,16 @@ pub enum ClientCommand {
 #[derive(Debug, Args)]
 pub struct RollbackOpts {
     /// Show the plan; change nothing.
-    #[arg(long)]
+    #[arg(long, env = "SNAPBACK_DRY_RUN")]
     pub dry_run: bool,
     /// Overwrite objects changed after the action; ignore the rollback window.
-    #[arg(long)]
+    #[arg(long, env = "SNAPBACK_FORCE")]
     pub force: bool,
     /// abort, continue or retry (default: the server's).
-    #[arg(long)]
+    #[arg(long, env = "SNAPBACK_FAILURE_POLICY")]
     pub failure_policy: Option<String>,
     /// Restore objects with immutable-field changes by delete and create.
-    #[arg(long)]
+    #[arg(long, env = "SNAPBACK_RECREATE")]
     pub recreate: bool,
 }
 

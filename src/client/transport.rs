@@ -9,11 +9,12 @@ use kube::client::Body;
 /// Where and how to reach the snapshotter.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// Kubeconfig file (default: KUBECONFIG or ~/.kube/config).
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    /// Kubeconfig file (default: KUBECONFIG, which may list several files
+    /// as kubectl reads it, or ~/.kube/config).
+    #[arg(long, global = true, env = "SNAPBACK_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context (default: the current context).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "SNAPBACK_CONTEXT")]
     pub context: Option<String>,
     /// Reach the rollback API at this URL instead of through the API server's
     /// service proxy, e.g. https://127.0.0.1:9443
