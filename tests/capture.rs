@@ -267,6 +267,19 @@ async fn annotation_names_the_action_and_never_persists() {
         "{annotations:?}"
     );
     assert_eq!(annotations["team"], "web");
+    // Nor in kubectl's copy of the manifest.
+    let last: Value = serde_json::from_str(
+        annotations["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        last["metadata"]["annotations"],
+        serde_json::json!({"team": "web"}),
+        "{last}"
+    );
+    assert!(!live.to_string().contains(&action), "{live}");
 
     let store = sb.store(c).await;
     let snaps = snapshots(&store, &action).await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{Patch, PatchOperation, RemoveOperation};
+use json_patch::{Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation as AdmissionOp};
 use serde_json::Value;
@@ -111,6 +111,28 @@ fn invalid(err: impl ToString, uid: Option<String>) -> Answer {
     }
 }
 
+/// The annotation in which `kubectl apply` keeps the last manifest applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The last-applied manifest without the action annotation (and without an
+/// `annotations` map left empty by that), as kubectl writes it: compact
+/// JSON, its trailing newline kept. None when there is nothing to take out
+/// or the annotation is not a JSON object.
+fn without_action_annotation(last_applied: &str) -> Option<String> {
+    let mut manifest: Value = serde_json::from_str(last_applied).ok()?;
+    let metadata = manifest.get_mut("metadata")?.as_object_mut()?;
+    let annotations = metadata.get_mut("annotations")?.as_object_mut()?;
+    annotations.remove(ACTION_ANNOTATION)?;
+    if annotations.is_empty() {
+        metadata.remove("annotations");
+    }
+    let mut out = serde_json::to_string(&manifest).ok()?;
+    if last_applied.ends_with('\n') {
+        out.push('\n');
+    }
+    Some(out)
+}
+
 fn op_label(op: &AdmissionOp) -> &'static str {
     match op {
         AdmissionOp::Create => "create",
@@ -203,7 +225,27 @@ impl CaptureService {
             }
         }
         let path = PointerBuf::from_tokens(["metadata", "annotations", ACTION_ANNOTATION]);
-        let patch = Patch(vec![PatchOperation::Remove(RemoveOperation { path })]);
+        let mut ops = vec![PatchOperation::Remove(RemoveOperation { path })];
+        // `kubectl apply` also keeps the manifest, annotation included, in
+        // its last-applied annotation: take it out there too, so that the
+        // action's name persists nowhere on the object.
+        if let Some(stripped) = review
+            .object
+            .as_ref()
+            .and_then(|o| {
+                o.get("metadata")?
+                    .get("annotations")?
+                    .get(LAST_APPLIED)?
+                    .as_str()
+            })
+            .and_then(without_action_annotation)
+        {
+            ops.push(PatchOperation::Replace(ReplaceOperation {
+                path: PointerBuf::from_tokens(["metadata", "annotations", LAST_APPLIED]),
+                value: Value::String(stripped),
+            }));
+        }
+        let patch = Patch(ops);
         match resp.clone().with_patch(patch) {
             Ok(r) => {
                 self.record("mutate", op, "patched", started);

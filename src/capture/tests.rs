@@ -51,7 +51,13 @@ async fn mutating_webhook_strips_the_annotation_and_hands_the_action_over() {
     let patch: Value = serde_json::from_slice(resp.patch.as_ref().expect("patch")).unwrap();
     assert_eq!(
         patch,
-        json!([{"op": "remove", "path": "/metadata/annotations/snapback.io~1action"}])
+        json!([
+            {"op": "remove", "path": "/metadata/annotations/snapback.io~1action"},
+            // kubectl's copy of the manifest loses it too (and the map it
+            // leaves empty), byte for byte as kubectl writes it otherwise.
+            {"op": "replace", "path": "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration",
+             "value": "{\"apiVersion\":\"v1\",\"data\":{\"mode\":\"blue\"},\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"settings\",\"namespace\":\"fx\"}}\n"}
+        ])
     );
     // The validating call of the same request (another uid) finds the action.
     let answer = svc
@@ -329,4 +335,22 @@ async fn invalid_annotation_is_denied_by_the_mutating_webhook() {
         "{}",
         resp.result.message
     );
+}
+
+#[test]
+fn the_last_applied_manifest_loses_only_the_action_annotation() {
+    let with_others = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"annotations":{"team":"web","snapback.io/action":"r1"},"name":"c"}}"#;
+    assert_eq!(
+        without_action_annotation(with_others).as_deref(),
+        Some(
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"annotations":{"team":"web"},"name":"c"}}"#
+        )
+    );
+    // Nothing to take out, or not a manifest: left alone.
+    assert_eq!(
+        without_action_annotation(r#"{"metadata":{"annotations":{"team":"web"}}}"#),
+        None
+    );
+    assert_eq!(without_action_annotation("not json"), None);
+    assert_eq!(without_action_annotation(r#"{"metadata":[]}"#), None);
 }
