@@ -1,0 +1,372 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! A chart-like application of the kinds real charts ship (ServiceAccount,
+//! RBAC, ConfigMap, Services, Deployment, StatefulSet with a claim template,
+//! CronJob, HorizontalPodAutoscaler, PodDisruptionBudget, Ingress,
+//! NetworkPolicy), in the API versions a v1.20 API server serves: changed,
+//! scaled, partly deleted and extended by one user through `kubectl`, rolled
+//! back through the HTTP API, then redone by rolling the rollback back.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use support::*;
+
+const KINDS: &[(&str, &str)] = &[
+    ("serviceaccount", "shop"),
+    ("role", "shop-reader"),
+    ("rolebinding", "shop-reader"),
+    ("configmap", "shop-config"),
+    ("service", "shop"),
+    ("service", "shop-db"),
+    ("deployment", "shop"),
+    ("statefulset", "shop-db"),
+    ("cronjob", "shop-cleanup"),
+    ("horizontalpodautoscaler", "shop"),
+    ("poddisruptionbudget", "shop"),
+    ("ingress", "shop"),
+    ("networkpolicy", "shop"),
+    ("configmap", "shop-flags"),
+];
+
+fn app(ns: &str, log_level: &str, image: &str, port: u32, max_replicas: u32) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: shop, namespace: {ns}, labels: {{app.kubernetes.io/name: shop}}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: shop-reader, namespace: {ns}}}
+rules:
+  - apiGroups: [""]
+    resources: [configmaps]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: shop-reader, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: shop-reader}}
+subjects: [{{kind: ServiceAccount, name: shop, namespace: {ns}}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: shop-config, namespace: {ns}, labels: {{app.kubernetes.io/name: shop}}}}
+data:
+  LOG_LEVEL: {log_level}
+  shop.yaml: |
+    currency: EUR
+    checkout: true
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: shop, namespace: {ns}, labels: {{app: shop}}}}
+spec:
+  selector: {{app: shop}}
+  ports: [{{name: http, port: {port}, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: shop-db, namespace: {ns}}}
+spec:
+  clusterIP: None
+  selector: {{app: shop-db}}
+  ports: [{{name: pg, port: 5432}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: shop, namespace: {ns}, labels: {{app: shop}}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: shop}}}}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata:
+      labels: {{app: shop}}
+      annotations: {{prometheus.io/scrape: "true"}}
+    spec:
+      serviceAccountName: shop
+      securityContext: {{runAsNonRoot: true, runAsUser: 101}}
+      containers:
+        - name: web
+          image: "{image}"
+          ports: [{{name: http, containerPort: 8080}}]
+          envFrom: [{{configMapRef: {{name: shop-config}}}}]
+          resources:
+            requests: {{cpu: 100m, memory: 64Mi}}
+            limits: {{memory: 128Mi}}
+          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 5}}
+          volumeMounts: [{{name: config, mountPath: /etc/shop}}]
+      volumes: [{{name: config, configMap: {{name: shop-config}}}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: shop-db, namespace: {ns}}}
+spec:
+  serviceName: shop-db
+  replicas: 1
+  selector: {{matchLabels: {{app: shop-db}}}}
+  template:
+    metadata: {{labels: {{app: shop-db}}}}
+    spec:
+      containers:
+        - name: postgres
+          image: postgres:13
+          ports: [{{name: pg, containerPort: 5432}}]
+          volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+  volumeClaimTemplates:
+    - metadata: {{name: data}}
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: batch/v1beta1
+kind: CronJob
+metadata: {{name: shop-cleanup, namespace: {ns}}}
+spec:
+  schedule: "0 3 * * *"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          serviceAccountName: shop
+          containers: [{{name: cleanup, image: "busybox:1.36", args: [sh, -c, "echo cleaning"]}}]
+---
+apiVersion: autoscaling/v2beta2
+kind: HorizontalPodAutoscaler
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: shop}}
+  minReplicas: 2
+  maxReplicas: {max_replicas}
+  metrics:
+    - type: Resource
+      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
+---
+apiVersion: policy/v1beta1
+kind: PodDisruptionBudget
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  minAvailable: 1
+  selector: {{matchLabels: {{app: shop}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: shop, namespace: {ns}, annotations: {{nginx.ingress.kubernetes.io/proxy-body-size: 8m}}}}
+spec:
+  rules:
+    - host: shop.example.com
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend: {{service: {{name: shop, port: {{name: http}}}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: shop}}}}
+  policyTypes: [Ingress]
+  ingress: [{{from: [{{podSelector: {{}}}}], ports: [{{port: 8080}}]}}]
+"#
+    )
+}
+
+/// The kinds deleted inside the action (`kubectl delete -f` of part of the chart).
+fn deleted_part(ns: &str) -> String {
+    app(ns, "debug", "nginx:1.26", 8081, 8)
+        .split("\n---\n")
+        .filter(|doc| {
+            [
+                "kind: ServiceAccount",
+                "kind: Role\n",
+                "kind: RoleBinding",
+                "kind: StatefulSet",
+                "kind: CronJob",
+                "kind: PodDisruptionBudget",
+                "kind: Ingress",
+                "kind: NetworkPolicy",
+            ]
+            .iter()
+            .any(|k| doc.contains(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// What a restore must bring back: the content, not server-owned fields.
+fn content(v: &Value) -> Value {
+    let mut out = json!({});
+    for key in [
+        "spec",
+        "data",
+        "rules",
+        "roleRef",
+        "subjects",
+        "secrets",
+        "automountServiceAccountToken",
+    ] {
+        if let Some(x) = v.get(key) {
+            out[key] = x.clone();
+        }
+    }
+    let meta = &v["metadata"];
+    out["labels"] = meta.get("labels").cloned().unwrap_or(json!({}));
+    let mut ann = meta.get("annotations").cloned().unwrap_or(json!({}));
+    if let Some(a) = ann.as_object_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    out["annotations"] = ann;
+    out
+}
+
+fn state(c: &Cluster, ns: &str) -> BTreeMap<String, Option<Value>> {
+    KINDS
+        .iter()
+        .map(|(kind, name)| {
+            let out = c.kubectl("admin", &["-n", ns, "get", kind, name, "-o", "json"]);
+            let v = out
+                .status
+                .success()
+                .then(|| content(&serde_json::from_slice(&out.stdout).unwrap()));
+            (format!("{kind}/{name}"), v)
+        })
+        .collect()
+}
+
+fn differences(
+    want: &BTreeMap<String, Option<Value>>,
+    got: &BTreeMap<String, Option<Value>>,
+) -> Vec<String> {
+    want.iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}:\n  want {v:?}\n  got  {:?}", got.get(k)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chart_changed_scaled_and_partly_deleted_rolls_back_and_redoes() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "alice";
+    c.grant_api(user);
+    c.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "alice-cluster-admin",
+        "--clusterrole=cluster-admin",
+        "--user=alice",
+    ]);
+    let token = c.token(user);
+    let ns = c.namespace("shop", &[]);
+    c.apply_as("admin", &app(&ns, "info", "nginx:1.25", 80, 5));
+    let before = state(c, &ns);
+    assert!(before["configmap/shop-flags"].is_none());
+    assert!(
+        before
+            .iter()
+            .filter(|(k, _)| *k != "configmap/shop-flags")
+            .all(|(_, v)| v.is_some()),
+        "{before:#?}"
+    );
+
+    // The action: an upgrade, a scale, part of the chart deleted, one new object.
+    let id = format!("chart-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.apply_as(user, &app(&ns, "debug", "nginx:1.26", 8081, 8));
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "scale", "deployment", "shop", "--replicas=4"],
+    );
+    let out = c.kubectl_stdin(user, &["delete", "-f", "-"], &deleted_part(&ns));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "shop-flags",
+            "--from-literal=beta=on",
+        ],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let after = state(c, &ns);
+    for (k, v) in &after {
+        let deleted = [
+            "serviceaccount/",
+            "role/",
+            "rolebinding/",
+            "statefulset/",
+            "cronjob/",
+            "poddisruptionbudget/",
+            "ingress/",
+            "networkpolicy/",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p));
+        assert_eq!(v.is_none(), deleted, "{k}: {v:?}");
+    }
+    assert_eq!(
+        after["deployment/shop"].as_ref().unwrap()["spec"]["replicas"],
+        4
+    );
+
+    // Undo.
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(report["counts"]["failed"], 0, "{report:#}");
+    assert_eq!(report["counts"]["conflict"], 0, "{report:#}");
+    let undone = state(c, &ns);
+    let diff = differences(&before, &undone);
+    assert!(
+        diff.is_empty(),
+        "not as before the action:\n{}",
+        diff.join("\n")
+    );
+
+    // Idempotent: every recreated or replaced object is recognised as
+    // being in its prior state.
+    let again = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    let not_unchanged = again["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] != "unchanged")
+        .collect::<Vec<_>>();
+    assert!(not_unchanged.is_empty(), "{not_unchanged:#?}");
+    assert_eq!(differences(&before, &state(c, &ns)), Vec::<String>::new());
+
+    // Redo: the rollback is an action of its own.
+    let rollback_id = report["rollbackAction"].as_str().unwrap().to_string();
+    let redo = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{rollback_id}/rollback"),
+            &token,
+        )
+        .await;
+    assert_eq!(redo["state"], "rolled-back", "{redo:#}");
+    let redone = state(c, &ns);
+    let diff = differences(&after, &redone);
+    assert!(
+        diff.is_empty(),
+        "not as after the action:\n{}",
+        diff.join("\n")
+    );
+}
