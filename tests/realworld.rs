@@ -370,3 +370,97 @@ async fn a_chart_changed_scaled_and_partly_deleted_rolls_back_and_redoes() {
         diff.join("\n")
     );
 }
+
+/// An object the action deleted whose deletion has not finished (a
+/// finalizer, as a namespace emptying or a claim in use has): the rollback
+/// waits for it to be gone, then creates it anew.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_still_being_deleted_is_recreated_once_its_deletion_finishes() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "bob";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("finalizer", &[user]);
+    c.apply_as(
+        "admin",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: held, namespace: {ns}, finalizers: [example.com/hold]}}\ndata: {{v: before}}\n"
+        ),
+    );
+    let id = format!("held-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "delete", "configmap", "held", "--wait=false"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let old_uid = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "held",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let rollback = {
+        let api = sb.api(c);
+        let (token, id) = (token.clone(), id.clone());
+        tokio::spawn(async move {
+            api.call(
+                "POST",
+                &format!("/api/v1/actions/{id}/rollback"),
+                Some(&token),
+                None,
+            )
+            .await
+        })
+    };
+    // Whoever holds the finalizer lets go a little later.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !rollback.is_finished(),
+        "the rollback waits for the deletion"
+    );
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/metadata/finalizers"}]"#,
+    ]);
+    let (status, report) = rollback.await.unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(report["results"][0]["operation"], "create", "{report:#}");
+    assert!(
+        report["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("once its deletion finished"),
+        "{report:#}"
+    );
+    let now: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "configmap", "held", "-o", "json"]))
+            .unwrap();
+    assert_eq!(now["data"]["v"], "before");
+    assert_ne!(now["metadata"]["uid"], old_uid.as_str());
+    // Its prior state had the finalizer: so does the restored object.
+    assert_eq!(now["metadata"]["finalizers"], json!(["example.com/hold"]));
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/metadata/finalizers"}]"#,
+    ]);
+}

@@ -281,6 +281,9 @@ pub enum Action {
     },
     /// Create from this body (server-owned fields already stripped).
     Create(Value),
+    /// The object is being deleted (finalizers pending): wait, bounded, until
+    /// the one with this uid is gone, then create from this body.
+    CreateWhenGone { body: Value, uid: String },
     /// Replace with this body (current resourceVersion and identity set).
     Replace(Value),
     /// Replace the scale subresource with this body.
@@ -302,7 +305,10 @@ impl Step {
     /// dry-run patches.
     pub fn target_body(&self) -> Option<&Value> {
         match &self.action {
-            Action::Create(b) | Action::Replace(b) | Action::ReplaceScale(b) => Some(b),
+            Action::Create(b)
+            | Action::CreateWhenGone { body: b, .. }
+            | Action::Replace(b)
+            | Action::ReplaceScale(b) => Some(b),
             _ => None,
         }
     }
@@ -337,10 +343,31 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         (Target::Absent { .. }, true) => {
             return none(Outcome::Unchanged, "already being deleted".into());
         }
-        (Target::Present(_) | Target::Scale(_), true) => {
+        // Deleted by the action (or, with force, by anyone), its deletion
+        // not finished yet (a namespace emptying, a claim's protection):
+        // recreated once it is gone.
+        (Target::Present(t), true) => {
+            if !force && !h.accepted.contains(ABSENT) {
+                return Step {
+                    operation: RestoreOp::Create,
+                    action: Action::None(
+                        Outcome::Conflict,
+                        "deleted after the action (use force=true to overwrite)".into(),
+                    ),
+                };
+            }
+            return Step {
+                operation: RestoreOp::Create,
+                action: Action::CreateWhenGone {
+                    body: for_create(t),
+                    uid: current.and_then(uid_of).unwrap_or_default().to_string(),
+                },
+            };
+        }
+        (Target::Scale(_), true) => {
             return none(
                 Outcome::Failed,
-                "the object is being deleted (finalizers pending); it can be restored once it is gone"
+                "the object is being deleted (finalizers pending); its scale cannot be restored"
                     .into(),
             );
         }

@@ -653,6 +653,16 @@ impl Restorer {
                     "recreated from its prior state{note}{established}"
                 )))
             }
+            Action::CreateWhenGone { body, uid } => {
+                wait_gone(client, &h.object, uid).await?;
+                let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
+                dynamic::create(client, &h.object, &body)
+                    .await
+                    .map_err(api_err)?;
+                Ok(ok(&format!(
+                    "recreated from its prior state once its deletion finished{note}"
+                )))
+            }
             Action::ReplaceScale(body) => {
                 dynamic::replace(client, &h.object, body)
                     .await
@@ -677,30 +687,12 @@ impl Restorer {
                             .await
                             .map_err(api_err)?;
                         // Finalizers may keep it a while: create only once it is gone.
-                        let mut gone = false;
-                        for _ in 0..60 {
-                            match dynamic::get(client, &h.object).await {
-                                Ok(None) => {
-                                    gone = true;
-                                    break;
-                                }
-                                Ok(Some(o))
-                                    if o["metadata"]["uid"].as_str() != Some(uid.as_str()) =>
-                                {
-                                    return Err(format!(
-                                        "deleted to recreate (immutable field: {}), but another object with this name appeared; the prior state is still in the snapshot",
-                                        s.message
-                                    ));
-                                }
-                                _ => tokio::time::sleep(Duration::from_millis(500)).await,
-                            }
-                        }
-                        if !gone {
-                            return Err(format!(
-                                "deleted to recreate (immutable field: {}), but it is still being deleted after 30s; roll back again once it is gone",
+                        wait_gone(client, &h.object, &uid).await.map_err(|e| {
+                            format!(
+                                "deleted to recreate (immutable field: {}), but {e}",
                                 s.message
-                            ));
-                        }
+                            )
+                        })?;
                         let fresh = plan::for_create(&body);
                         dynamic::create(client, &h.object, &fresh).await.map_err(|e| {
                             format!("deleted to recreate (immutable field: {}), but creating failed: {}", s.message, describe_kube_error(&e))
@@ -1003,6 +995,45 @@ impl Restorer {
     }
 }
 
+/// How long a restore waits for an object's deletion to finish (finalizers)
+/// before it creates the object anew.
+const DELETION_WAIT: Duration = Duration::from_secs(30);
+
+/// Wait until the object with this uid is gone; an error if it is still
+/// being deleted after [`DELETION_WAIT`], or another object took its name.
+async fn wait_gone(
+    client: &kube::Client,
+    object: &crate::store::model::ObjectRef,
+    uid: &str,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + DELETION_WAIT;
+    loop {
+        match dynamic::get(client, object).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(o)) if !uid.is_empty() && o["metadata"]["uid"].as_str() != Some(uid) => {
+                return Err(
+                    "another object with this name appeared; the prior state is still in the snapshot"
+                        .into(),
+                );
+            }
+            Ok(Some(o)) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "it is still being deleted after {}s (finalizers: {}); roll back again once it is gone",
+                    DELETION_WAIT.as_secs(),
+                    o["metadata"]["finalizers"]
+                ));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "reading it while waiting for its deletion: {}",
+                    describe_kube_error(&e)
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 /// How long a restore waits for a recreated CustomResourceDefinition to be
 /// established before it goes on to the custom resources.
 const CRD_ESTABLISH_WAIT: Duration = Duration::from_secs(30);
@@ -1121,6 +1152,10 @@ fn describe(s: &Step) -> String {
     match s.action {
         Action::Delete { .. } => "would delete: it did not exist before the action".into(),
         Action::Create(_) => "would recreate from its prior state".into(),
+        Action::CreateWhenGone { .. } => {
+            "would recreate from its prior state once its deletion (finalizers pending) finishes"
+                .into()
+        }
         Action::Replace(_) => "would replace with its prior state".into(),
         Action::ReplaceScale(_) => "would restore the scale subresource".into(),
         Action::None(..) => String::new(),

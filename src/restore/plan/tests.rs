@@ -433,15 +433,36 @@ fn a_retried_create_is_still_the_actions_object() {
 }
 
 #[test]
-fn objects_being_deleted_are_never_reported_as_restored() {
+fn objects_being_deleted_are_recreated_once_gone_unless_someone_else_deleted_them() {
     let before = obj("c", "1", "u1");
     let mut dying = obj("c", "1", "u1");
     dying["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     dying["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+    // Deleted by the action, its deletion not finished: recreated once gone.
     let h = only(vec![snap(1, Operation::Delete, "c", Some(&before), None)]);
+    let step = decide(&h, Some(&dying), false);
+    assert_eq!(step.operation, RestoreOp::Create);
     assert!(
-        matches!(decide(&h, Some(&dying), false).action, Action::None(Outcome::Failed, ref m) if m.contains("being deleted"))
+        matches!(step.action, Action::CreateWhenGone { ref body, ref uid } if uid == "u1" && body["data"]["v"] == "1" && body["metadata"].get("uid").is_none()),
+        "{step:?}"
     );
+    // Changed by the action, deleted by someone else after it: a conflict.
+    let after = obj("c", "2", "u1");
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&before),
+        Some(&after),
+    )]);
+    assert!(matches!(
+        decide(&h, Some(&dying), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
+    assert!(matches!(
+        decide(&h, Some(&dying), true).action,
+        Action::CreateWhenGone { .. }
+    ));
     let created = only(vec![snap(1, Operation::Create, "c", None, Some(&before))]);
     assert!(matches!(
         decide(&created, Some(&dying), false).action,
