@@ -35,6 +35,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Client(cmd) => {
+            quiet_on_closed_stdout();
             return match snapback::client::run(cli.client, cmd).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(f) => {
@@ -51,4 +52,24 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kubectl snapback show X | head -1`: once the reader is gone, printing
+/// fails with a broken pipe, and `println!` panics. Exit quietly instead,
+/// with the status a process killed by SIGPIPE has (128 + 13), as the
+/// usual command-line tools do.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
 }

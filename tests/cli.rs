@@ -253,6 +253,31 @@ fn exit_codes_scripts_can_trust() {
         err.starts_with("error: ") && err.contains(&format!("configmaps/cm in namespace {ns}")),
         "{err}"
     );
+    // The way out is named as the flag, not as the API's parameter.
+    assert!(
+        err.contains("use --force") && !err.contains("force=true"),
+        "{err}"
+    );
+
+    // A reader that goes away (`| head -1`): a quiet exit, not a panic.
+    let c2 = cluster();
+    let sb = shared_snapback();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .env("KUBECONFIG", &c2.kubeconfig)
+        .args(["show", &id, "--context", user])
+        .arg("--server")
+        .arg(format!("https://127.0.0.1:{}", sb.api_port))
+        .arg("--ca-file")
+        .arg(c2.certs.join("ca.crt"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
 
     // 6: a rollback that ran but could not restore an object (RBAC)
     let id2 = format!("clif-{:06x}", rand::random::<u32>() & 0xffffff);
@@ -275,6 +300,24 @@ fn exit_codes_scripts_can_trust() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["results"][0]["outcome"], "failed");
+    // A clean dry run afterwards (by someone who may) is 0: the earlier
+    // rollback's failure is not the plan's.
+    let out = kubectl_snapback("admin", &["rollback", &id2, "--dry-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same plan for someone who may not touch the object: 6.
+    let out = kubectl_snapback(user, &["rollback", &id2, "--dry-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 5: not allowed to use the API
     let out = kubectl_snapback("user8", &["list"]);

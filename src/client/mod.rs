@@ -227,6 +227,7 @@ fn server_error(status: StatusCode, body: &[u8]) -> Failure {
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::BAD_GATEWAY {
         message.push_str(" (is snapback running? use --server to reach it directly)");
     }
+    let message = as_flags(&message);
     let code = match status {
         StatusCode::NOT_FOUND => EXIT_NOT_FOUND,
         StatusCode::CONFLICT => EXIT_CONFLICT,
@@ -581,6 +582,17 @@ async fn rollback(ctx: &Ctx, id: &str, verb: &str, opts: &RollbackOpts) -> Resul
             matches!(r["outcome"].as_str(), Some("failed" | "conflict"))
                 || (r["outcome"] == "skipped" && str_of(r, "message").starts_with("not attempted"))
         });
+    if report["dryRun"] == true {
+        // Nothing ran: a plan in which objects cannot be restored is 6, a
+        // clean plan 0, whatever the state of earlier rollbacks.
+        if bad {
+            return Err(fail(
+                EXIT_ROLLBACK_FAILED,
+                format!("dry run of {verb} of {id}: some objects could not be restored"),
+            ));
+        }
+        return Ok(());
+    }
     if bad || report["state"] == "rollback-failed" {
         return Err(fail(
             EXIT_ROLLBACK_FAILED,
@@ -605,7 +617,7 @@ fn print_report(r: &Value) {
                 object_name(o),
                 str_of(o, "namespace").to_string(),
                 str_of(o, "outcome").to_string(),
-                str_of(o, "message").to_string(),
+                as_flags(str_of(o, "message")),
             ]
         })
         .collect();
@@ -652,4 +664,11 @@ fn counts_text(counts: &Value) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// The server's messages name its query parameters; here they are flags.
+fn as_flags(message: &str) -> String {
+    message
+        .replace("force=true", "--force")
+        .replace("recreate=true", "--recreate")
 }

@@ -130,13 +130,13 @@ impl Transport {
             .client
             .send(req)
             .await
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+            .map_err(|e| TransportError::Unreachable(error_chain(&e)))?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect_bytes()
             .await
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+            .map_err(|e| TransportError::Unreachable(error_chain(&e)))?;
         Ok((status, bytes.to_vec()))
     }
 }
@@ -150,4 +150,20 @@ fn bearer_token(config: &kube::Config) -> Option<String> {
     std::fs::read_to_string(file)
         .ok()
         .map(|t| t.trim().to_string())
+}
+
+/// An error with its causes ("client error (Connect): invalid peer
+/// certificate: UnknownIssuer"): the top one alone rarely says what failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

@@ -151,11 +151,20 @@ impl ActionId {
 
     /// The id of the `n`th rollback of this action: `<id>-rollback-<n>`, kept
     /// label-safe by shortening the base when needed.
+    /// The id of this action's `n`th rollback: `<id>-rollback-<n>`. When
+    /// that is longer than a label value may be, the id is shortened and
+    /// followed by 8 hex digits of its sha256, so that two long ids sharing
+    /// a prefix (the sessions of one service account, say), or an action
+    /// and its own rollback, never get the same rollback id.
     pub fn rollback_id(&self, n: u32) -> ActionId {
         let suffix = format!("-rollback-{n}");
-        let base: String = self.0.chars().take(63 - suffix.len()).collect();
+        if self.0.len() + suffix.len() <= 63 {
+            return ActionId(format!("{}{suffix}", self.0));
+        }
+        let hash = &short_hash(&self.0)[..8];
+        let base: String = self.0.chars().take(63 - suffix.len() - 9).collect();
         let base = base.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-        ActionId(format!("{base}{suffix}"))
+        ActionId(format!("{base}-{hash}{suffix}"))
     }
 }
 
@@ -472,6 +481,36 @@ mod tests {
         assert!(rb.as_str().ends_with("-rollback-12"));
         let short = ActionId::parse("x1").unwrap();
         assert_eq!(short.rollback_id(1).as_str(), "x1-rollback-1");
+        let fits = ActionId::parse(&"b".repeat(52)).unwrap();
+        assert_eq!(
+            fits.rollback_id(1).as_str(),
+            format!("{}-rollback-1", "b".repeat(52))
+        );
+    }
+
+    #[test]
+    fn long_ids_never_share_a_rollback_id() {
+        // Two sessions of one long service account name, the same hour.
+        let a = ActionId::parse("system-serviceaccount-argocd-argocd-appli-20261123T1015-a1b2")
+            .unwrap();
+        let b = ActionId::parse("system-serviceaccount-argocd-argocd-appli-20261123T1016-c3d4")
+            .unwrap();
+        assert_ne!(a.rollback_id(1), b.rollback_id(1));
+        let (c, d) = (
+            ActionId::parse(&"b".repeat(60)).unwrap(),
+            ActionId::parse(&format!("{}c", "b".repeat(59))).unwrap(),
+        );
+        assert_ne!(c.rollback_id(1), d.rollback_id(1));
+        // Redo: the rollback of a rollback is another action, at every length.
+        for len in [1, 40, 52, 53, 63] {
+            let id = ActionId::parse(&"r".repeat(len)).unwrap();
+            let first = id.rollback_id(1);
+            let redo = first.rollback_id(1);
+            assert_ne!(redo, first, "{len}");
+            assert_ne!(redo, id, "{len}");
+            assert!(ActionId::parse(redo.as_str()).is_ok());
+            assert!(redo.as_str().len() <= 63);
+        }
     }
 
     #[rstest]
