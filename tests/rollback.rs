@@ -633,7 +633,13 @@ async fn actions_older_than_the_window_need_force() {
     let ns = c.namespace("window", &[]);
     sb.adopt_namespace(c, &ns);
     annotated_change(c, &ns, "cm", "old-one");
+    // Opened and never used: nothing to restore, so never too old to cancel.
+    api.open_action(&admin, "empty-one").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let cancelled = api
+        .ok("POST", "/api/v1/actions/empty-one/cancel", &admin)
+        .await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
     let (status, body) = api
         .call(
             "POST",
@@ -1570,6 +1576,19 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
         "{msg}"
     );
     assert_eq!(ip(c), after);
+    // The retry policy does not retry a refusal of the content itself.
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?failurePolicy=retry"),
+            &token,
+        )
+        .await;
+    let msg = report["results"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("may not change once set") && !msg.contains("attempts"),
+        "{msg}"
+    );
     // With recreate: delete and create, back to the prior clusterIP.
     let report = api
         .ok(

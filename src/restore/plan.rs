@@ -399,7 +399,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
             return none(
                 Outcome::Skipped,
                 format!(
-                    "a different object (uid {}) now has this name; only one created by the action (uid {}) would be deleted",
+                    "left alone: the object with this name (uid {}) is not the one the action created (uid {}); either that create was refused (an object of this name already existed) or the object was deleted and created again since",
                     uid_of(c).unwrap_or("?"),
                     created_uids.join(", ")
                 ),

@@ -269,7 +269,9 @@ impl Restorer {
         let age = Timestamp::now().duration_since(last_change);
         let window =
             jiff::SignedDuration::try_from(self.cfg.window).unwrap_or(jiff::SignedDuration::MAX);
-        if !params.force && age > window {
+        // An action without changes has nothing to restore: closing it
+        // (cancel) is never too late.
+        if !params.force && age > window && !loaded.is_empty() {
             return Err(RollbackError::TooOld {
                 id: id.clone(),
                 age: crate::config::format_duration(age.unsigned_abs()),
@@ -597,12 +599,18 @@ impl Restorer {
                     if extra == 0 && e.contains(", 409)") {
                         extra = 1;
                     }
+                    // The API server refused the content itself: trying
+                    // the same content again cannot help.
+                    let invalid = e.contains("(Invalid, 422)");
                     last_error = e;
+                    if invalid {
+                        break;
+                    }
                 }
             }
         }
-        let suffix = if retries > 0 {
-            format!(" (after {} attempts)", retries + 1)
+        let suffix = if next > 1 {
+            format!(" (after {next} attempts)")
         } else {
             String::new()
         };
@@ -1171,7 +1179,16 @@ pub fn strip_for_diff(v: &Value) -> Value {
     if let Some(map) = s.as_object_mut() {
         map.remove("status");
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-            for k in ["resourceVersion", "managedFields", "generation", "selfLink"] {
+            // Identity too: an object recreated from its prior state is
+            // "unchanged", and its new uid is no difference worth showing.
+            for k in [
+                "resourceVersion",
+                "managedFields",
+                "generation",
+                "selfLink",
+                "uid",
+                "creationTimestamp",
+            ] {
                 meta.remove(k);
             }
         }
