@@ -511,7 +511,15 @@ impl Restorer {
                 r
             })
             .collect();
-        results.sort_by_key(|r| r.key());
+        // In the order of the restore: creates and replaces by dependency
+        // rank (namespaces first), then deletes in reverse.
+        results.sort_by_key(|r| {
+            let rank = plan::rank(&r.group, &r.resource);
+            match r.operation {
+                RestoreOp::Delete => (1, u8::MAX - rank, r.key()),
+                _ => (0, rank, r.key()),
+            }
+        });
         let failed = results.iter().any(|r| {
             matches!(r.outcome, Outcome::Failed | Outcome::Conflict)
                 || (r.outcome == Outcome::Skipped && r.message.starts_with("not attempted"))
