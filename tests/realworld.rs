@@ -198,32 +198,6 @@ fn deleted_part(ns: &str) -> String {
         .join("\n---\n")
 }
 
-/// What a restore must bring back: the content, not server-owned fields.
-fn content(v: &Value) -> Value {
-    let mut out = json!({});
-    for key in [
-        "spec",
-        "data",
-        "rules",
-        "roleRef",
-        "subjects",
-        "secrets",
-        "automountServiceAccountToken",
-    ] {
-        if let Some(x) = v.get(key) {
-            out[key] = x.clone();
-        }
-    }
-    let meta = &v["metadata"];
-    out["labels"] = meta.get("labels").cloned().unwrap_or(json!({}));
-    let mut ann = meta.get("annotations").cloned().unwrap_or(json!({}));
-    if let Some(a) = ann.as_object_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    out["annotations"] = ann;
-    out
-}
-
 fn state(c: &Cluster, ns: &str) -> BTreeMap<String, Option<Value>> {
     KINDS
         .iter()
@@ -425,16 +399,7 @@ async fn an_object_still_being_deleted_is_recreated_once_its_deletion_finishes()
         !rollback.is_finished(),
         "the rollback waits for the deletion"
     );
-    c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "configmap",
-        "held",
-        "--type=json",
-        "-p",
-        r#"[{"op": "remove", "path": "/metadata/finalizers"}]"#,
-    ]);
+    let_go(c, &ns);
     let (status, report) = rollback.await.unwrap();
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["state"], "rolled-back", "{report:#}");
@@ -453,9 +418,14 @@ async fn an_object_still_being_deleted_is_recreated_once_its_deletion_finishes()
     assert_ne!(now["metadata"]["uid"], old_uid.as_str());
     // Its prior state had the finalizer: so does the restored object.
     assert_eq!(now["metadata"]["finalizers"], json!(["example.com/hold"]));
+    let_go(c, &ns);
+}
+
+/// What the holder of the finalizer does once it is done.
+fn let_go(c: &Cluster, ns: &str) {
     c.kubectl_ok(&[
         "-n",
-        &ns,
+        ns,
         "patch",
         "configmap",
         "held",

@@ -19,29 +19,6 @@ fn get_json(c: &Cluster, args: &[&str]) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-/// What a rollback must bring back: content, not server-owned fields.
-fn content(v: &Value) -> Value {
-    let mut out = json!({});
-    for key in ["spec", "data", "binaryData"] {
-        if let Some(x) = v.get(key) {
-            out[key] = x.clone();
-        }
-    }
-    // A Service's clusterIP is allocated anew when it is recreated.
-    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.remove("clusterIP");
-        spec.remove("clusterIPs");
-    }
-    let meta = &v["metadata"];
-    out["labels"] = meta.get("labels").cloned().unwrap_or(json!({}));
-    let mut ann = meta.get("annotations").cloned().unwrap_or(json!({}));
-    if let Some(a) = ann.as_object_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    out["annotations"] = ann;
-    out
-}
-
 async fn open_action(api: &ApiClient, token: &str, id: &str) {
     let (status, body) = api
         .call(

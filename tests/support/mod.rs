@@ -891,3 +891,40 @@ pub fn nonzero(counts: &Value) -> Value {
             .collect(),
     )
 }
+
+/// What a restore must bring back of an object: its content (spec, data,
+/// RBAC rules and bindings, a ServiceAccount's fields, labels, annotations),
+/// not server-owned fields. A Service's clusterIP is left out: recreated, it
+/// may be allocated anew.
+pub fn content(v: &Value) -> Value {
+    let mut out = serde_json::json!({});
+    for key in [
+        "spec",
+        "data",
+        "binaryData",
+        "rules",
+        "roleRef",
+        "subjects",
+        "secrets",
+        "automountServiceAccountToken",
+    ] {
+        if let Some(x) = v.get(key) {
+            out[key] = x.clone();
+        }
+    }
+    if let Some(spec) = out.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    let meta = &v["metadata"];
+    out["labels"] = meta.get("labels").cloned().unwrap_or(serde_json::json!({}));
+    let mut ann = meta
+        .get("annotations")
+        .cloned()
+        .unwrap_or(serde_json::json!({}));
+    if let Some(a) = ann.as_object_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    out["annotations"] = ann;
+    out
+}
