@@ -262,7 +262,9 @@ pub struct WebhookConfigArgs {
     /// Name of the webhook configurations.
     #[arg(long, env = "SNAPBACK_WEBHOOK_NAME", default_value = "snapback")]
     pub name: String,
-    /// Namespaces whose changes are never sent to snapback.
+    /// Namespaces whose changes are never sent to snapback (by their
+    /// `kubernetes.io/metadata.name` label, which API servers set from 1.21
+    /// on; on older ones, label them with --exclude-label instead).
     #[arg(
         long,
         env = "SNAPBACK_WEBHOOK_EXCLUDE_NAMESPACES",

@@ -14,7 +14,7 @@ use kube::{Api, Client};
 
 use crate::metrics::Metrics;
 use crate::restore::rollback::modify;
-use crate::store::actions::ActionState;
+use crate::store::actions::{ActionRecord, ActionState};
 use crate::store::kube_store::KubeStore;
 
 pub const LEASE_NAME: &str = "snapback-maintenance";
@@ -148,6 +148,18 @@ pub async fn maintain(
             .max(r.created_at)
     };
     let since = |t: Timestamp| now.duration_since(t).unsigned_abs();
+
+    // Snapshots whose action has no record (a webhook process that knew the
+    // action kept writing after the action was deleted through another
+    // process): give them a record, so that they are listed, can be rolled
+    // back, and are pruned like any other. (Open: they complete when idle.)
+    let known: std::collections::HashSet<&str> =
+        records.iter().map(|(r, _)| r.id.as_str()).collect();
+    for id in by_action.keys().filter(|id| !known.contains(id.as_str())) {
+        if let Err(e) = adopt(store, id).await {
+            tracing::warn!(action = %id, error = %e, "giving orphan snapshots a record");
+        }
+    }
 
     // Implicit sessions and annotation actions complete when they go idle.
     let mut completed = 0;
@@ -296,6 +308,28 @@ pub fn spawn(
         }
     });
     handle
+}
+
+/// A record for an action that has snapshots but none: its owner is the
+/// user of its first change, its origin what its id looks like.
+async fn adopt(store: &KubeStore, id: &str) -> Result<(), crate::store::StoreError> {
+    let Ok(action) = crate::store::model::ActionId::parse(id) else {
+        return Ok(());
+    };
+    let snapshots = store.list_snapshots(&action).await?;
+    let Some(first) = snapshots.iter().min_by_key(|m| m.timestamp) else {
+        return Ok(());
+    };
+    let origin = if crate::capture::attribution::looks_like_session(id) {
+        "session"
+    } else {
+        "annotation"
+    };
+    let record = ActionRecord::new(action, origin, &first.user, first.timestamp);
+    if store.create_action(&record).await? {
+        tracing::info!(action = %id, snapshots = snapshots.len(), "gave orphan snapshots a record");
+    }
+    Ok(())
 }
 
 /// Whether `since` is at least `age` ago.

@@ -507,15 +507,10 @@ async fn secrets_never_reach_a_configmap() {
     let iso = Snapback::start(c, opts);
     let ns2 = c.namespace("secret2", &[]);
     iso.adopt_namespace(c, &ns2);
-    c.kubectl_ok(&[
-        "-n",
-        &ns2,
-        "create",
-        "secret",
-        "generic",
-        "creds",
-        &format!("--from-literal=password={marker}"),
-    ]);
+    // Applied: kubectl also keeps the manifest, value included, in an annotation.
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds, namespace: {ns2}}}\nstringData: {{password: {marker}}}\n"
+    ));
     c.kubectl_ok(&[
         "-n",
         &ns2,
@@ -523,7 +518,8 @@ async fn secrets_never_reach_a_configmap() {
         "secret",
         "creds",
         "-p",
-        r#"{"stringData":{"password":"rotated"}}"#,
+        // An action of its own (the create before it is in admin's session).
+        r#"{"metadata":{"annotations":{"snapback.io/action":"rotate-creds"}},"stringData":{"password":"rotated"}}"#,
     ]);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &iso.opts.snapshot_namespace);
     let stored = secrets
@@ -565,6 +561,28 @@ async fn secrets_never_reach_a_configmap() {
         update.1.as_ref().unwrap()["data"]["password"],
         base64::engine::general_purpose::STANDARD.encode(&marker)
     );
+    // Its value never leaves through the API: diff, manifests, a dry run's patch.
+    let api = iso.api(c);
+    let admin = c.token("admin");
+    for (method, path) in [
+        ("GET", format!("/api/v1/actions/{action}/diff")),
+        ("GET", format!("/api/v1/actions/{action}/manifests")),
+        (
+            "POST",
+            format!("/api/v1/actions/{action}/rollback?dryRun=true"),
+        ),
+    ] {
+        let (status, body) = api.call(method, &path, Some(&admin), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let text = body.to_string();
+        assert!(
+            !text.contains(&marker) && !text.contains(&encoded),
+            "{path} shows the secret: {text}"
+        );
+        if method == "GET" {
+            assert!(text.contains("<redacted"), "{path}: {text}");
+        }
+    }
     iso.unregister(c);
 }
 

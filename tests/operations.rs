@@ -387,3 +387,72 @@ fn auth_none_refuses_non_loopback_addresses() {
         "{err}"
     );
 }
+
+/// Snapshots whose action record is gone (the action deleted through the
+/// snapshotter while a webhook process, which caches that the action exists,
+/// kept capturing into it) get a record back from the maintenance pass: they
+/// are listed, can be rolled back, and are pruned like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_without_a_record_get_one_back() {
+    let c = cluster();
+    let tag = format!("orph{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = ["--maintenance-interval=1s", "--lease-duration=3s"]
+        .map(String::from)
+        .to_vec();
+    let snapshot_ns = opts.snapshot_namespace.clone();
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("orphans", &[]);
+    sb.adopt_namespace(c, &ns);
+    let action = format!("orphan-{tag}");
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "cm",
+        "--from-literal=v=before",
+    ]);
+    c.apply_as("admin", &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: after}}\n"));
+    let store = sb.store(c).await;
+    let id = snapback::store::model::ActionId::parse(&action).unwrap();
+    assert!(store.get_action(&id).await.unwrap().is_some());
+    // The record goes; the snapshot stays.
+    c.kubectl_ok(&[
+        "-n",
+        &snapshot_ns,
+        "delete",
+        "configmap",
+        "-l",
+        &format!("snapback.io/record=action,snapback.io/action={action}"),
+    ]);
+    assert!(store.get_action(&id).await.unwrap().is_none());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        if let Some((r, _)) = store.get_action(&id).await.unwrap() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record again; log:\n{}",
+            sb.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(record.owner, "admin");
+    assert_eq!(record.origin, "annotation");
+    // And it rolls back.
+    let api = sb.api(c);
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{action}/rollback"),
+            &c.token("admin"),
+        )
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report}");
+    let v = c.kubectl_ok(&["-n", &ns, "get", "cm", "cm", "-o", "jsonpath={.data.v}"]);
+    assert_eq!(v, "before");
+    sb.unregister(c);
+}

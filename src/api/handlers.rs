@@ -19,7 +19,7 @@ use crate::api::model::*;
 use crate::config::FailurePolicy;
 use crate::restore::plan::Target;
 use crate::restore::report::{Report, Trigger};
-use crate::restore::rollback::{Params, strip_for_diff};
+use crate::restore::rollback::{Params, redact, redact_pair, strip_for_diff};
 use crate::store::actions::{ActionRecord, ActionState};
 use crate::store::model::{ActionId, SnapshotMeta};
 
@@ -544,7 +544,7 @@ pub async fn diff_action(
                 error: None,
             };
             let prior = match &h.target {
-                Target::Present(p) | Target::Scale(p) => Some(redact(&strip_for_diff(p))),
+                Target::Present(p) | Target::Scale(p) => Some(strip_for_diff(p)),
                 Target::Absent { .. } => None,
                 Target::Unreadable(e) => {
                     d.change = "error".into();
@@ -553,7 +553,7 @@ pub async fn diff_action(
                 }
             };
             let cur = match cur {
-                Ok(c) => c.map(|c| redact(&strip_for_diff(&c))),
+                Ok(c) => c.map(|c| strip_for_diff(&c)),
                 Err(e) => {
                     d.change = "error".into();
                     d.error = Some(e);
@@ -568,6 +568,8 @@ pub async fn diff_action(
                 _ => "modified",
             }
             .into();
+            // Secret values shown only as changed or not.
+            let (prior, cur) = redact_pair(prior, cur);
             let yaml = |v: &Option<Value>| {
                 v.as_ref()
                     .and_then(|v| serde_yaml::to_string(v).ok())
@@ -697,23 +699,6 @@ async fn visible(
         out.push(h);
     }
     Ok(out)
-}
-
-/// Secret values never leave snapback through the API.
-fn redact(v: &Value) -> Value {
-    let mut v = v.clone();
-    if v.get("kind").and_then(Value::as_str) == Some("Secret")
-        && let Some(map) = v.as_object_mut()
-    {
-        for key in ["data", "stringData"] {
-            if let Some(Value::Object(d)) = map.get_mut(key) {
-                for val in d.values_mut() {
-                    *val = Value::String("<redacted>".into());
-                }
-            }
-        }
-    }
-    v
 }
 
 /// Close an open action.

@@ -185,6 +185,22 @@ impl Attribution {
 }
 
 /// `<user-slug>-<yyyymmddThhmmssZ>-<4 hex>`, at most 63 characters.
+/// Whether an id has the shape of [`session_id`]'s: `<slug>-<yyyymmddThhmmssZ>-<4 hex>`.
+pub fn looks_like_session(id: &str) -> bool {
+    let mut parts = id.rsplitn(3, '-');
+    let (Some(hex), Some(stamp), Some(slug)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    hex.len() == 4
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && stamp.len() == 16
+        && stamp.as_bytes()[8] == b'T'
+        && stamp.ends_with('Z')
+        && stamp[..8].bytes().all(|b| b.is_ascii_digit())
+        && stamp[9..15].bytes().all(|b| b.is_ascii_digit())
+        && !slug.is_empty()
+}
+
 pub fn session_id(user: &str, now: Timestamp, random: u16) -> ActionId {
     let stamp = now.strftime("%Y%m%dT%H%M%SZ");
     // 63 - len("-20261122T234552Z-1a2b") = 41
@@ -221,6 +237,20 @@ mod tests {
 
     fn now() -> Timestamp {
         "2026-11-22T23:45:52Z".parse().unwrap()
+    }
+
+    #[test]
+    fn session_ids_are_recognised_by_their_shape() {
+        let id = session_id("system:serviceaccount:argocd:controller", now(), 0x1a2b);
+        assert!(looks_like_session(id.as_str()), "{id}");
+        for other in [
+            "release-42",
+            "a-20261122T234552Z",
+            "x-20261122-1a2b",
+            "x-20261122T234552Z-zzzz",
+        ] {
+            assert!(!looks_like_session(other), "{other}");
+        }
     }
 
     #[test]

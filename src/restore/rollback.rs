@@ -1156,7 +1156,15 @@ fn dry_run_result(
                 Action::Delete { .. } => Value::Null,
                 _ => s.target_body().cloned().unwrap_or(Value::Null),
             };
-            let patch = json_patch::diff(&strip_for_diff(&cur), &strip_for_diff(&target));
+            let (cur, target) = redact_pair(
+                Some(strip_for_diff(&cur)).filter(|v| !v.is_null()),
+                Some(strip_for_diff(&target)).filter(|v| !v.is_null()),
+            );
+            let null = Value::Null;
+            let patch = json_patch::diff(
+                cur.as_ref().unwrap_or(&null),
+                target.as_ref().unwrap_or(&null),
+            );
             let mut r = ObjectResult::new(h, s.operation, Outcome::Planned, describe(s));
             r.patch = serde_json::to_value(patch).ok();
             r
@@ -1176,6 +1184,84 @@ fn describe(s: &Step) -> String {
         Action::ReplaceScale(_) => "would restore the scale subresource".into(),
         Action::None(..) => String::new(),
     }
+}
+
+/// Secret values never leave snapback through the API: a Secret's `data`
+/// and `stringData` values, and the copy of its manifest `kubectl apply`
+/// keeps in an annotation, are shown as `<redacted>`.
+pub fn redact(v: &Value) -> Value {
+    let mut v = v.clone();
+    if v.get("kind").and_then(Value::as_str) == Some("Secret")
+        && let Some(map) = v.as_object_mut()
+    {
+        for key in ["data", "stringData"] {
+            if let Some(Value::Object(d)) = map.get_mut(key) {
+                for val in d.values_mut() {
+                    *val = Value::String("<redacted>".into());
+                }
+            }
+        }
+        if let Some(last) = map
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(|a| a.get_mut("kubectl.kubernetes.io/last-applied-configuration"))
+        {
+            *last = Value::String("<redacted>".into());
+        }
+    }
+    v
+}
+
+/// Two states of one object to show side by side (diff, a dry run's
+/// patch): a Secret's values are redacted, each as `<redacted>` where both
+/// states have the same value and `<redacted: before>` / `<redacted: after>`
+/// where they differ, so that what changes is visible and no value is.
+pub fn redact_pair(a: Option<Value>, b: Option<Value>) -> (Option<Value>, Option<Value>) {
+    let is_secret =
+        |v: &Option<Value>| v.as_ref().and_then(|v| v.get("kind")?.as_str()) == Some("Secret");
+    if !is_secret(&a) && !is_secret(&b) {
+        return (a, b);
+    }
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    let value_at = |v: &Option<Value>, path: &[&str]| -> Option<Value> {
+        path.iter()
+            .try_fold(v.as_ref()?, |at, key| at.get(*key))
+            .cloned()
+    };
+    let mark = |v: &mut Option<Value>, other: &Option<Value>, side: &str| {
+        let Some(obj) = v.as_mut() else { return };
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        for key in ["data", "stringData"] {
+            if let Some(map) = obj.get(key).and_then(Value::as_object) {
+                paths.extend(map.keys().map(|k| vec![key.to_string(), k.clone()]));
+            }
+        }
+        if obj["metadata"]["annotations"].get(LAST_APPLIED).is_some() {
+            paths.push(vec![
+                "metadata".into(),
+                "annotations".into(),
+                LAST_APPLIED.into(),
+            ]);
+        }
+        for path in paths {
+            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+            let same = value_at(other, &refs) == value_at(&Some(obj.clone()), &refs);
+            let shown = if same {
+                "<redacted>".to_string()
+            } else {
+                format!("<redacted: {side}>")
+            };
+            let mut at = &mut *obj;
+            for key in &refs {
+                at = &mut at[*key];
+            }
+            *at = Value::String(shown);
+        }
+    };
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    mark(&mut a2, &b, "before");
+    mark(&mut b2, &a, "after");
+    (a2, b2)
 }
 
 /// Leave out what a rollback does not change, so a patch shows the content.
@@ -1206,7 +1292,55 @@ pub fn strip_for_diff(v: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::immutable_refusal;
+    use super::{immutable_refusal, redact};
+    use serde_json::json;
+
+    #[test]
+    fn secret_values_are_redacted_everywhere_they_appear() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "api", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"stringData\":{\"token\":\"TOPSECRET\"}}",
+                "team": "web"}},
+            "data": {"token": "VE9QU0VDUkVU"}, "stringData": {"extra": "TOPSECRET"}});
+        let shown = redact(&secret).to_string();
+        assert!(
+            !shown.contains("TOPSECRET") && !shown.contains("VE9QU0VDUkVU"),
+            "{shown}"
+        );
+        assert!(shown.contains("\"team\":\"web\""), "{shown}");
+        // Other kinds are shown as they are.
+        let cm = json!({"kind": "ConfigMap", "data": {"token": "visible"}});
+        assert_eq!(redact(&cm), cm);
+    }
+
+    #[test]
+    fn a_pair_of_secret_states_shows_which_values_changed_and_no_value() {
+        let before = json!({"kind": "Secret", "data": {"a": "QQ==", "b": "Qg=="}});
+        let after = json!({"kind": "Secret", "data": {"a": "QQ==", "b": "Qw==", "c": "RA=="}});
+        let (b, a) = super::redact_pair(Some(before), Some(after));
+        assert_eq!(
+            b,
+            Some(json!({"kind": "Secret", "data": {"a": "<redacted>", "b": "<redacted: before>"}}))
+        );
+        assert_eq!(
+            a,
+            Some(
+                json!({"kind": "Secret", "data": {"a": "<redacted>", "b": "<redacted: after>", "c": "<redacted: after>"}})
+            )
+        );
+        // Created or deleted: one side only.
+        let (none, only) = super::redact_pair(
+            None,
+            Some(json!({"kind": "Secret", "stringData": {"x": "y"}})),
+        );
+        assert_eq!(none, None);
+        assert_eq!(
+            only,
+            Some(json!({"kind": "Secret", "stringData": {"x": "<redacted: after>"}}))
+        );
+        let cm = Some(json!({"kind": "ConfigMap", "data": {"x": "y"}}));
+        assert_eq!(super::redact_pair(cm.clone(), None), (cm, None));
+    }
 
     #[test]
     fn the_api_servers_ways_of_saying_a_field_cannot_change() {
