@@ -398,10 +398,11 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), Failure> {
                 )
                 .await?;
             if !ctx.structured(&v) {
+                let n = v["changes"].as_u64().unwrap_or(0);
                 println!(
-                    "action {} completed ({} changes)",
+                    "action {} completed ({n} change{})",
                     str_of(&v, "id"),
-                    v["changes"]
+                    if n == 1 { "" } else { "s" }
                 );
             }
         }
