@@ -252,9 +252,12 @@ impl Metrics {
         ] {
             self.rollbacks.with_label_values(&[trigger, outcome]);
         }
-        for op in ["delete", "replace", "create"] {
-            for outcome in ["restored", "unchanged", "conflict", "failed", "skipped"] {
-                self.objects_restored.with_label_values(&[op, outcome]);
+        use crate::restore::plan::{Outcome, RestoreOp};
+        for op in [RestoreOp::Delete, RestoreOp::Replace, RestoreOp::Create] {
+            // Planned is a dry run's; dry runs are not counted.
+            for outcome in Outcome::ALL.iter().filter(|o| **o != Outcome::Planned) {
+                self.objects_restored
+                    .with_label_values(&[op.as_str(), outcome.as_str()]);
             }
         }
         for layout in ["single", "batch"] {

@@ -28,7 +28,8 @@ use crate::metrics::Metrics;
 use crate::store::actions::ActionRecord;
 use crate::store::codec;
 use crate::store::model::{
-    ACTION_ANNOTATION, ActionId, GUARD_ANNOTATION, ObjectRef, Operation, SnapshotMeta,
+    ACTION_ANNOTATION, ActionId, GUARD_ANNOTATION, LAST_APPLIED_ANNOTATION, ObjectRef, Operation,
+    SnapshotMeta,
 };
 use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 
@@ -110,9 +111,6 @@ fn invalid(err: impl ToString, uid: Option<String>) -> Answer {
         None => Answer::BadRequest(err.to_string()),
     }
 }
-
-/// The annotation in which `kubectl apply` keeps the last manifest applied.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The last-applied manifest without the action annotation (and without an
 /// `annotations` map left empty by that), as kubectl writes it: compact
@@ -235,13 +233,13 @@ impl CaptureService {
             .and_then(|o| {
                 o.get("metadata")?
                     .get("annotations")?
-                    .get(LAST_APPLIED)?
+                    .get(LAST_APPLIED_ANNOTATION)?
                     .as_str()
             })
             .and_then(without_action_annotation)
         {
             ops.push(PatchOperation::Replace(ReplaceOperation {
-                path: PointerBuf::from_tokens(["metadata", "annotations", LAST_APPLIED]),
+                path: PointerBuf::from_tokens(["metadata", "annotations", LAST_APPLIED_ANNOTATION]),
                 value: Value::String(stripped),
             }));
         }

@@ -346,23 +346,17 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         // Deleted by the action (or, with force, by anyone), its deletion
         // not finished yet (a namespace emptying, a claim's protection):
         // recreated once it is gone.
-        (Target::Present(t), true) => {
-            if !force && !h.accepted.contains(ABSENT) {
-                return Step {
-                    operation: RestoreOp::Create,
-                    action: Action::None(
-                        Outcome::Conflict,
-                        "deleted after the action (use force=true to overwrite)".into(),
-                    ),
+        // Decided as if it were gone (a conflict if the action did not
+        // delete it), the create waiting for that.
+        (Target::Present(_), true) => {
+            let mut step = decide(h, None, force);
+            if let Action::Create(body) = step.action {
+                step.action = Action::CreateWhenGone {
+                    body,
+                    uid: current.and_then(uid_of).unwrap_or_default().to_string(),
                 };
             }
-            return Step {
-                operation: RestoreOp::Create,
-                action: Action::CreateWhenGone {
-                    body: for_create(t),
-                    uid: current.and_then(uid_of).unwrap_or_default().to_string(),
-                },
-            };
+            return step;
         }
         (Target::Scale(_), true) => {
             return none(

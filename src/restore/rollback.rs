@@ -20,7 +20,7 @@ use crate::restore::plan::{self, Action, ObjectHistory, Outcome, RestoreOp, Step
 use crate::restore::report::{ObjectResult, Report, Trigger, counts};
 use crate::store::actions::{ActionRecord, ActionState};
 use crate::store::kube_store::{KubeStore, LoadedAction};
-use crate::store::model::{ACTION_ANNOTATION, ActionId};
+use crate::store::model::{ACTION_ANNOTATION, ActionId, LAST_APPLIED_ANNOTATION};
 use crate::store::{StoreError, describe_kube_error};
 
 /// Objects restored at the same time within one dependency wave.
@@ -1186,30 +1186,48 @@ fn describe(s: &Step) -> String {
     }
 }
 
-/// Secret values never leave snapback through the API: a Secret's `data`
-/// and `stringData` values, and the copy of its manifest `kubectl apply`
-/// keeps in an annotation, are shown as `<redacted>`.
-pub fn redact(v: &Value) -> Value {
-    let mut v = v.clone();
-    if v.get("kind").and_then(Value::as_str) == Some("Secret")
-        && let Some(map) = v.as_object_mut()
-    {
-        for key in ["data", "stringData"] {
-            if let Some(Value::Object(d)) = map.get_mut(key) {
-                for val in d.values_mut() {
-                    *val = Value::String("<redacted>".into());
-                }
-            }
-        }
-        if let Some(last) = map
-            .get_mut("metadata")
-            .and_then(|m| m.get_mut("annotations"))
-            .and_then(|a| a.get_mut("kubectl.kubernetes.io/last-applied-configuration"))
-        {
-            *last = Value::String("<redacted>".into());
-        }
+/// Where a Secret holds values: every key of `data` and `stringData`, and
+/// the copy of its manifest `kubectl apply` keeps in an annotation. None
+/// for other kinds.
+fn secret_value_paths(v: &Value) -> Option<Vec<Vec<&str>>> {
+    if v.get("kind").and_then(Value::as_str) != Some("Secret") {
+        return None;
     }
-    v
+    let mut paths: Vec<Vec<&str>> = ["data", "stringData"]
+        .into_iter()
+        .filter_map(|key| Some((key, v.get(key)?.as_object()?)))
+        .flat_map(|(key, map)| map.keys().map(move |k| vec![key, k.as_str()]))
+        .collect();
+    if v["metadata"]["annotations"]
+        .get(LAST_APPLIED_ANNOTATION)
+        .is_some()
+    {
+        paths.push(vec!["metadata", "annotations", LAST_APPLIED_ANNOTATION]);
+    }
+    Some(paths)
+}
+
+fn value_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |at, key| at.get(*key))
+}
+
+/// `v` with each Secret value replaced by what `shown` says for its path.
+fn redacted_with(v: &Value, shown: impl Fn(&[&str]) -> String) -> Value {
+    let Some(paths) = secret_value_paths(v) else {
+        return v.clone();
+    };
+    let mut out = v.clone();
+    for path in paths {
+        let at = path.iter().fold(&mut out, |at, key| &mut at[*key]);
+        *at = Value::String(shown(&path));
+    }
+    out
+}
+
+/// Secret values never leave snapback through the API: each is shown as
+/// `<redacted>`.
+pub fn redact(v: &Value) -> Value {
+    redacted_with(v, |_| "<redacted>".into())
 }
 
 /// Two states of one object to show side by side (diff, a dry run's
@@ -1217,51 +1235,19 @@ pub fn redact(v: &Value) -> Value {
 /// states have the same value and `<redacted: before>` / `<redacted: after>`
 /// where they differ, so that what changes is visible and no value is.
 pub fn redact_pair(a: Option<Value>, b: Option<Value>) -> (Option<Value>, Option<Value>) {
-    let is_secret =
-        |v: &Option<Value>| v.as_ref().and_then(|v| v.get("kind")?.as_str()) == Some("Secret");
-    if !is_secret(&a) && !is_secret(&b) {
-        return (a, b);
-    }
-    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-    let value_at = |v: &Option<Value>, path: &[&str]| -> Option<Value> {
-        path.iter()
-            .try_fold(v.as_ref()?, |at, key| at.get(*key))
-            .cloned()
+    let side = |own: &Option<Value>, other: &Option<Value>, label: &str| {
+        own.as_ref().map(|v| {
+            redacted_with(v, |path| {
+                let theirs = other.as_ref().and_then(|o| value_at(o, path));
+                if theirs.is_some() && theirs == value_at(v, path) {
+                    "<redacted>".to_string()
+                } else {
+                    format!("<redacted: {label}>")
+                }
+            })
+        })
     };
-    let mark = |v: &mut Option<Value>, other: &Option<Value>, side: &str| {
-        let Some(obj) = v.as_mut() else { return };
-        let mut paths: Vec<Vec<String>> = Vec::new();
-        for key in ["data", "stringData"] {
-            if let Some(map) = obj.get(key).and_then(Value::as_object) {
-                paths.extend(map.keys().map(|k| vec![key.to_string(), k.clone()]));
-            }
-        }
-        if obj["metadata"]["annotations"].get(LAST_APPLIED).is_some() {
-            paths.push(vec![
-                "metadata".into(),
-                "annotations".into(),
-                LAST_APPLIED.into(),
-            ]);
-        }
-        for path in paths {
-            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-            let same = value_at(other, &refs) == value_at(&Some(obj.clone()), &refs);
-            let shown = if same {
-                "<redacted>".to_string()
-            } else {
-                format!("<redacted: {side}>")
-            };
-            let mut at = &mut *obj;
-            for key in &refs {
-                at = &mut at[*key];
-            }
-            *at = Value::String(shown);
-        }
-    };
-    let (mut a2, mut b2) = (a.clone(), b.clone());
-    mark(&mut a2, &b, "before");
-    mark(&mut b2, &a, "after");
-    (a2, b2)
+    (side(&a, &b, "before"), side(&b, &a, "after"))
 }
 
 /// Leave out what a rollback does not change, so a patch shows the content.

@@ -29,6 +29,8 @@ pub const RECORD_CHUNK: &str = "chunk";
 /// The annotation a user puts on an object to name its action; also the
 /// impersonation extra key a restore write carries.
 pub const ACTION_ANNOTATION: &str = "snapback.io/action";
+/// Where `kubectl apply` keeps the manifest it last applied.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 pub const ANN_NAME: &str = "snapback.io/name";
 pub const ANN_NAMESPACE: &str = "snapback.io/namespace";
