@@ -4,6 +4,12 @@
 #   hack/cluster.sh up DIR     start (installs/builds what is missing), wait until ready
 #   hack/cluster.sh down DIR   stop and remove DIR
 #
+# With CONTROLLERS=1, a kube-controller-manager runs too, with the controllers
+# a namespace's life needs (namespace, service accounts and their tokens,
+# kube-root-ca.crt, garbage collector, Deployments and ReplicaSets), each as
+# its own service account as kubeadm sets it up: pods are created but never
+# scheduled (no scheduler, no kubelet).
+#
 # DIR receives: kubeconfig (contexts admin, snapback, alice, bob, carol, user1..9),
 # tokens.csv, pki/, logs, pids, and env (KUBECONFIG=..., APISERVER_URL=...).
 # With OWNER_PID set, a watchdog stops everything when that process exits, so
@@ -48,7 +54,7 @@ up) ;;
 *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
 
-eval "$("$here/install-control-plane.sh" | grep -E '^(KUBE_APISERVER|ETCD)=')"
+eval "$("$here/install-control-plane.sh" | grep -E '^(KUBE_APISERVER|KUBE_CONTROLLER_MANAGER|ETCD)=')"
 mkdir -p "$dir/pki" "$dir/etcd"
 dir=$(cd "$dir" && pwd)
 pki=$dir/pki
@@ -79,6 +85,8 @@ for u in $users; do tokens[$u]=$(token); done
     esac
     echo "${tokens[$u]},$u,$u-uid,$group"
   done
+  kcm_token=$(token)
+  echo "$kcm_token,system:kube-controller-manager,kcm-uid,system:authenticated"
 } >"$dir/tokens.csv"
 chmod 600 "$dir/tokens.csv"
 
@@ -165,6 +173,23 @@ for _ in $(seq 1 600); do
 done
 curl -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer ${tokens[admin]}" "$url/readyz" >/dev/null \
   || { echo "kube-apiserver not ready; log:" >&2; tail -30 "$dir/apiserver.log" >&2; exit 1; }
+
+if [ "${CONTROLLERS:-0}" = 1 ]; then
+  printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: %s\n    certificate-authority: %s\nusers:\n- name: kcm\n  user:\n    token: %s\ncontexts:\n- name: kcm\n  context:\n    cluster: local\n    user: kcm\ncurrent-context: kcm\n' \
+    "$url" "$pki/ca.crt" "$kcm_token" >"$dir/kcm.kubeconfig"
+  chmod 600 "$dir/kcm.kubeconfig"
+  "$KUBE_CONTROLLER_MANAGER" \
+    --kubeconfig "$dir/kcm.kubeconfig" \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file "$pki/sa.key" \
+    --root-ca-file "$pki/ca.crt" \
+    --controllers namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,deployment,replicaset \
+    --leader-elect=false --port 0 --secure-port 0 \
+    --concurrent-namespace-syncs 2 \
+    --v 1 \
+    >"$dir/controller-manager.log" 2>&1 &
+  echo $! >"$dir/controller-manager.pid"
+fi
 
 # The default namespace exists only once a controller creates it; make sure.
 KUBECONFIG=$dir/kubeconfig kubectl create namespace default >/dev/null 2>&1 || true

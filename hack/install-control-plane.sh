@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Installs what the local control plane needs and builds kube-apiserver once.
+# Installs what the local control plane needs and builds kube-apiserver (and
+# kube-controller-manager, for the tests that need the namespace controller)
+# once.
 #
 # Nothing here downloads a prebuilt binary: etcd comes from Debian, and
 # kube-apiserver is built from Debian's `kubernetes` source package (v1.20.2)
 # with Debian's Go. The result is cached outside the checkout, keyed by version,
 # so only the first run on a machine pays the ~5 minute build.
 #
-# Honours KUBE_APISERVER and ETCD: when both point at existing binaries
-# (envtest, another Kubernetes version) nothing is built.
+# Honours KUBE_APISERVER, KUBE_CONTROLLER_MANAGER and ETCD: when they point at
+# existing binaries (envtest, another Kubernetes version) nothing is built.
 set -euo pipefail
 
 K8S_VERSION=1.20.2
 CACHE_DIR=${SNAPBACK_CACHE_DIR:-$HOME/.cache/snapback}
 OUT_DIR=$CACHE_DIR/kube-$K8S_VERSION
 APISERVER_BIN=$OUT_DIR/kube-apiserver
+CONTROLLER_MANAGER_BIN=$OUT_DIR/kube-controller-manager
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 
@@ -66,10 +69,16 @@ ensure_deb_src() {
   apt_updated=0
 }
 
-build_apiserver() {
-  if [ -n "${KUBE_APISERVER:-}" ] && [ -x "$KUBE_APISERVER" ]; then return; fi
-  if [ -x "$APISERVER_BIN" ]; then return; fi
-  log "building kube-apiserver $K8S_VERSION from Debian source (one time, ~5 minutes)"
+build_control_plane() {
+  local what=()
+  if { [ -z "${KUBE_APISERVER:-}" ] || [ ! -x "$KUBE_APISERVER" ]; } && [ ! -x "$APISERVER_BIN" ]; then
+    what+=(cmd/kube-apiserver)
+  fi
+  if { [ -z "${KUBE_CONTROLLER_MANAGER:-}" ] || [ ! -x "$KUBE_CONTROLLER_MANAGER" ]; } && [ ! -x "$CONTROLLER_MANAGER_BIN" ]; then
+    what+=(cmd/kube-controller-manager)
+  fi
+  if [ ${#what[@]} = 0 ]; then return; fi
+  log "building ${what[*]} $K8S_VERSION from Debian source (one time, ~5 minutes each)"
   ensure_deb_src
   apt_install golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev make
   local work=$CACHE_DIR/build
@@ -90,20 +99,25 @@ build_apiserver() {
     cd "$work/gopath/src/k8s.io/kubernetes"
     export GOPATH=$work/gopath GO111MODULE=off GOFLAGS=-mod=vendor CGO_ENABLED=0
     export KUBE_GIT_VERSION=v$K8S_VERSION KUBE_GIT_TREE_STATE=clean
-    make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1 || { tail -50 "$work/build.log" >&2; exit 1; }
+    make WHAT="${what[*]}" >"$work/build.log" 2>&1 || { tail -50 "$work/build.log" >&2; exit 1; }
   )
   mkdir -p "$OUT_DIR"
-  cp "$tree/_output/local/bin/linux/"*/kube-apiserver "$APISERVER_BIN.tmp" 2>/dev/null \
-    || cp "$tree/_output/bin/kube-apiserver" "$APISERVER_BIN.tmp"
-  mv "$APISERVER_BIN.tmp" "$APISERVER_BIN"
+  local target bin
+  for target in "${what[@]}"; do
+    bin=${target#cmd/}
+    cp "$tree/_output/local/bin/linux/"*/"$bin" "$OUT_DIR/$bin.tmp" 2>/dev/null \
+      || cp "$tree/_output/bin/$bin" "$OUT_DIR/$bin.tmp"
+    mv "$OUT_DIR/$bin.tmp" "$OUT_DIR/$bin"
+    log "$bin cached at $OUT_DIR/$bin"
+  done
   rm -rf "$work"
-  log "kube-apiserver cached at $APISERVER_BIN"
 }
 
 ensure_etcd
 ensure_kubectl
 ensure_openssl
-build_apiserver
+build_control_plane
 # Print where the binaries are, for callers.
 echo "KUBE_APISERVER=${KUBE_APISERVER:-$APISERVER_BIN}"
+echo "KUBE_CONTROLLER_MANAGER=${KUBE_CONTROLLER_MANAGER:-$CONTROLLER_MANAGER_BIN}"
 echo "ETCD=${ETCD:-$(command -v etcd || echo /usr/bin/etcd)}"

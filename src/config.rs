@@ -100,6 +100,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// The namespace controller's identities: with
+/// `--use-service-account-credentials` (kubeadm, most distributions) and
+/// without.
+pub const DEFAULT_NAMESPACE_CONTROLLER_USERS: &str =
+    "system:serviceaccount:kube-system:namespace-controller,system:kube-controller-manager";
+
 pub const DEFAULT_EXCLUDE_USERS: &str =
     "system:node:*,system:kube-*,system:serviceaccount:kube-system:*";
 pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events,events.events.k8s.io,leases.coordination.k8s.io,endpoints,endpointslices.discovery.k8s.io,*reviews,*reviews.*";
@@ -144,6 +150,13 @@ pub struct ServeArgs {
     /// Users whose changes are not captured (glob `*`), comma-separated.
     #[arg(long, env = "SNAPBACK_EXCLUDE_USERS", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_USERS)]
     pub exclude_users: Vec<String>,
+    /// Identities of the namespace controller (glob `*`), comma-separated:
+    /// the objects they delete in a namespace that a captured change deleted
+    /// are captured into that change's action, excluded users or not, so
+    /// that rolling it back restores the namespace with its contents. Empty
+    /// turns this off.
+    #[arg(long, env = "SNAPBACK_NAMESPACE_CONTROLLER_USERS", value_delimiter = ',', default_value = DEFAULT_NAMESPACE_CONTROLLER_USERS)]
+    pub namespace_controller_users: Vec<String>,
     /// Resources not captured: `plural` or `plural.group` (glob `*`), comma-separated.
     #[arg(long, env = "SNAPBACK_EXCLUDE_RESOURCES", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_RESOURCES)]
     pub exclude_resources: Vec<String>,
@@ -330,6 +343,7 @@ pub struct CaptureConfig {
     pub snapshot_namespace: String,
     pub session_idle: Duration,
     pub exclude_users: Vec<String>,
+    pub namespace_controller_users: Vec<String>,
     pub exclude_resources: Vec<String>,
     pub self_users: Vec<String>,
     pub capture_secrets: bool,
@@ -390,6 +404,7 @@ impl CaptureConfig {
             snapshot_namespace: ns.to_string(),
             session_idle: Duration::from_secs(30),
             exclude_users: split(DEFAULT_EXCLUDE_USERS),
+            namespace_controller_users: split(DEFAULT_NAMESPACE_CONTROLLER_USERS),
             exclude_resources: split(DEFAULT_EXCLUDE_RESOURCES),
             self_users: vec![],
             capture_secrets: false,
@@ -443,6 +458,7 @@ impl From<ServeArgs> for Config {
                 snapshot_namespace: a.snapshot_namespace,
                 session_idle: a.session_idle,
                 exclude_users: clean(a.exclude_users),
+                namespace_controller_users: clean(a.namespace_controller_users),
                 exclude_resources: clean(a.exclude_resources),
                 self_users,
                 capture_secrets: a.capture_secrets,

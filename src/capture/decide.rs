@@ -43,6 +43,17 @@ pub enum Decision {
 }
 
 pub fn classify(review: &Review, cfg: &CaptureConfig) -> Decision {
+    classify_with(review, cfg, true)
+}
+
+/// As [`classify`], but for a change that belongs to a captured action
+/// whoever made it (the namespace controller emptying a namespace that a
+/// captured change deleted): `--exclude-users` does not apply.
+pub fn classify_cascade(review: &Review, cfg: &CaptureConfig) -> Decision {
+    classify_with(review, cfg, false)
+}
+
+fn classify_with(review: &Review, cfg: &CaptureConfig, exclude_users: bool) -> Decision {
     let req = &review.request;
     let operation = match req.operation {
         AdmissionOp::Create => Operation::Create,
@@ -80,7 +91,7 @@ pub fn classify(review: &Review, cfg: &CaptureConfig) -> Decision {
     let restore_write = review
         .user_extra(crate::store::model::ACTION_ANNOTATION)
         .is_some();
-    if !restore_write && cfg.exclude_users.iter().any(|p| glob_match(p, user)) {
+    if exclude_users && !restore_write && cfg.exclude_users.iter().any(|p| glob_match(p, user)) {
         return Decision::Skip(Skip::ExcludedUser);
     }
     let resource = &req.resource.resource;

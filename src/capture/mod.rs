@@ -4,6 +4,7 @@
 //! the prior state.
 
 pub mod attribution;
+pub mod cascade;
 pub mod decide;
 pub mod handler;
 pub mod open_actions;
@@ -19,8 +20,9 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation as AdmissionOp};
 use serde_json::Value;
 
-use crate::capture::attribution::{Attribution, HintKey};
-use crate::capture::decide::{Decision, classify};
+use crate::capture::attribution::{Attribution, HintKey, Origin};
+use crate::capture::cascade::NamespaceDeletions;
+use crate::capture::decide::{Decision, Skip, classify, classify_cascade};
 use crate::capture::pending::PendingWrites;
 use crate::capture::review::Review;
 use crate::config::{CaptureConfig, CaptureFailure};
@@ -78,6 +80,8 @@ pub struct CaptureService {
     metrics: Metrics,
     /// Set with `--capture-ack=queued`: answer once the snapshot is queued.
     pending: Option<Arc<PendingWrites>>,
+    /// Namespaces being emptied after a captured change deleted them.
+    namespace_deletions: NamespaceDeletions,
 }
 
 /// An answer to an AdmissionReview: a review to send with 200, or a bare 400
@@ -153,6 +157,7 @@ impl CaptureService {
             attribution,
             metrics,
             pending: None,
+            namespace_deletions: NamespaceDeletions::default(),
         }
     }
 
@@ -274,7 +279,17 @@ impl CaptureService {
         let op = op_label(&review.request.operation);
         span.record("operation", op);
         let resp = AdmissionResponse::from(&review.request);
-        let (operation, secret) = match classify(&review, &self.cfg) {
+        let mut decision = classify(&review, &self.cfg);
+        // The namespace controller emptying a namespace a captured change
+        // deleted: its deletes belong to that change's action.
+        let mut cascade = None;
+        if decision == Decision::Skip(Skip::ExcludedUser)
+            && let Some(action) = self.cascade_action(&review).await
+        {
+            decision = classify_cascade(&review, &self.cfg);
+            cascade = Some(action);
+        }
+        let (operation, secret) = match decision {
             Decision::Skip(reason) => {
                 self.metrics
                     .captures_skipped
@@ -287,7 +302,7 @@ impl CaptureService {
             Decision::Capture { operation, secret } => (operation, secret),
         };
         match self
-            .capture(&mut review, operation, secret, body.len())
+            .capture(&mut review, operation, secret, body.len(), cascade)
             .await
         {
             Ok(action) => {
@@ -323,13 +338,36 @@ impl CaptureService {
         }
     }
 
-    /// Capture the change; takes the prior object out of `review`.
+    /// The action deleting the namespace of the object the namespace
+    /// controller deletes, if a captured change deleted that namespace.
+    async fn cascade_action(&self, review: &Review) -> Option<ActionId> {
+        let namespace = cascade::candidate(review, &self.cfg)?;
+        match self
+            .namespace_deletions
+            .action_for(&namespace, &*self.sink)
+            .await
+        {
+            Ok(action) => action,
+            Err(e) => {
+                // Not captured before this existed either: let the
+                // namespace controller go on rather than block every
+                // namespace deletion of the cluster.
+                tracing::warn!(error = %e, %namespace,
+                    "cannot tell whether a captured change deleted this namespace; its contents' deletes are not captured");
+                None
+            }
+        }
+    }
+
+    /// Capture the change; takes the prior object out of `review`. `cascade`:
+    /// the action it belongs to, already known.
     async fn capture(
         &self,
         review: &mut Review,
         operation: Operation,
         secret: bool,
         body_len: usize,
+        cascade: Option<ActionId>,
     ) -> Result<ActionId, CaptureError> {
         let now = jiff::Timestamp::now();
         let keys = hint_keys(review, false);
@@ -345,9 +383,16 @@ impl CaptureService {
         };
         let review: &Review = review;
         let user = review.username();
-        let (action, origin) =
-            self.attribution
-                .attribute(user, review.user_extra(ACTION_ANNOTATION), &keys, now)?;
+        let (action, origin) = match cascade {
+            // Its record exists: the namespace's deletion created it.
+            Some(action) => (action, Origin::Session),
+            None => self.attribution.attribute(
+                user,
+                review.user_extra(ACTION_ANNOTATION),
+                &keys,
+                now,
+            )?,
+        };
         let after = match operation {
             Operation::Delete => None,
             _ => Some(
@@ -416,15 +461,33 @@ impl CaptureService {
         );
         let mut record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
         record.owner_groups = req.user_info.groups.clone().unwrap_or_default();
+        // A namespace's deletion is noted in its action's record before it
+        // is admitted: the namespace controller's deletes of its contents,
+        // on whichever replica, are captured into this action.
+        let notes_namespace =
+            cascade::deletes_namespace(review) && !self.cfg.namespace_controller_users.is_empty();
+        let deleted_namespace = notes_namespace.then(|| {
+            (
+                meta.object.name.clone(),
+                review.old_identity.uid.clone().unwrap_or_default(),
+            )
+        });
         let snapshot = NewSnapshot { meta, prior };
         let sink = self.sink.clone();
+        let marked = action.clone();
         let write = async move {
             sink.ensure_action(&record).await?;
-            sink.put_snapshot(snapshot).await
+            let bytes = sink.put_snapshot(snapshot).await?;
+            if let Some((name, uid)) = &deleted_namespace {
+                sink.mark_namespace_deletion(&marked, name, uid).await?;
+            }
+            Ok::<u64, StoreError>(bytes)
         };
         let queued = self.pending.as_ref().filter(|_| {
-            // Only fail-open may admit before the write (config check).
-            self.cfg.capture_failure == CaptureFailure::Allow
+            // Only fail-open may admit before the write (config check), and
+            // a namespace's contents must not be deleted before its
+            // deletion is noted.
+            self.cfg.capture_failure == CaptureFailure::Allow && !notes_namespace
         });
         if let Some(ticket) = queued.and_then(|p| p.begin(action.as_str(), body_len)) {
             let metrics = self.metrics.clone();
@@ -451,6 +514,10 @@ impl CaptureService {
             .await
             .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
         count_stored(&self.metrics, operation, bytes);
+        if notes_namespace {
+            self.namespace_deletions
+                .remember(&review.object_name(), action.clone());
+        }
         Ok(action)
     }
 }

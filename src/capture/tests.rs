@@ -354,3 +354,205 @@ fn the_last_applied_manifest_loses_only_the_action_annotation() {
     assert_eq!(without_action_annotation("not json"), None);
     assert_eq!(without_action_annotation(r#"{"metadata":[]}"#), None);
 }
+
+/// A DELETE review as the API server sends it (`oldObject` set, no `object`).
+fn delete_review(user: &str, resource: &str, ns: Option<&str>, name: &str, old: Value) -> Vec<u8> {
+    let kind = match resource {
+        "namespaces" => "Namespace",
+        "pods" => "Pod",
+        "secrets" => "Secret",
+        "events" => "Event",
+        _ => "ConfigMap",
+    };
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("uid-{name}-{}", rand::random::<u32>()),
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": resource},
+            "name": name,
+            "namespace": ns.unwrap_or(if resource == "namespaces" { name } else { "" }),
+            "operation": "DELETE",
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "oldObject": old,
+            "dryRun": false
+        }
+    }))
+    .unwrap()
+}
+
+fn object(kind: &str, ns: &str, name: &str, uid: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": kind,
+           "metadata": {"name": name, "namespace": ns, "uid": uid, "resourceVersion": "7"}})
+}
+
+const NAMESPACE_CONTROLLER: &str = "system:serviceaccount:kube-system:namespace-controller";
+
+#[tokio::test]
+async fn the_namespace_controllers_deletes_join_the_action_that_deleted_the_namespace() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    // Before: the namespace controller deleting in a namespace nobody
+    // deleted through a captured change is an excluded user, as always.
+    let early = delete_review(
+        NAMESPACE_CONTROLLER,
+        "configmaps",
+        Some("shop"),
+        "settings",
+        object("ConfigMap", "shop", "settings", "cm-0"),
+    );
+    assert!(svc.validate(&early).await.allowed());
+    assert_eq!(store.snapshot_count(), 0);
+
+    let ns = delete_review(
+        "bob",
+        "namespaces",
+        None,
+        "shop",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "uid": "ns-uid-1", "resourceVersion": "5"}}),
+    );
+    assert!(svc.validate(&ns).await.allowed());
+    let action = only_snapshot(&store).meta.action.clone();
+    assert_eq!(
+        store.actions.lock().unwrap()[action.as_str()].deleted_namespaces,
+        std::collections::BTreeMap::from([("shop".to_string(), "ns-uid-1".to_string())]),
+        "the record names the namespace and its uid"
+    );
+
+    // Its contents, deleted by the namespace controller: captured into bob's
+    // action, except what a controller owner makes again and what is never
+    // captured (events; Secrets without --capture-secrets).
+    let mut owned = object("Pod", "shop", "web-1", "pod-1");
+    owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1", "controller": true}]);
+    for (resource, name, old) in [
+        (
+            "configmaps",
+            "settings",
+            object("ConfigMap", "shop", "settings", "cm-1"),
+        ),
+        ("pods", "web-1", owned),
+        ("events", "e1", object("Event", "shop", "e1", "ev-1")),
+        ("secrets", "token", object("Secret", "shop", "token", "s-1")),
+    ] {
+        let body = delete_review(NAMESPACE_CONTROLLER, resource, Some("shop"), name, old);
+        assert!(svc.validate(&body).await.allowed(), "{resource}/{name}");
+    }
+    // Elsewhere, and by someone else, nothing changes.
+    let other = delete_review(
+        NAMESPACE_CONTROLLER,
+        "configmaps",
+        Some("other"),
+        "x",
+        object("ConfigMap", "other", "x", "cm-2"),
+    );
+    assert!(svc.validate(&other).await.allowed());
+    let gc = delete_review(
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "configmaps",
+        Some("shop"),
+        "y",
+        object("ConfigMap", "shop", "y", "cm-3"),
+    );
+    assert!(svc.validate(&gc).await.allowed());
+
+    let snaps = store.snapshots.lock().unwrap();
+    let mut captured: Vec<(String, String, String)> = snaps
+        .values()
+        .map(|s| {
+            (
+                s.meta.object.resource.clone(),
+                s.meta.object.name.clone(),
+                s.meta.user.clone(),
+            )
+        })
+        .collect();
+    captured.sort();
+    assert_eq!(
+        captured,
+        vec![
+            (
+                "configmaps".to_string(),
+                "settings".to_string(),
+                NAMESPACE_CONTROLLER.to_string()
+            ),
+            (
+                "namespaces".to_string(),
+                "shop".to_string(),
+                "bob".to_string()
+            ),
+        ]
+    );
+    assert!(snaps.values().all(|s| s.meta.action == action));
+    drop(snaps);
+    // Each counted under the reason it was left out for.
+    let text = metrics.render();
+    for sample in [
+        "snapback_captures_skipped_total{reason=\"excluded_user\"} 4",
+        "snapback_captures_skipped_total{reason=\"excluded_resource\"} 1",
+        "snapback_captures_skipped_total{reason=\"secret\"} 1",
+    ] {
+        assert!(text.contains(sample), "{sample}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn without_namespace_controller_users_a_namespaces_contents_are_not_followed() {
+    let store = Arc::new(MemoryStore::default());
+    let mut cfg = CaptureConfig::with_namespace("snapback-system");
+    cfg.namespace_controller_users = vec![];
+    let svc = CaptureService::new(
+        cfg,
+        store.clone(),
+        Arc::new(Attribution::new(Duration::from_secs(30))),
+        Metrics::standalone(),
+    );
+    let ns = delete_review(
+        "bob",
+        "namespaces",
+        None,
+        "shop",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "uid": "ns-uid-1", "resourceVersion": "5"}}),
+    );
+    assert!(svc.validate(&ns).await.allowed());
+    let action = only_snapshot(&store).meta.action.clone();
+    assert!(
+        store.actions.lock().unwrap()[action.as_str()]
+            .deleted_namespaces
+            .is_empty()
+    );
+    let body = delete_review(
+        NAMESPACE_CONTROLLER,
+        "configmaps",
+        Some("shop"),
+        "settings",
+        object("ConfigMap", "shop", "settings", "cm-1"),
+    );
+    assert!(svc.validate(&body).await.allowed());
+    assert_eq!(store.snapshot_count(), 1);
+}
+
+#[tokio::test]
+async fn a_namespace_deletion_that_cannot_be_noted_is_denied() {
+    // deny mode: the namespace's contents would be deleted uncaptured.
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    *store.fail_with.lock().unwrap() = Some("etcd is down".into());
+    let ns = delete_review(
+        "bob",
+        "namespaces",
+        None,
+        "shop",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "uid": "ns-uid-1", "resourceVersion": "5"}}),
+    );
+    let answer = svc.validate(&ns).await;
+    assert!(!answer.allowed());
+    assert!(
+        response(&answer)
+            .result
+            .message
+            .contains("snapback could not record the prior state")
+    );
+}

@@ -457,17 +457,30 @@ impl Restorer {
         };
         let heartbeat = AbortOnDrop(self.spawn_heartbeat(id.clone()));
         let mut done_since_progress = 0usize;
+        // Namespaces this rollback created again: what exists in them was
+        // made after the rollback started, by it or by controllers reacting
+        // to the new namespace (its default ServiceAccount, its
+        // kube-root-ca.crt), and is no later change to protect.
+        let mut recreated_namespaces: HashSet<String> = HashSet::new();
         for wave in plan::waves(&histories, &steps) {
             for batch in wave.chunks(PROGRESS_BATCH) {
+                let recreated = &recreated_namespaces;
                 let outcomes: Vec<(usize, ObjectResult)> = futures::stream::iter(batch.iter().copied())
                     .map(|i| {
                         let (h, s, stop, progress) = (&histories[i], &steps[i], &stop, &progress);
+                        let in_recreated = h
+                            .object
+                            .namespace
+                            .as_ref()
+                            .is_some_and(|n| recreated.contains(n));
                         async move {
                             if stop.load(Ordering::SeqCst) {
                                 return (i, ObjectResult::new(h, s.operation, Outcome::Skipped,
                                     "not attempted: the rollback stopped after a failure (failurePolicy)".into()));
                             }
-                            let r = self.restore_one(client, h, s, progress, retries, id).await;
+                            let r = self
+                                .restore_one(client, h, s, progress, retries, id, in_recreated)
+                                .await;
                             if r.outcome == Outcome::Failed
                                 && progress.params.failure_policy != FailurePolicy::Continue
                             {
@@ -480,6 +493,14 @@ impl Restorer {
                     .collect()
                     .await;
                 for (i, r) in outcomes {
+                    let h = &histories[i];
+                    if r.outcome == Outcome::Restored
+                        && r.operation == RestoreOp::Create
+                        && h.object.group.is_empty()
+                        && h.object.resource == "namespaces"
+                    {
+                        recreated_namespaces.insert(h.object.name.clone());
+                    }
                     results[i] = Some(r);
                 }
                 done_since_progress += batch.len();
@@ -564,7 +585,11 @@ impl Restorer {
         report
     }
 
-    /// Restore one object, retrying per the policy.
+    /// Restore one object, retrying per the policy. `in_recreated`: the
+    /// object's namespace was created again by this rollback, so an object
+    /// found there was made since by a controller (a namespace's default
+    /// ServiceAccount): not a conflict, it gets the prior content.
+    #[allow(clippy::too_many_arguments)]
     async fn restore_one(
         &self,
         client: &kube::Client,
@@ -573,6 +598,7 @@ impl Restorer {
         progress: &Progress,
         retries: u32,
         action: &ActionId,
+        in_recreated: bool,
     ) -> ObjectResult {
         let params = &progress.params;
         let mut step = step.clone();
@@ -588,7 +614,9 @@ impl Restorer {
                 let backoff = 200 * 2u64.pow(attempt.min(6).saturating_sub(1 + extra));
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 match dynamic::get(client, &h.object).await {
-                    Ok(current) => step = plan::decide(h, current.as_ref(), params.force),
+                    Ok(current) => {
+                        step = plan::decide(h, current.as_ref(), params.force || in_recreated)
+                    }
                     Err(e) => {
                         last_error =
                             format!("reading the current object: {}", describe_kube_error(&e));

@@ -81,6 +81,12 @@ pub struct ActionRecord {
     /// Rollbacks of this action, oldest first, each with its report.
     #[serde(default)]
     pub rollbacks: Vec<serde_json::Value>,
+    /// Namespaces this action deleted (name → uid): the objects the
+    /// namespace controller deletes in them belong to this action. Also a
+    /// label `ns.snapback.io/<name>: <uid>` on the record, for any replica
+    /// to find the action.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deleted_namespaces: BTreeMap<String, String>,
     /// Free-form extension data (guards, in-progress rollback progress).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extensions: BTreeMap<String, serde_json::Value>,
@@ -100,6 +106,7 @@ impl ActionRecord {
             completed_at: None,
             rollback_of: None,
             rollbacks: vec![],
+            deleted_namespaces: BTreeMap::new(),
             extensions: BTreeMap::new(),
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -15,7 +15,7 @@ use crate::store::actions::{ActionRecord, ActionState, RECORD_KEY};
 use crate::store::batch::{self, RECORD_BATCH};
 use crate::store::codec;
 use crate::store::model::*;
-use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError};
+use crate::store::{NamespaceDeletion, NewSnapshot, Result, SnapshotSink, StoreError};
 
 pub use crate::store::writer::SNAPSHOT_SECRET_TYPE;
 use crate::store::writer::{Writer, WriterOptions, already_exists};
@@ -25,6 +25,7 @@ const KNOWN_ACTION_TTL: Duration = Duration::from_secs(300);
 
 pub struct KubeStore {
     namespace: String,
+    namespaces: Api<Namespace>,
     config_maps: Api<ConfigMap>,
     secrets: Api<Secret>,
     known_actions: Mutex<HashMap<String, Instant>>,
@@ -117,6 +118,7 @@ impl KubeStore {
     pub fn with_writer(client: Client, namespace: &str, options: WriterOptions) -> Self {
         KubeStore {
             namespace: namespace.to_string(),
+            namespaces: Api::all(client.clone()),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
             known_actions: Mutex::default(),
@@ -143,13 +145,19 @@ impl KubeStore {
         record: &ActionRecord,
         resource_version: Option<String>,
     ) -> Result<ConfigMap> {
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (MANAGED_BY.to_string(), MANAGER.to_string()),
             (LABEL_RECORD.to_string(), RECORD_ACTION.to_string()),
             (LABEL_ACTION.to_string(), record.id.to_string()),
             (LABEL_STATE.to_string(), record.state.to_string()),
             (LABEL_ORIGIN.to_string(), record.origin.clone()),
         ]);
+        for (name, uid) in &record.deleted_namespaces {
+            labels.insert(
+                format!("{LABEL_DELETED_NAMESPACE_PREFIX}{name}"),
+                uid.clone(),
+            );
+        }
         let annotations = BTreeMap::from([
             (ANN_ACTION_ID.to_string(), record.id.to_string()),
             (ANN_USER.to_string(), record.owner.clone()),
@@ -910,5 +918,69 @@ impl SnapshotSink for KubeStore {
 
     fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.writer.put(snapshot))
+    }
+
+    fn mark_namespace_deletion<'a>(
+        &'a self,
+        action: &'a ActionId,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // Read-modify-write of the record; others update it too.
+            for _ in 0..10 {
+                let (mut record, rv) = self
+                    .get_action(action)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("action {action}")))?;
+                if record.deleted_namespaces.get(namespace).map(String::as_str) == Some(uid) {
+                    return Ok(());
+                }
+                record
+                    .deleted_namespaces
+                    .insert(namespace.to_string(), uid.to_string());
+                match self.update_action(&record, &rv).await {
+                    Err(StoreError::Conflict(_)) => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+            Err(StoreError::Conflict(format!("action {action}")))
+        })
+    }
+
+    fn namespace_deletion<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<NamespaceDeletion>> {
+        Box::pin(async move {
+            let Some(ns) = self
+                .namespaces
+                .get_opt(namespace)
+                .await
+                .map_err(StoreError::Kube)?
+            else {
+                return Ok(NamespaceDeletion::NotBeingDeleted);
+            };
+            let (Some(uid), Some(_)) = (ns.metadata.uid, ns.metadata.deletion_timestamp) else {
+                return Ok(NamespaceDeletion::NotBeingDeleted);
+            };
+            let selector = format!(
+                "{LABEL_RECORD}={RECORD_ACTION},{LABEL_DELETED_NAMESPACE_PREFIX}{namespace}={uid}"
+            );
+            let list = self
+                .config_maps
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(StoreError::Kube)?;
+            // Oldest first: the action whose delete started the emptying.
+            Ok(NamespaceDeletion::By(
+                list.items
+                    .iter()
+                    .filter_map(|cm| parse_record(cm).ok())
+                    .map(|(record, _)| record)
+                    .min_by_key(|record| record.created_at)
+                    .map(|record| record.id),
+            ))
+        })
     }
 }

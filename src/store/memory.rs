@@ -9,7 +9,10 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 
 use crate::store::actions::ActionRecord;
-use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, encode_single};
+use crate::store::model::ActionId;
+use crate::store::{
+    NamespaceDeletion, NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, encode_single,
+};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -19,6 +22,9 @@ pub struct MemoryStore {
     pub fail_with: Mutex<Option<String>>,
     /// Every snapshot write takes this long (to test queued acknowledgement).
     pub write_delay: Mutex<std::time::Duration>,
+    /// Namespaces being deleted (name → uid, the action that deleted it).
+    /// Nothing finishes their deletion here: a test removes them.
+    pub namespace_deletions: Mutex<BTreeMap<String, (String, ActionId)>>,
 }
 
 impl MemoryStore {
@@ -70,6 +76,46 @@ impl SnapshotSink for MemoryStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(stored.meta.snapshot_name.clone(), stored);
             Ok(bytes)
+        })
+    }
+
+    fn mark_namespace_deletion<'a>(
+        &'a self,
+        action: &'a ActionId,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+            let record = actions
+                .get_mut(action.as_str())
+                .ok_or_else(|| StoreError::NotFound(format!("action {action}")))?;
+            record
+                .deleted_namespaces
+                .insert(namespace.to_string(), uid.to_string());
+            self.namespace_deletions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(namespace.to_string(), (uid.to_string(), action.clone()));
+            Ok(())
+        })
+    }
+
+    fn namespace_deletion<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<NamespaceDeletion>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self
+                .namespace_deletions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(namespace)
+                .map_or(NamespaceDeletion::NotBeingDeleted, |(_, action)| {
+                    NamespaceDeletion::By(Some(action.clone()))
+                }))
         })
     }
 }

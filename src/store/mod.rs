@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::store::actions::ActionRecord;
 use crate::store::codec::EncodedPayload;
-use crate::store::model::SnapshotMeta;
+use crate::store::model::{ActionId, SnapshotMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -152,4 +152,28 @@ pub trait SnapshotSink: Send + Sync + 'static {
     /// Store one snapshot; idempotent for the same snapshot name. Returns
     /// the compressed bytes stored for it (its share of a batch).
     fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<u64>>;
+    /// Note that `action` deleted namespace `namespace` (uid `uid`), so that
+    /// any replica can attribute the namespace controller's deletes of its
+    /// contents to it. The action record exists already.
+    fn mark_namespace_deletion<'a>(
+        &'a self,
+        action: &'a ActionId,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Whether `namespace` is being deleted (its contents emptied), and by
+    /// which action if a captured change deleted it.
+    fn namespace_deletion<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> BoxFuture<'a, Result<NamespaceDeletion>>;
+}
+
+/// What [`SnapshotSink::namespace_deletion`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceDeletion {
+    /// Gone, or not being deleted.
+    NotBeingDeleted,
+    /// Being deleted: by this action, or by a change that was not captured.
+    By(Option<ActionId>),
 }

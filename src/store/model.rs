@@ -24,6 +24,10 @@ pub const LABEL_COMPACTED: &str = "snapback.io/compacted";
 /// The annotation that puts a guard on an action.
 pub const GUARD_ANNOTATION: &str = "snapback.io/guard";
 pub const RECORD_ACTION: &str = "action";
+/// On an action record, per namespace the action deleted:
+/// `ns.snapback.io/<namespace>: <namespace uid>` (a namespace name is a DNS
+/// label, so a valid label name; a uid a valid label value).
+pub const LABEL_DELETED_NAMESPACE_PREFIX: &str = "ns.snapback.io/";
 pub const RECORD_CHUNK: &str = "chunk";
 
 /// The annotation a user puts on an object to name its action; also the
