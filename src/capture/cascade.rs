@@ -12,8 +12,10 @@
 //!   record names that namespace and its uid (any replica finds it; a
 //!   namespace deleted, restored and deleted again has another uid);
 //! - objects with a controller owner (Pods of a ReplicaSet, ReplicaSets of
-//!   a Deployment, Jobs of a CronJob) are left out: their controller,
-//!   restored with them, makes them again.
+//!   a Deployment, Jobs of a CronJob) and service account token Secrets are
+//!   left out: their controller, or the token controller for a restored
+//!   ServiceAccount, makes them again (a restored token would name the old
+//!   ServiceAccount's uid).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,7 +94,7 @@ impl NamespaceDeletions {
 /// Whether the review is the namespace controller deleting an object of a
 /// namespace (the candidates for [`NamespaceDeletions::action_for`]):
 /// a DELETE, by one of `--namespace-controller-users`, of a namespaced
-/// object without a controller owner.
+/// object that no controller makes again.
 pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
     if review.request.operation != AdmissionOp::Delete || review.request.sub_resource.is_some() {
         return None;
@@ -107,15 +109,19 @@ pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
     }
     let namespace = review.object_namespace()?;
     let old = review.old_object.as_ref()?;
-    (!has_controller_owner(old.get())).then_some(namespace)
+    (!made_by_a_controller(old.get())).then_some(namespace)
 }
 
-/// Whether the object's metadata names a controller owner.
-fn has_controller_owner(object: &str) -> bool {
+/// Whether a controller makes the object again once what it derives from
+/// is restored: it names a controller owner, or it is a service account
+/// token.
+fn made_by_a_controller(object: &str) -> bool {
     #[derive(Deserialize)]
-    struct Object {
+    struct Object<'a> {
         #[serde(default)]
         metadata: Meta,
+        #[serde(default, borrow, rename = "type")]
+        type_: Option<std::borrow::Cow<'a, str>>,
     }
     #[derive(Deserialize, Default)]
     #[serde(rename_all = "camelCase")]
@@ -129,10 +135,11 @@ fn has_controller_owner(object: &str) -> bool {
         controller: Option<bool>,
     }
     serde_json::from_str::<Object>(object).is_ok_and(|o| {
-        o.metadata
-            .owner_references
-            .iter()
-            .any(|r| r.controller == Some(true))
+        o.type_.as_deref() == Some("kubernetes.io/service-account-token")
+            || o.metadata
+                .owner_references
+                .iter()
+                .any(|r| r.controller == Some(true))
     })
 }
 
@@ -151,16 +158,26 @@ mod tests {
 
     #[test]
     fn controller_owners_are_told_apart_from_other_owners() {
-        assert!(has_controller_owner(
+        assert!(made_by_a_controller(
             r#"{"metadata":{"name":"p","ownerReferences":[{"kind":"ReplicaSet","controller":true}]}}"#
         ));
-        assert!(!has_controller_owner(
+        assert!(!made_by_a_controller(
             r#"{"metadata":{"name":"p","ownerReferences":[{"kind":"ConfigMap"}]}}"#
         ));
-        assert!(!has_controller_owner(
+        assert!(!made_by_a_controller(
             r#"{"metadata":{"name":"p","ownerReferences":[{"kind":"X","controller":false}]}}"#
         ));
-        assert!(!has_controller_owner(r#"{"metadata":{"name":"p"}}"#));
-        assert!(!has_controller_owner(r#"{"kind":"ConfigMap"}"#));
+        assert!(!made_by_a_controller(r#"{"metadata":{"name":"p"}}"#));
+        assert!(!made_by_a_controller(r#"{"kind":"ConfigMap"}"#));
+    }
+
+    #[test]
+    fn service_account_tokens_are_the_token_controllers() {
+        assert!(made_by_a_controller(
+            r#"{"kind":"Secret","metadata":{"name":"default-token-x"},"type":"kubernetes.io/service-account-token"}"#
+        ));
+        assert!(!made_by_a_controller(
+            r#"{"kind":"Secret","metadata":{"name":"db"},"type":"Opaque"}"#
+        ));
     }
 }

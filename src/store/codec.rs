@@ -340,13 +340,31 @@ pub fn strip_generated_job_selector(v: &mut Value) {
 }
 
 /// Whether two versions of an object have the same content, as a rollback
-/// sees it: everything but status, volatile and identity metadata (and what
-/// the API server derives from the uid: ownerReferences' uids, a Job's
-/// generated selector). Unlike the fingerprint this includes `spec.replicas`.
+/// sees it: everything but status, volatile and identity metadata, what
+/// the API server derives from the uid (ownerReferences' uids, a Job's
+/// generated selector) and the fields controllers fill in
+/// ([`CONTROLLER_FIELDS`]: a recreated ServiceAccount gets new tokens).
+/// Unlike the fingerprint this includes `spec.replicas`.
 pub fn same_content(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut s = strip_volatile(v);
         strip_generated_job_selector(&mut s);
+        let kind = s
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        for &(k, parent, field) in CONTROLLER_FIELDS.iter().filter(|(k, _, _)| *k == kind) {
+            debug_assert_eq!(k, kind);
+            let holder = if parent.is_empty() {
+                s.as_object_mut()
+            } else {
+                s.get_mut(parent).and_then(Value::as_object_mut)
+            };
+            if let Some(holder) = holder {
+                holder.remove(field);
+            }
+        }
         if let Some(meta) = s.get_mut("metadata").and_then(Value::as_object_mut) {
             for key in IDENTITY_METADATA {
                 meta.remove(*key);
@@ -612,5 +630,29 @@ mod tests {
         let mut c = b.clone();
         c["spec"]["replicas"] = json!(2);
         assert!(!same_content(&a, &c));
+    }
+
+    #[test]
+    fn same_content_ignores_what_controllers_fill_in() {
+        // A ServiceAccount created again: the token controller gives it a
+        // new token; its image pull secrets are still the user's.
+        let sa = |token: &str, pull: &str| {
+            json!({"kind": "ServiceAccount", "metadata": {"name": "default"},
+                   "secrets": [{"name": token}], "imagePullSecrets": [{"name": pull}]})
+        };
+        assert!(same_content(
+            &sa("default-token-old", "registry"),
+            &sa("default-token-new", "registry")
+        ));
+        assert!(!same_content(
+            &sa("default-token-old", "registry"),
+            &sa("default-token-old", "other")
+        ));
+        let pvc = |volume: &str, size: &str| {
+            json!({"kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+                   "spec": {"volumeName": volume, "resources": {"requests": {"storage": size}}}})
+        };
+        assert!(same_content(&pvc("pv-1", "1Gi"), &pvc("pv-2", "1Gi")));
+        assert!(!same_content(&pvc("pv-1", "1Gi"), &pvc("pv-1", "2Gi")));
     }
 }

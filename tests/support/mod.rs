@@ -34,6 +34,17 @@ pub struct Cluster {
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 pub fn cluster() -> &'static Cluster {
+    cluster_of(false)
+}
+
+/// The control plane with a kube-controller-manager (namespace, service
+/// account, garbage collector, Deployment and ReplicaSet controllers). The
+/// first call in a test binary decides which of the two it gets.
+pub fn cluster_with_controllers() -> &'static Cluster {
+    cluster_of(true)
+}
+
+fn cluster_of(controllers: bool) -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         snapback::tls::install_crypto_provider();
         let tmp = tempfile::Builder::new()
@@ -45,6 +56,7 @@ pub fn cluster() -> &'static Cluster {
             .arg("up")
             .arg(&dir)
             .env("OWNER_PID", std::process::id().to_string())
+            .env("CONTROLLERS", if controllers { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()

@@ -1,0 +1,282 @@
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! `kubectl delete namespace`, undone. The control plane of this binary runs
+//! a real kube-controller-manager: the namespace controller empties the
+//! deleted namespace (as its own service account, an excluded user), the
+//! service account controllers fill a new one, the Deployment and ReplicaSet
+//! controllers make the Pods. Rolling the deletion back must bring back the
+//! namespace with what was in it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const NAMESPACE_CONTROLLER: &str = "system:serviceaccount:kube-system:namespace-controller";
+
+fn app(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings, namespace: {ns}, labels: {{app: shop}}}}
+data: {{LOG_LEVEL: info, shop.yaml: "currency: EUR\n"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: db, namespace: {ns}}}
+type: Opaque
+stringData: {{password: s3cr3t-value}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: shop, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: shop-reader, namespace: {ns}}}
+rules: [{{apiGroups: [""], resources: [configmaps], verbs: [get, list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: shop-reader, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: shop-reader}}
+subjects: [{{kind: ServiceAccount, name: shop, namespace: {ns}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  selector: {{app: shop}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: shop, namespace: {ns}, labels: {{app: shop}}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: shop}}}}
+  template:
+    metadata: {{labels: {{app: shop}}}}
+    spec:
+      serviceAccountName: shop
+      containers:
+        - name: web
+          image: nginx:1.25
+          envFrom: [{{configMapRef: {{name: settings}}}}]
+"#
+    )
+}
+
+const OBJECTS: &[(&str, &str)] = &[
+    ("configmap", "settings"),
+    ("secret", "db"),
+    ("serviceaccount", "shop"),
+    ("role", "shop-reader"),
+    ("rolebinding", "shop-reader"),
+    ("service", "shop"),
+    ("deployment", "shop"),
+    ("serviceaccount", "default"),
+];
+
+fn get(c: &Cluster, ns: &str, kind: &str, name: &str) -> Option<Value> {
+    let out = c.kubectl("admin", &["-n", ns, "get", kind, name, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// What a user cares about in each object. A ServiceAccount's token list
+/// is the token controller's (a new namespace gets new tokens); its image
+/// pull secrets are the user's.
+fn state(c: &Cluster, ns: &str) -> BTreeMap<String, Option<Value>> {
+    OBJECTS
+        .iter()
+        .map(|(kind, name)| {
+            let v = get(c, ns, kind, name).map(|o| {
+                let mut v = content(&o);
+                v.as_object_mut().unwrap().remove("secrets");
+                if let Some(pull) = o.get("imagePullSecrets") {
+                    v["imagePullSecrets"] = pull.clone();
+                }
+                if *kind == "secret" {
+                    v["type"] = o["type"].clone();
+                }
+                v
+            });
+            (format!("{kind}/{name}"), v)
+        })
+        .collect()
+}
+
+fn names(c: &Cluster, ns: &str, kind: &str) -> Vec<String> {
+    let out = c.kubectl_ok(&["-n", ns, "get", kind, "-o", "name"]);
+    out.lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_namespace_comes_back_with_its_contents() {
+    let c = cluster_with_controllers();
+    // The only instance on this control plane: its webhooks see every
+    // namespace and cluster-scoped objects (the Namespace) too.
+    let opts = SnapbackOpts {
+        extra_args: vec!["--capture-secrets".into()],
+        ..SnapbackOpts::shared()
+    };
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    // bob may do anything: he deletes the namespace, then undoes it.
+    c.grant_api("bob");
+    c.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "bob-cluster-admin",
+        "--clusterrole=cluster-admin",
+        "--user=bob",
+    ]);
+    let token = c.token("bob");
+    let ns = c.namespace("shop", &[]);
+    c.kubectl_ok(&["label", "namespace", &ns, "team=shop"]);
+    sb.wait_capturing(c, &ns);
+    // The service account controller gives every namespace its default
+    // ServiceAccount; the team added their registry credentials to it.
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || async { get(c, &ns, "serviceaccount", "default") },
+    )
+    .await;
+    c.apply_as("admin", &app(&ns));
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "serviceaccount",
+        "default",
+        "-p",
+        r#"{"imagePullSecrets": [{"name": "registry"}]}"#,
+    ]);
+    eventually("the Deployment's pods", Duration::from_secs(60), || async {
+        (names(c, &ns, "pods").len() == 2).then_some(())
+    })
+    .await;
+    let before = state(c, &ns);
+    assert!(before.values().all(Option::is_some), "{before:#?}");
+    let tokens_before: Vec<String> = names(c, &ns, "secrets")
+        .into_iter()
+        .filter(|s| s.contains("-token-"))
+        .collect();
+    assert!(!tokens_before.is_empty(), "the token controller runs");
+
+    // The mistake. kubectl waits until the namespace controller has emptied
+    // the namespace and it is gone.
+    let out = c.kubectl("bob", &["delete", "namespace", &ns, "--timeout=120s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !c.kubectl("admin", &["get", "namespace", &ns])
+            .status
+            .success()
+    );
+
+    // One action: bob's deletion and everything the namespace controller
+    // deleted for it, except what controllers make again.
+    let list = api.ok("GET", "/api/v1/actions?user=bob", &token).await;
+    let id = list["actions"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no action of bob: {list:#}\n{}", sb.log_tail()))
+        .to_string();
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let changes = detail["changes"].as_array().unwrap();
+    let by = |resource: &str, name: &str| {
+        changes
+            .iter()
+            .find(|ch| ch["resource"] == resource && ch["name"] == name)
+            .unwrap_or_else(|| panic!("no change of {resource}/{name} in {detail:#}"))
+    };
+    assert_eq!(by("namespaces", &ns)["user"], "bob");
+    for (resource, name) in [
+        ("configmaps", "settings"),
+        ("secrets", "db"),
+        ("serviceaccounts", "shop"),
+        ("serviceaccounts", "default"),
+        ("roles", "shop-reader"),
+        ("rolebindings", "shop-reader"),
+        ("services", "shop"),
+        ("deployments", "shop"),
+    ] {
+        let change = by(resource, name);
+        assert_eq!(change["operation"], "delete", "{change:#}");
+        assert_eq!(change["user"], NAMESPACE_CONTROLLER, "{change:#}");
+    }
+    for ch in changes {
+        let resource = ch["resource"].as_str().unwrap();
+        let name = ch["name"].as_str().unwrap();
+        assert!(
+            !["pods", "replicasets", "events"].contains(&resource) && !name.contains("-token-"),
+            "made again by a controller, not to be restored: {ch:#}"
+        );
+    }
+
+    // Undo.
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(report["counts"]["failed"], 0, "{report:#}");
+    assert_eq!(report["counts"]["conflict"], 0, "{report:#}");
+    let namespace = get(c, "default", "namespace", &ns).expect("the namespace is back");
+    assert_eq!(
+        namespace["metadata"]["labels"]["team"], "shop",
+        "with its labels: {namespace:#}"
+    );
+    let after = state(c, &ns);
+    let diff: Vec<String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}:\n  want {v:?}\n  got  {:?}", after.get(k)))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "not as before the deletion:\n{}",
+        diff.join("\n")
+    );
+    // The controllers take it from there: new pods for the restored
+    // Deployment, new tokens for the restored ServiceAccounts.
+    eventually(
+        "pods of the restored Deployment",
+        Duration::from_secs(60),
+        || async { (names(c, &ns, "pods").len() == 2).then_some(()) },
+    )
+    .await;
+    eventually(
+        "tokens of the restored ServiceAccounts",
+        Duration::from_secs(60),
+        || async {
+            let tokens: Vec<String> = names(c, &ns, "secrets")
+                .into_iter()
+                .filter(|s| s.contains("-token-"))
+                .collect();
+            (tokens.len() >= 2 && tokens.iter().all(|t| !tokens_before.contains(t))).then_some(())
+        },
+    )
+    .await;
+
+    // A second rollback finds everything in its prior state.
+    let again = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    let not_unchanged: Vec<&Value> = again["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] != "unchanged")
+        .collect();
+    assert!(not_unchanged.is_empty(), "{not_unchanged:#?}");
+}
