@@ -110,6 +110,33 @@ fn state(c: &Cluster, ns: &str) -> BTreeMap<String, Option<Value>> {
         .collect()
 }
 
+/// The only instance on this control plane: its webhooks see every
+/// namespace and cluster-scoped objects (the Namespace) too. bob and carol
+/// (one per test: a user's changes in a row share an action) may do
+/// anything: they delete namespaces, then undo that.
+fn namespace_snapback() -> &'static Snapback {
+    static SB: std::sync::OnceLock<Snapback> = std::sync::OnceLock::new();
+    SB.get_or_init(|| {
+        let c = cluster_with_controllers();
+        let opts = SnapbackOpts {
+            extra_args: vec!["--capture-secrets".into()],
+            ..SnapbackOpts::shared()
+        };
+        let sb = Snapback::start(c, opts);
+        for user in ["bob", "carol"] {
+            c.grant_api(user);
+            c.kubectl_ok(&[
+                "create",
+                "clusterrolebinding",
+                &format!("{user}-cluster-admin"),
+                "--clusterrole=cluster-admin",
+                &format!("--user={user}"),
+            ]);
+        }
+        sb
+    })
+}
+
 fn names(c: &Cluster, ns: &str, kind: &str) -> Vec<String> {
     let out = c.kubectl_ok(&["-n", ns, "get", kind, "-o", "name"]);
     out.lines().map(str::to_string).collect()
@@ -118,23 +145,8 @@ fn names(c: &Cluster, ns: &str, kind: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_namespace_comes_back_with_its_contents() {
     let c = cluster_with_controllers();
-    // The only instance on this control plane: its webhooks see every
-    // namespace and cluster-scoped objects (the Namespace) too.
-    let opts = SnapbackOpts {
-        extra_args: vec!["--capture-secrets".into()],
-        ..SnapbackOpts::shared()
-    };
-    let sb = Snapback::start(c, opts);
+    let sb = namespace_snapback();
     let api = sb.api(c);
-    // bob may do anything: he deletes the namespace, then undoes it.
-    c.grant_api("bob");
-    c.kubectl_ok(&[
-        "create",
-        "clusterrolebinding",
-        "bob-cluster-admin",
-        "--clusterrole=cluster-admin",
-        "--user=bob",
-    ]);
     let token = c.token("bob");
     let ns = c.namespace("shop", &[]);
     c.kubectl_ok(&["label", "namespace", &ns, "team=shop"]);
@@ -279,4 +291,99 @@ async fn a_deleted_namespace_comes_back_with_its_contents() {
         .filter(|r| r["outcome"] != "unchanged")
         .collect();
     assert!(not_unchanged.is_empty(), "{not_unchanged:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_asked_while_the_namespace_is_emptied_waits_for_it() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let token = c.token("carol");
+    let ns = c.namespace("held", &[]);
+    sb.wait_capturing(c, &ns);
+    c.apply_as(
+        "admin",
+        &format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: held, namespace: {ns}, finalizers: [example.com/hold]}}
+data: {{k: v}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: plain, namespace: {ns}}}
+data: {{k: v}}
+"#
+        ),
+    );
+    // --wait=false: the namespace controller cannot finish while the
+    // ConfigMap's finalizer holds it.
+    c.kubectl_as_ok("carol", &["delete", "namespace", &ns, "--wait=false"]);
+    eventually(
+        "the namespace controller at work",
+        Duration::from_secs(60),
+        || async {
+            let ns = get(c, "default", "namespace", &ns)?;
+            let conditions = ns["status"]["conditions"].as_array()?;
+            let held = get(c, &ns["metadata"]["name"].as_str()?, "configmap", "held")?;
+            (!conditions.is_empty() && !held["metadata"]["deletionTimestamp"].is_null())
+                .then_some(())
+        },
+    )
+    .await;
+    let list = api.ok("GET", "/api/v1/actions?user=carol", &token).await;
+    let id = list["actions"][0]["id"].as_str().unwrap().to_string();
+    // The finalizer's owner lets go a few seconds after the rollback was asked.
+    let release = {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            cluster_with_controllers().kubectl_ok(&[
+                "-n",
+                &ns,
+                "patch",
+                "configmap",
+                "held",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        })
+    };
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    release.join().unwrap();
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(report["counts"]["failed"], 0, "{report:#}");
+    // Planned once the namespace was gone: everything was created anew.
+    let namespace = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "namespaces")
+        .unwrap();
+    assert_eq!(
+        namespace["message"], "recreated from its prior state",
+        "{report:#}"
+    );
+    for name in ["held", "plain"] {
+        let cm = get(c, &ns, "configmap", name).expect(name);
+        assert_eq!(cm["data"]["k"], "v");
+    }
+    // The held ConfigMap is back as it was, finalizer included.
+    assert_eq!(
+        get(c, &ns, "configmap", "held").unwrap()["metadata"]["finalizers"][0],
+        "example.com/hold"
+    );
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
 }

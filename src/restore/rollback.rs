@@ -281,6 +281,7 @@ impl Restorer {
         let histories = plan::histories(loaded);
         let rollback_id = id.rollback_id(record.rollbacks.len() as u32 + 1);
         let client = self.client_for(caller, Some(&rollback_id))?;
+        wait_for_emptying_namespaces(&client, &histories).await;
         let current = self.current_states(&client, &histories).await;
         let steps = Self::decide_all(&histories, &current, params.force);
         let conflicts: Vec<String> = histories
@@ -1042,6 +1043,49 @@ impl Restorer {
 /// How long a restore waits for an object's deletion to finish (finalizers)
 /// before it creates the object anew.
 const DELETION_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a rollback waits, before it plans, for namespaces the action
+/// deleted to be emptied.
+const NAMESPACE_EMPTYING_WAIT: Duration = Duration::from_secs(60);
+
+/// Namespaces the action deleted that the namespace controller is still
+/// emptying: wait (up to [`NAMESPACE_EMPTYING_WAIT`]) until they are gone,
+/// so that the plan finds their contents deleted, as the action's snapshots
+/// have them, instead of finding objects the controller has not reached yet
+/// in their prior state (and then losing them to it). Only while a
+/// namespace controller works on it (it reports its progress in the
+/// namespace's status conditions): with none, nothing would finish it.
+async fn wait_for_emptying_namespaces(client: &kube::Client, histories: &[ObjectHistory]) {
+    let deadline = tokio::time::Instant::now() + NAMESPACE_EMPTYING_WAIT;
+    let deleted_namespaces = histories.iter().filter(|h| {
+        h.object.group.is_empty()
+            && h.object.resource == "namespaces"
+            && h.object.subresource.is_none()
+            && matches!(h.target, Target::Present(_))
+            && h.accepted.contains(plan::ABSENT)
+    });
+    for h in deleted_namespaces {
+        while tokio::time::Instant::now() < deadline {
+            match dynamic::get(client, &h.object).await {
+                Ok(Some(ns)) if being_emptied(&ns) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// A namespace being deleted that a namespace controller is emptying.
+fn being_emptied(ns: &Value) -> bool {
+    let terminating = ns["metadata"]
+        .get("deletionTimestamp")
+        .is_some_and(|d| !d.is_null());
+    let reported = ns["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty());
+    terminating && reported
+}
 
 /// Wait until the object with this uid is gone; an error if it is still
 /// being deleted after [`DELETION_WAIT`], or another object took its name.
