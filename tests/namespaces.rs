@@ -323,9 +323,9 @@ data: {{k: v}}
         "the namespace controller at work",
         Duration::from_secs(60),
         || async {
-            let ns = get(c, "default", "namespace", &ns)?;
-            let conditions = ns["status"]["conditions"].as_array()?;
-            let held = get(c, &ns["metadata"]["name"].as_str()?, "configmap", "held")?;
+            let namespace = get(c, "default", "namespace", &ns)?;
+            let conditions = namespace["status"]["conditions"].as_array()?;
+            let held = get(c, &ns, "configmap", "held")?;
             (!conditions.is_empty() && !held["metadata"]["deletionTimestamp"].is_null())
                 .then_some(())
         },
