@@ -10,7 +10,8 @@
 //! - a DELETE by one of `--namespace-controller-users` of an object in a
 //!   namespace that is being deleted is captured into the action whose
 //!   record names that namespace and its uid (any replica finds it; a
-//!   namespace deleted, restored and deleted again has another uid);
+//!   namespace deleted, restored and deleted again has another uid, so
+//!   another action);
 //! - objects with a controller owner (Pods of a ReplicaSet, ReplicaSets of
 //!   a Deployment, Jobs of a CronJob) and service account token Secrets are
 //!   left out: their controller, or the token controller for a restored
@@ -28,65 +29,101 @@ use crate::capture::decide::glob_match;
 use crate::capture::review::Review;
 use crate::config::CaptureConfig;
 use crate::store::model::ActionId;
-use crate::store::{NamespaceDeletion, SnapshotSink, StoreError};
+use crate::store::{SnapshotSink, StoreError};
 
-/// How long an answer is trusted. A namespace being deleted stays so until
-/// it is gone (by the same action), but it may then be created and deleted
-/// again under the same name: answers about one being deleted are checked
-/// again after a while. One not being deleted may start to be any moment
-/// (the namespace controller does not delete in it then, but a controller
+/// How long this replica trusts that a namespace is being deleted, with its
+/// uid: a second spares the API server's cache a read per delete while the
+/// namespace controller empties it, and is far shorter than it takes to
+/// delete a namespace, restore it and delete it again. That a namespace is
+/// *not* being deleted is never kept: it may start any moment (a controller
 /// manager without per-controller identities collects garbage under the
-/// same name): that answer saves lookups for a second only.
-const DELETING_TTL: Duration = Duration::from_secs(30);
-const NOT_DELETING_TTL: Duration = Duration::from_secs(1);
+/// namespace controller's name in live namespaces; each such delete costs
+/// a read from the API server's cache).
+const NAMESPACE_TTL: Duration = Duration::from_secs(1);
+/// Which action deleted a namespace (by uid) does not change; kept this long.
+const ACTION_TTL: Duration = Duration::from_secs(600);
 const CACHE_LIMIT: usize = 10_000;
+
+/// A namespace's name and uid.
+type NamespaceKey = (String, String);
 
 /// Which action is deleting which namespace, as far as this replica knows.
 #[derive(Debug, Default)]
 pub struct NamespaceDeletions {
-    known: Mutex<HashMap<String, (NamespaceDeletion, Instant)>>,
+    /// name → (uid, read at) of namespaces being deleted.
+    namespaces: Mutex<HashMap<String, (String, Instant)>>,
+    /// (name, uid) → (the action that deleted it, if captured; noted at).
+    actions: Mutex<HashMap<NamespaceKey, (Option<ActionId>, Instant)>>,
+}
+
+fn bounded<K: Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, (V, Instant)>,
+    ttl: Duration,
+    now: Instant,
+) {
+    if map.len() >= CACHE_LIMIT {
+        map.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+    }
 }
 
 impl NamespaceDeletions {
-    /// This replica captured `action` deleting `namespace`.
-    pub fn remember(&self, namespace: &str, action: ActionId) {
-        self.put(namespace, NamespaceDeletion::By(Some(action)));
-    }
-
-    fn put(&self, namespace: &str, found: NamespaceDeletion) {
+    /// This replica captured `action` deleting the namespace `name` (`uid`).
+    pub fn remember(&self, name: &str, uid: &str, action: ActionId) {
         let now = Instant::now();
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= CACHE_LIMIT {
-            known.retain(|_, (_, at)| now.duration_since(*at) < DELETING_TTL);
-        }
-        known.insert(namespace.to_string(), (found, now));
+        self.note_terminating(name, uid, now);
+        let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+        bounded(&mut actions, ACTION_TTL, now);
+        actions.insert((name.to_string(), uid.to_string()), (Some(action), now));
     }
 
-    /// The action deleting `namespace`, if a captured change deleted it and
-    /// it is still being emptied.
+    fn note_terminating(&self, name: &str, uid: &str, now: Instant) {
+        let mut known = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        bounded(&mut known, NAMESPACE_TTL, now);
+        known.insert(name.to_string(), (uid.to_string(), now));
+    }
+
+    /// The action deleting `namespace`, if it is being deleted and a
+    /// captured change deleted it.
     pub async fn action_for(
         &self,
         namespace: &str,
         sink: &dyn SnapshotSink,
     ) -> Result<Option<ActionId>, StoreError> {
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((found, at)) = known.get(namespace) {
-                let (ttl, action) = match found {
-                    NamespaceDeletion::NotBeingDeleted => (NOT_DELETING_TTL, None),
-                    NamespaceDeletion::By(action) => (DELETING_TTL, action.clone()),
-                };
-                if at.elapsed() < ttl {
-                    return Ok(action);
-                }
-            }
-        }
-        let found = sink.namespace_deletion(namespace).await?;
-        let action = match &found {
-            NamespaceDeletion::NotBeingDeleted => None,
-            NamespaceDeletion::By(action) => action.clone(),
+        let cached = {
+            let known = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            known
+                .get(namespace)
+                .filter(|(_, at)| at.elapsed() < NAMESPACE_TTL)
+                .map(|(uid, _)| uid.clone())
         };
-        self.put(namespace, found);
+        let uid = match cached {
+            Some(uid) => uid,
+            None => match sink.terminating_namespace(namespace).await? {
+                Some(uid) => {
+                    self.note_terminating(namespace, &uid, Instant::now());
+                    uid
+                }
+                None => return Ok(None),
+            },
+        };
+        let key = (namespace.to_string(), uid);
+        if let Some((action, at)) = self
+            .actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < ACTION_TTL
+        {
+            return Ok(action.clone());
+        }
+        let action = sink.namespace_deleted_by(&key.0, &key.1).await?;
+        let now = Instant::now();
+        let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+        bounded(&mut actions, ACTION_TTL, now);
+        actions.insert(key, (action.clone(), now));
         Ok(action)
     }
 }

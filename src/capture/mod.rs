@@ -472,6 +472,7 @@ impl CaptureService {
                 review.old_identity.uid.clone().unwrap_or_default(),
             )
         });
+        let noted = deleted_namespace.clone();
         let snapshot = NewSnapshot { meta, prior };
         let sink = self.sink.clone();
         let marked = action.clone();
@@ -514,9 +515,9 @@ impl CaptureService {
             .await
             .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
         count_stored(&self.metrics, operation, bytes);
-        if notes_namespace {
+        if let Some((name, uid)) = noted {
             self.namespace_deletions
-                .remember(&review.object_name(), action.clone());
+                .remember(&name, &uid, action.clone());
         }
         Ok(action)
     }

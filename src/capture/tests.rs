@@ -556,3 +556,44 @@ async fn a_namespace_deletion_that_cannot_be_noted_is_denied() {
             .contains("snapback could not record the prior state")
     );
 }
+
+#[tokio::test]
+async fn a_namespace_deleted_again_belongs_to_the_new_action_on_every_replica() {
+    // Two replicas sharing one store; the first saw the first deletion.
+    let store = Arc::new(MemoryStore::default());
+    let (first, _) = service(store.clone(), CaptureFailure::Deny);
+    let (second, _) = service(store.clone(), CaptureFailure::Deny);
+    let namespace = |uid: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "uid": uid, "resourceVersion": "5"}})
+    };
+    let emptied = |name: &str| {
+        delete_review(
+            NAMESPACE_CONTROLLER,
+            "configmaps",
+            Some("shop"),
+            name,
+            object("ConfigMap", "shop", name, name),
+        )
+    };
+    let action_of = |name: &str| {
+        let snaps = store.snapshots.lock().unwrap();
+        snaps
+            .values()
+            .find(|s| s.meta.object.name == name)
+            .map(|s| s.meta.action.to_string())
+            .unwrap_or_else(|| panic!("{name} not captured"))
+    };
+    let body = delete_review("bob", "namespaces", None, "shop", namespace("uid-1"));
+    assert!(first.validate(&body).await.allowed());
+    assert!(first.validate(&emptied("a")).await.allowed());
+    let bobs = action_of("shop");
+    assert_eq!(action_of("a"), bobs);
+    // Restored, then deleted again by carol, through the other replica.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let body = delete_review("carol", "namespaces", None, "shop", namespace("uid-2"));
+    assert!(second.validate(&body).await.allowed());
+    assert!(first.validate(&emptied("b")).await.allowed());
+    assert!(action_of("b").starts_with("carol-"), "{}", action_of("b"));
+    assert_ne!(action_of("b"), bobs);
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, GetParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
@@ -15,7 +15,7 @@ use crate::store::actions::{ActionRecord, ActionState, RECORD_KEY};
 use crate::store::batch::{self, RECORD_BATCH};
 use crate::store::codec;
 use crate::store::model::*;
-use crate::store::{NamespaceDeletion, NewSnapshot, Result, SnapshotSink, StoreError};
+use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError};
 
 pub use crate::store::writer::SNAPSHOT_SECRET_TYPE;
 use crate::store::writer::{Writer, WriterOptions, already_exists};
@@ -948,22 +948,29 @@ impl SnapshotSink for KubeStore {
         })
     }
 
-    fn namespace_deletion<'a>(
+    fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,
-    ) -> BoxFuture<'a, Result<NamespaceDeletion>> {
+    ) -> BoxFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
-            let Some(ns) = self
-                .namespaces
-                .get_opt(namespace)
-                .await
-                .map_err(StoreError::Kube)?
-            else {
-                return Ok(NamespaceDeletion::NotBeingDeleted);
-            };
-            let (Some(uid), Some(_)) = (ns.metadata.uid, ns.metadata.deletion_timestamp) else {
-                return Ok(NamespaceDeletion::NotBeingDeleted);
-            };
+            // From the watch cache: the namespace controller only deletes in
+            // a namespace whose deletion was committed long before.
+            match self.namespaces.get_with(namespace, &GetParams::any()).await {
+                Ok(ns) => Ok(ns.metadata.deletion_timestamp.and(ns.metadata.uid)),
+                Err(e) if is_status(&e, 404) => Ok(None),
+                Err(e) => Err(StoreError::Kube(e)),
+            }
+        })
+    }
+
+    fn namespace_deleted_by<'a>(
+        &'a self,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ActionId>>> {
+        Box::pin(async move {
+            // A consistent read: the label was written before the deletion
+            // was admitted.
             let selector = format!(
                 "{LABEL_RECORD}={RECORD_ACTION},{LABEL_DELETED_NAMESPACE_PREFIX}{namespace}={uid}"
             );
@@ -972,15 +979,13 @@ impl SnapshotSink for KubeStore {
                 .list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(StoreError::Kube)?;
-            // Oldest first: the action whose delete started the emptying.
-            Ok(NamespaceDeletion::By(
-                list.items
-                    .iter()
-                    .filter_map(|cm| parse_record(cm).ok())
-                    .map(|(record, _)| record)
-                    .min_by_key(|record| record.created_at)
-                    .map(|record| record.id),
-            ))
+            Ok(list
+                .items
+                .iter()
+                .filter_map(|cm| parse_record(cm).ok())
+                .map(|(record, _)| record)
+                .min_by_key(|record| record.created_at)
+                .map(|record| record.id))
         })
     }
 }

@@ -10,9 +10,7 @@ use futures::future::BoxFuture;
 
 use crate::store::actions::ActionRecord;
 use crate::store::model::ActionId;
-use crate::store::{
-    NamespaceDeletion, NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, encode_single,
-};
+use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, encode_single};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -22,8 +20,9 @@ pub struct MemoryStore {
     pub fail_with: Mutex<Option<String>>,
     /// Every snapshot write takes this long (to test queued acknowledgement).
     pub write_delay: Mutex<std::time::Duration>,
-    /// Namespaces being deleted (name → uid, the action that deleted it).
-    /// Nothing finishes their deletion here: a test removes them.
+    /// Namespaces being deleted (name → uid, the action that deleted it),
+    /// as `mark_namespace_deletion` notes them. Nothing finishes their
+    /// deletion here.
     pub namespace_deletions: Mutex<BTreeMap<String, (String, ActionId)>>,
 }
 
@@ -102,10 +101,10 @@ impl SnapshotSink for MemoryStore {
         })
     }
 
-    fn namespace_deletion<'a>(
+    fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,
-    ) -> BoxFuture<'a, Result<NamespaceDeletion>> {
+    ) -> BoxFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
             self.check()?;
             Ok(self
@@ -113,9 +112,24 @@ impl SnapshotSink for MemoryStore {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(namespace)
-                .map_or(NamespaceDeletion::NotBeingDeleted, |(_, action)| {
-                    NamespaceDeletion::By(Some(action.clone()))
-                }))
+                .map(|(uid, _)| uid.clone()))
+        })
+    }
+
+    fn namespace_deleted_by<'a>(
+        &'a self,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ActionId>>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self
+                .namespace_deletions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(namespace)
+                .filter(|(u, _)| u == uid)
+                .map(|(_, action)| action.clone()))
         })
     }
 }

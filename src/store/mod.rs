@@ -161,19 +161,17 @@ pub trait SnapshotSink: Send + Sync + 'static {
         namespace: &'a str,
         uid: &'a str,
     ) -> BoxFuture<'a, Result<()>>;
-    /// Whether `namespace` is being deleted (its contents emptied), and by
-    /// which action if a captured change deleted it.
-    fn namespace_deletion<'a>(
+    /// The namespace's uid, if it exists and is being deleted (its contents
+    /// emptied); read from the API server's cache.
+    fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,
-    ) -> BoxFuture<'a, Result<NamespaceDeletion>>;
-}
-
-/// What [`SnapshotSink::namespace_deletion`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NamespaceDeletion {
-    /// Gone, or not being deleted.
-    NotBeingDeleted,
-    /// Being deleted: by this action, or by a change that was not captured.
-    By(Option<ActionId>),
+    ) -> BoxFuture<'a, Result<Option<String>>>;
+    /// The action whose change deleted the namespace with this uid, if a
+    /// captured change did.
+    fn namespace_deleted_by<'a>(
+        &'a self,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ActionId>>>;
 }
