@@ -20,8 +20,8 @@ trap cleanup EXIT
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-step "Starting a local control plane (etcd + kube-apiserver on loopback)"
-OWNER_PID=$$ "$root/hack/cluster.sh" up "$cp_dir"
+step "Starting a local control plane (etcd + kube-apiserver + kube-controller-manager on loopback)"
+OWNER_PID=$$ CONTROLLERS=1 "$root/hack/cluster.sh" up "$cp_dir"
 export KUBECONFIG=$cp_dir/kubeconfig
 kubectl version 2>/dev/null | sed 's/^/    /' || true
 
@@ -112,6 +112,31 @@ call "https://127.0.0.1:$api/api/v1/actions?limit=5" | python3 -c '
 import json, sys
 for a in json.load(sys.stdin)["actions"]:
     print("    %-40s %-12s %-10s changes=%d" % (a["id"], a["state"], a["origin"], a["changes"]))'
+
+step "The classic mistake: kubectl delete namespace shop, inside an action opened through the API"
+call -X POST -H 'Content-Type: application/json' -d '{"id": "oops", "description": "cleaning up"}' \
+  "https://127.0.0.1:$api/api/v1/actions" >/dev/null
+kubectl delete namespace shop --timeout=120s
+call -X POST "https://127.0.0.1:$api/api/v1/actions/oops/complete" >/dev/null
+echo "    the namespace controller emptied it; its deletes joined the action:"
+call "https://127.0.0.1:$api/api/v1/actions/oops" | python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["changes"]:
+    print("      %s %s %s/%s by %s" % (c["operation"], c["kind"], c["namespace"] or "-", c["name"], c["user"]))'
+
+step "Undo it (POST /api/v1/actions/oops/rollback): the namespace comes back with its contents"
+call -X POST "https://127.0.0.1:$api/api/v1/actions/oops/rollback" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("    state:", r["state"])
+for o in r["results"]:
+    print("      %s %s/%s: %s (%s)" % (o["operation"], o["namespace"] or "-", o["name"], o["outcome"], o["message"]))'
+kubectl -n shop get configmap shop-config -o jsonpath='    back: configmap shop-config {.data}{"\n"}'
+back=$(kubectl -n shop get configmap shop-config -o jsonpath='{.data.theme}')
+if [ "$back" != "light" ]; then
+  echo "demo: the namespace's contents did not come back (theme: $back)" >&2
+  exit 1
+fi
 
 step "snapback metrics (http://127.0.0.1:$met/metrics)"
 # Series that have not moved (every main series exists from the start, at 0) are left out.
