@@ -62,8 +62,10 @@ control-plane:
 	hack/install-control-plane.sh
 
 ## A long-lived local control plane for manual use; prints where its kubeconfig is.
+# CONTROLLERS=0 for etcd + kube-apiserver only.
+CONTROLLERS ?= 1
 cluster-up:
-	hack/cluster.sh up $(CLUSTER_DIR)
+	CONTROLLERS=$(CONTROLLERS) hack/cluster.sh up $(CLUSTER_DIR)
 	@echo "export KUBECONFIG=$(CLUSTER_DIR)/kubeconfig"
 
 cluster-down:
