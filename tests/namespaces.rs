@@ -301,43 +301,31 @@ async fn a_rollback_asked_while_the_namespace_is_emptied_waits_for_it() {
     let token = c.token("carol");
     let ns = c.namespace("held", &[]);
     sb.wait_capturing(c, &ns);
-    c.apply_as(
-        "admin",
-        &format!(
-            r#"apiVersion: v1
+    let plain: Vec<String> = (0..20).map(|i| format!("plain-{i}")).collect();
+    let mut manifest = format!(
+        r#"apiVersion: v1
 kind: ConfigMap
 metadata: {{name: held, namespace: {ns}, finalizers: [example.com/hold]}}
 data: {{k: v}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: plain, namespace: {ns}}}
-data: {{k: v}}
 "#
-        ),
     );
-    // --wait=false: the namespace controller cannot finish while the
-    // ConfigMap's finalizer holds it.
+    for name in &plain {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata: {{k: v}}\n"
+        ));
+    }
+    c.apply_as("admin", &manifest);
+    // --wait=false, and the rollback asked at once: the namespace
+    // controller has barely started (and cannot finish while the
+    // ConfigMap's finalizer holds the namespace).
     c.kubectl_as_ok("carol", &["delete", "namespace", &ns, "--wait=false"]);
-    eventually(
-        "the namespace controller at work",
-        Duration::from_secs(60),
-        || async {
-            let namespace = get(c, "default", "namespace", &ns)?;
-            let conditions = namespace["status"]["conditions"].as_array()?;
-            let held = get(c, &ns, "configmap", "held")?;
-            (!conditions.is_empty() && !held["metadata"]["deletionTimestamp"].is_null())
-                .then_some(())
-        },
-    )
-    .await;
     let list = api.ok("GET", "/api/v1/actions?user=carol", &token).await;
     let id = list["actions"][0]["id"].as_str().unwrap().to_string();
     // The finalizer's owner lets go a few seconds after the rollback was asked.
     let release = {
         let ns = ns.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(5));
             cluster_with_controllers().kubectl_ok(&[
                 "-n",
                 &ns,
@@ -367,10 +355,22 @@ data: {{k: v}}
         namespace["message"], "recreated from its prior state",
         "{report:#}"
     );
-    for name in ["held", "plain"] {
+    for name in plain.iter().map(String::as_str).chain(["held"]) {
         let cm = get(c, &ns, "configmap", name).expect(name);
         assert_eq!(cm["data"]["k"], "v");
     }
+    // The namespace controller deleted the held ConfigMap again on every
+    // pass while it waited; one change was captured, not one per pass.
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let held_changes = detail["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|ch| ch["name"] == "held")
+        .count();
+    assert_eq!(held_changes, 1, "{detail:#}");
     // The held ConfigMap is back as it was, finalizer included.
     assert_eq!(
         get(c, &ns, "configmap", "held").unwrap()["metadata"]["finalizers"][0],

@@ -12,6 +12,8 @@
 //!   record names that namespace and its uid (any replica finds it; a
 //!   namespace deleted, restored and deleted again has another uid, so
 //!   another action);
+//! - the namespace controller's repeated deletes of an object already being
+//!   deleted (its finalizers pending) are not captured again;
 //! - objects with a controller owner (Pods of a ReplicaSet, ReplicaSets of
 //!   a Deployment, Jobs of a CronJob) and service account token Secrets are
 //!   left out: their controller, or the token controller for a restored
@@ -146,7 +148,25 @@ pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
     }
     let namespace = review.object_namespace()?;
     let old = review.old_object.as_ref()?;
-    (!made_by_a_controller(old.get())).then_some(namespace)
+    (!made_by_a_controller(old.get()) && !already_being_deleted(old.get())).then_some(namespace)
+}
+
+/// Whether the object was being deleted already (finalizers pending): the
+/// namespace controller deletes it again on every pass until it is gone,
+/// and its state before the first of those deletes was captured then.
+fn already_being_deleted(object: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Object {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        #[serde(default)]
+        deletion_timestamp: Option<String>,
+    }
+    serde_json::from_str::<Object>(object).is_ok_and(|o| o.metadata.deletion_timestamp.is_some())
 }
 
 /// Whether a controller makes the object again once what it derives from
@@ -206,6 +226,17 @@ mod tests {
         ));
         assert!(!made_by_a_controller(r#"{"metadata":{"name":"p"}}"#));
         assert!(!made_by_a_controller(r#"{"kind":"ConfigMap"}"#));
+    }
+
+    #[test]
+    fn deletes_of_objects_already_being_deleted_are_told_apart() {
+        assert!(already_being_deleted(
+            r#"{"metadata":{"name":"w","deletionTimestamp":"2026-11-23T20:00:00Z","finalizers":["x/y"]}}"#
+        ));
+        assert!(!already_being_deleted(r#"{"metadata":{"name":"w"}}"#));
+        assert!(!already_being_deleted(
+            r#"{"metadata":{"name":"w","deletionTimestamp":null}}"#
+        ));
     }
 
     #[test]

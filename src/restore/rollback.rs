@@ -278,10 +278,19 @@ impl Restorer {
                 window: crate::config::format_duration(self.cfg.window),
             });
         }
-        let histories = plan::histories(loaded);
+        let mut histories = plan::histories(loaded);
         let rollback_id = id.rollback_id(record.rollbacks.len() as u32 + 1);
         let client = self.client_for(caller, Some(&rollback_id))?;
-        wait_for_emptying_namespaces(&client, &histories).await;
+        if wait_for_emptying_namespaces(&client, &histories).await {
+            // The namespace controller's deletes made meanwhile joined the
+            // action: plan with them (once the last queued ones are written).
+            tokio::time::sleep(crate::config::MAX_BATCH_WINDOW).await;
+            let LoadedAction { snapshots, damaged } = self.store.load_action(id).await?;
+            if !damaged.is_empty() && !params.force {
+                return Err(RollbackError::Damaged(damaged));
+            }
+            histories = plan::histories(snapshots);
+        }
         let current = self.current_states(&client, &histories).await;
         let steps = Self::decide_all(&histories, &current, params.force);
         let conflicts: Vec<String> = histories
@@ -1050,12 +1059,13 @@ const NAMESPACE_EMPTYING_WAIT: Duration = Duration::from_secs(60);
 
 /// Namespaces the action deleted that the namespace controller is still
 /// emptying: wait (up to [`NAMESPACE_EMPTYING_WAIT`]) until they are gone,
-/// so that the plan finds their contents deleted, as the action's snapshots
-/// have them, instead of finding objects the controller has not reached yet
-/// in their prior state (and then losing them to it). Only while a
-/// namespace controller works on it (it reports its progress in the
-/// namespace's status conditions): with none, nothing would finish it.
-async fn wait_for_emptying_namespaces(client: &kube::Client, histories: &[ObjectHistory]) {
+/// so that the plan has the controller's deletes of their contents (they
+/// join the action as they happen) and does not find objects it has not
+/// reached yet in their prior state (and then lose them to it). Only while
+/// a namespace controller works on it: it reports its progress in the
+/// namespace's status conditions, and starts within moments of the
+/// deletion; with none, nothing would finish it. True when it waited.
+async fn wait_for_emptying_namespaces(client: &kube::Client, histories: &[ObjectHistory]) -> bool {
     let deadline = tokio::time::Instant::now() + NAMESPACE_EMPTYING_WAIT;
     let deleted_namespaces = histories.iter().filter(|h| {
         h.object.group.is_empty()
@@ -1064,27 +1074,38 @@ async fn wait_for_emptying_namespaces(client: &kube::Client, histories: &[Object
             && matches!(h.target, Target::Present(_))
             && h.accepted.contains(plan::ABSENT)
     });
+    let mut waited = false;
     for h in deleted_namespaces {
         while tokio::time::Instant::now() < deadline {
             match dynamic::get(client, &h.object).await {
-                Ok(Some(ns)) if being_emptied(&ns) => {
+                Ok(Some(ns)) if being_emptied(&ns, Timestamp::now()) => {
+                    waited = true;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 _ => break,
             }
         }
     }
+    waited
 }
 
-/// A namespace being deleted that a namespace controller is emptying.
-fn being_emptied(ns: &Value) -> bool {
-    let terminating = ns["metadata"]
-        .get("deletionTimestamp")
-        .is_some_and(|d| !d.is_null());
+/// How long after its deletion a namespace without progress conditions is
+/// still taken to be about to be emptied.
+const NAMESPACE_CONTROLLER_START: jiff::SignedDuration = jiff::SignedDuration::from_secs(20);
+
+/// A namespace being deleted that a namespace controller is emptying (it
+/// reports conditions) or is about to (deleted moments ago).
+fn being_emptied(ns: &Value, now: Timestamp) -> bool {
+    let Some(deleted) = ns["metadata"]["deletionTimestamp"].as_str() else {
+        return false;
+    };
     let reported = ns["status"]["conditions"]
         .as_array()
         .is_some_and(|c| !c.is_empty());
-    terminating && reported
+    let recent = deleted
+        .parse::<Timestamp>()
+        .is_ok_and(|at| now.duration_since(at) < NAMESPACE_CONTROLLER_START);
+    reported || recent
 }
 
 /// Wait until the object with this uid is gone; an error if it is still
@@ -1106,9 +1127,9 @@ async fn wait_gone(
             }
             Ok(Some(o)) if tokio::time::Instant::now() >= deadline => {
                 return Err(format!(
-                    "it is still being deleted after {}s (finalizers: {}); roll back again once it is gone",
+                    "it is still being deleted after {}s ({}); roll back again once it is gone",
                     DELETION_WAIT.as_secs(),
-                    o["metadata"]["finalizers"]
+                    what_holds(&o)
                 ));
             }
             Err(e) if tokio::time::Instant::now() >= deadline => {
@@ -1120,6 +1141,40 @@ async fn wait_gone(
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// What keeps an object from going: its finalizers (a namespace's are in
+/// its spec) and, for a namespace, what its controller reports (content
+/// with finalizers of its own).
+fn what_holds(o: &Value) -> String {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut finalizers = names(&o["metadata"]["finalizers"]);
+    finalizers.extend(names(&o["spec"]["finalizers"]));
+    let mut out = if finalizers.is_empty() {
+        "no finalizers left".to_string()
+    } else {
+        format!("finalizers: {}", finalizers.join(", "))
+    };
+    let reports: Vec<&str> = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| c["message"].as_str())
+        .collect();
+    if !reports.is_empty() {
+        out.push_str(&format!("; {}", reports.join("; ")));
+    }
+    out
 }
 
 /// How long a restore waits for a recreated CustomResourceDefinition to be
