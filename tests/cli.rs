@@ -79,6 +79,14 @@ fn a_session_through_kubectl_snapback() {
             "configmap",
             "app",
             "--from-literal=mode=blue",
+            // Strings a YAML 1.1 reader (kubectl's) takes for something
+            // else unless they are quoted.
+            "--from-literal=enabled=yes",
+            "--from-literal=debug=Off",
+            "--from-literal=workers=1_000",
+            "--from-literal=since=2026-01-01",
+            "--from-literal=window=1:20",
+            "--from-literal=app.yaml=listen: 8080\nname: shop\n",
         ],
     );
 
@@ -203,9 +211,28 @@ fn a_session_through_kubectl_snapback() {
         "blue"
     );
 
-    // manifests: YAML a user can commit
+    // manifests: YAML a user can commit, and apply back as it was
     let manifests = ok(&kubectl_snapback(user, &["manifests", &id]));
     assert!(manifests.contains("mode: blue"), "{manifests}");
+    let out = c.kubectl_stdin(
+        user,
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        &manifests,
+    );
+    assert!(
+        out.status.success(),
+        "{manifests}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        applied["data"],
+        serde_json::json!({
+            "mode": "blue", "enabled": "yes", "debug": "Off", "workers": "1_000",
+            "since": "2026-01-01", "window": "1:20", "app.yaml": "listen: 8080\nname: shop\n"
+        }),
+        "{manifests}"
+    );
 }
 
 #[test]

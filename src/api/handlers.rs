@@ -570,11 +570,8 @@ pub async fn diff_action(
             .into();
             // Secret values shown only as changed or not.
             let (prior, cur) = redact_pair(prior, cur);
-            let yaml = |v: &Option<Value>| {
-                v.as_ref()
-                    .and_then(|v| serde_yaml::to_string(v).ok())
-                    .unwrap_or_default()
-            };
+            let yaml =
+                |v: &Option<Value>| v.as_ref().map(crate::yaml::to_string).unwrap_or_default();
             let (py, cy) = (yaml(&prior), yaml(&cur));
             d.diff = similar::TextDiff::from_lines(&py, &cy)
                 .unified_diff()
@@ -617,9 +614,10 @@ pub async fn manifests(
     // what has no manifest is said in the comments at the top.
     let mut notes = Vec::new();
     let mut docs = Vec::new();
-    let yaml = |v: &Value| {
-        serde_yaml::to_string(&redact(&crate::restore::plan::for_create(v)))
-            .map_err(|e| ApiError::internal("rendering YAML", &e))
+    let yaml = |v: &Value| -> Result<String> {
+        Ok(crate::yaml::to_string(&redact(
+            &crate::restore::plan::for_create(v),
+        )))
     };
     let mut client = None;
     for h in &histories {

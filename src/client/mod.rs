@@ -183,7 +183,7 @@ impl Ctx {
                 true
             }
             OutputFormat::Yaml => {
-                print!("{}", serde_yaml::to_string(v).unwrap_or_default());
+                print!("{}", crate::yaml::to_string(v));
                 true
             }
         }
