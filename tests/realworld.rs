@@ -434,3 +434,57 @@ fn let_go(c: &Cluster, ns: &str) {
         r#"[{"op": "remove", "path": "/metadata/finalizers"}]"#,
     ]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_after_its_session_was_rolled_back_starts_a_new_action() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "carol";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("again", &[user]);
+    c.kubectl_as_ok(user, &["-n", &ns, "create", "configmap", "first"]);
+    let session = eventually(
+        "carol's session",
+        std::time::Duration::from_secs(10),
+        || async {
+            let list = api
+                .ok("GET", &format!("/api/v1/actions?user={user}"), &token)
+                .await;
+            list["actions"][0]["id"].as_str().map(str::to_string)
+        },
+    )
+    .await;
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{session}/rollback"),
+            &token,
+        )
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    // Well within --session-idle (the webhook hears of the rollback
+    // through its watch on the records, within moments): before, this
+    // joined the rolled-back session, and its next rollback would have
+    // deleted it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    c.kubectl_as_ok(user, &["-n", &ns, "create", "configmap", "second"]);
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{session}"), &token)
+        .await;
+    assert!(
+        !detail["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ch| ch["name"] == "second"),
+        "{detail:#}"
+    );
+    let list = api
+        .ok("GET", &format!("/api/v1/actions?user={user}"), &token)
+        .await;
+    let newest = list["actions"][0]["id"].as_str().unwrap();
+    assert_ne!(newest, session, "{list:#}");
+    assert_eq!(list["actions"][0]["state"], "open", "{list:#}");
+}

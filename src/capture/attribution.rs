@@ -129,6 +129,15 @@ impl Attribution {
         }
     }
 
+    /// End the user's implicit session if it is `action` (rolled back,
+    /// cancelled, completed or deleted): their next change starts a new one.
+    pub fn end_session_if(&self, user: &str, action: &ActionId) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(user).is_some_and(|s| &s.action == action) {
+            sessions.remove(user);
+        }
+    }
+
     /// Replace all open actions at once (after a relist).
     pub fn replace_open(&self, all: HashMap<String, ActionId>) {
         *lock(&self.open) = all;
@@ -284,6 +293,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         let (s3, _) = a.attribute("alice", None, &[], now()).unwrap();
         assert_ne!(s1, s3);
+    }
+
+    #[test]
+    fn a_session_that_ended_elsewhere_is_not_joined_again() {
+        let a = Attribution::new(Duration::from_secs(30));
+        let (s1, _) = a.attribute("alice", None, &[], now()).unwrap();
+        // Someone else's session ending changes nothing.
+        a.end_session_if("alice", &ActionId::parse("other").unwrap());
+        assert_eq!(a.attribute("alice", None, &[], now()).unwrap().0, s1);
+        // Rolled back: the next change starts a new session.
+        a.end_session_if("alice", &s1);
+        let (s2, o) = a.attribute("alice", None, &[], now()).unwrap();
+        assert_eq!(o, Origin::Session);
+        assert_ne!(s1, s2);
     }
 
     #[test]

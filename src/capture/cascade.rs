@@ -6,7 +6,10 @@
 //! namespace:
 //!
 //! - a captured DELETE of a Namespace is noted in the action record (label
-//!   `ns.snapback.io/<name>: <uid>`), before the deletion is admitted;
+//!   `ns.snapback.io/<name>: <uid>`, and when), before the deletion is
+//!   admitted; a later admission step may still refuse it, so when several
+//!   actions are noted for one uid, the one admitted last before the API
+//!   server committed the deletion is it;
 //! - a DELETE by one of `--namespace-controller-users` of an object in a
 //!   namespace that is being deleted is captured into the action whose
 //!   record names that namespace and its uid (any replica finds it; a
@@ -42,19 +45,23 @@ use crate::store::{SnapshotSink, StoreError};
 /// namespace controller's name in live namespaces; each such delete costs
 /// a read from the API server's cache).
 const NAMESPACE_TTL: Duration = Duration::from_secs(1);
-/// Which action deleted a namespace (by uid) does not change; kept this long.
+/// Which action deleted a namespace (by uid) does not change once the
+/// deletion is committed; kept this long.
 const ACTION_TTL: Duration = Duration::from_secs(600);
 const CACHE_LIMIT: usize = 10_000;
 
 /// A namespace's name and uid.
 type NamespaceKey = (String, String);
+use crate::store::TerminatingNamespace as Terminating;
 
 /// Which action is deleting which namespace, as far as this replica knows.
+/// Only what was read back from the API server is kept: a deletion this
+/// replica admitted may still be refused by a later admission step.
 #[derive(Debug, Default)]
 pub struct NamespaceDeletions {
-    /// name → (uid, read at) of namespaces being deleted.
-    namespaces: Mutex<HashMap<String, (String, Instant)>>,
-    /// (name, uid) → (the action that deleted it, if captured; noted at).
+    /// name → (uid and deletion time, read at) of namespaces being deleted.
+    namespaces: Mutex<HashMap<String, (Terminating, Instant)>>,
+    /// (name, uid) → (the action that deleted it, if captured; read at).
     actions: Mutex<HashMap<NamespaceKey, (Option<ActionId>, Instant)>>,
 }
 
@@ -72,21 +79,6 @@ fn bounded<K: Eq + std::hash::Hash, V>(
 }
 
 impl NamespaceDeletions {
-    /// This replica captured `action` deleting the namespace `name` (`uid`).
-    pub fn remember(&self, name: &str, uid: &str, action: ActionId) {
-        let now = Instant::now();
-        self.note_terminating(name, uid, now);
-        let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
-        bounded(&mut actions, ACTION_TTL, now);
-        actions.insert((name.to_string(), uid.to_string()), (Some(action), now));
-    }
-
-    fn note_terminating(&self, name: &str, uid: &str, now: Instant) {
-        let mut known = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
-        bounded(&mut known, NAMESPACE_TTL, now);
-        known.insert(name.to_string(), (uid.to_string(), now));
-    }
-
     /// The action deleting `namespace`, if it is being deleted and a
     /// captured change deleted it.
     pub async fn action_for(
@@ -99,14 +91,17 @@ impl NamespaceDeletions {
             known
                 .get(namespace)
                 .filter(|(_, at)| at.elapsed() < NAMESPACE_TTL)
-                .map(|(uid, _)| uid.clone())
+                .map(|(t, _)| t.clone())
         };
-        let uid = match cached {
-            Some(uid) => uid,
+        let (uid, deleted_at) = match cached {
+            Some(t) => t,
             None => match sink.terminating_namespace(namespace).await? {
-                Some(uid) => {
-                    self.note_terminating(namespace, &uid, Instant::now());
-                    uid
+                Some(t) => {
+                    let now = Instant::now();
+                    let mut known = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+                    bounded(&mut known, NAMESPACE_TTL, now);
+                    known.insert(namespace.to_string(), (t.clone(), now));
+                    t
                 }
                 None => return Ok(None),
             },
@@ -121,7 +116,9 @@ impl NamespaceDeletions {
         {
             return Ok(action.clone());
         }
-        let action = sink.namespace_deleted_by(&key.0, &key.1).await?;
+        let action = sink
+            .namespace_deleted_by(&key.0, &key.1, deleted_at)
+            .await?;
         let now = Instant::now();
         let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
         bounded(&mut actions, ACTION_TTL, now);

@@ -469,18 +469,20 @@ impl CaptureService {
         let deleted_namespace = notes_namespace.then(|| {
             (
                 meta.object.name.clone(),
-                review.old_identity.uid.clone().unwrap_or_default(),
+                crate::store::actions::DeletedNamespace {
+                    uid: review.old_identity.uid.clone().unwrap_or_default(),
+                    at: now,
+                },
             )
         });
-        let noted = deleted_namespace.clone();
         let snapshot = NewSnapshot { meta, prior };
         let sink = self.sink.clone();
         let marked = action.clone();
         let write = async move {
             sink.ensure_action(&record).await?;
             let bytes = sink.put_snapshot(snapshot).await?;
-            if let Some((name, uid)) = &deleted_namespace {
-                sink.mark_namespace_deletion(&marked, name, uid).await?;
+            if let Some((name, deleted)) = &deleted_namespace {
+                sink.mark_namespace_deletion(&marked, name, deleted).await?;
             }
             Ok::<u64, StoreError>(bytes)
         };
@@ -515,10 +517,6 @@ impl CaptureService {
             .await
             .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
         count_stored(&self.metrics, operation, bytes);
-        if let Some((name, uid)) = noted {
-            self.namespace_deletions
-                .remember(&name, &uid, action.clone());
-        }
         Ok(action)
     }
 }

@@ -19,11 +19,15 @@ fn parse(cm: &ConfigMap) -> Option<ActionRecord> {
     serde_json::from_str(json).ok()
 }
 
-/// Run forever (the watcher retries with backoff on errors).
+/// Run forever (the watcher retries with backoff on errors). Explicit
+/// actions feed the open actions; an implicit session that leaves `open`
+/// (rolled back, cancelled, completed by the maintenance pass) ends the
+/// user's session here too, so that their next change starts a new action
+/// instead of joining one that was rolled back.
 pub async fn watch(client: Client, namespace: String, attribution: Arc<Attribution>) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let cfg = watcher::Config::default().labels(&format!(
-        "{LABEL_RECORD}={RECORD_ACTION},{LABEL_ORIGIN}=explicit"
+        "{LABEL_RECORD}={RECORD_ACTION},{LABEL_ORIGIN} in (explicit,session)"
     ));
     let stream = kube::runtime::watcher(api, cfg).default_backoff();
     futures::pin_mut!(stream);
@@ -32,23 +36,29 @@ pub async fn watch(client: Client, namespace: String, attribution: Arc<Attributi
         match event {
             Ok(Event::Init) => initial.clear(),
             Ok(Event::InitApply(cm)) => {
-                if let Some(r) = parse(&cm).filter(|r| r.state == ActionState::Open) {
+                if let Some(r) =
+                    parse(&cm).filter(|r| r.state == ActionState::Open && r.origin == "explicit")
+                {
                     initial.insert(r.owner, r.id);
                 }
             }
             Ok(Event::InitDone) => attribution.replace_open(std::mem::take(&mut initial)),
             Ok(Event::Apply(cm)) => {
                 if let Some(r) = parse(&cm) {
-                    if r.state == ActionState::Open {
-                        attribution.set_open(&r.owner, Some(r.id));
-                    } else {
-                        attribution.close_if(&r.owner, &r.id);
+                    match (r.origin.as_str(), r.state) {
+                        ("explicit", ActionState::Open) => {
+                            attribution.set_open(&r.owner, Some(r.id))
+                        }
+                        ("explicit", _) => attribution.close_if(&r.owner, &r.id),
+                        (_, ActionState::Open) => {}
+                        _ => attribution.end_session_if(&r.owner, &r.id),
                     }
                 }
             }
             Ok(Event::Delete(cm)) => {
                 if let Some(r) = parse(&cm) {
                     attribution.close_if(&r.owner, &r.id);
+                    attribution.end_session_if(&r.owner, &r.id);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "watching action records"),

@@ -381,6 +381,14 @@ fn delete_review(user: &str, resource: &str, ns: Option<&str>, name: &str, old: 
     .unwrap()
 }
 
+/// The API server committed the deletion of namespace `name` (`uid`) now.
+fn terminating(store: &MemoryStore, name: &str, uid: &str) {
+    store.terminating.lock().unwrap().insert(
+        name.to_string(),
+        (uid.to_string(), Some(jiff::Timestamp::now())),
+    );
+}
+
 fn object(kind: &str, ns: &str, name: &str, uid: &str) -> Value {
     json!({"apiVersion": "v1", "kind": kind,
            "metadata": {"name": name, "namespace": ns, "uid": uid, "resourceVersion": "7"}})
@@ -414,11 +422,17 @@ async fn the_namespace_controllers_deletes_join_the_action_that_deleted_the_name
     );
     assert!(svc.validate(&ns).await.allowed());
     let action = only_snapshot(&store).meta.action.clone();
+    let noted = store.actions.lock().unwrap()[action.as_str()]
+        .deleted_namespaces
+        .clone();
     assert_eq!(
-        store.actions.lock().unwrap()[action.as_str()].deleted_namespaces,
-        std::collections::BTreeMap::from([("shop".to_string(), "ns-uid-1".to_string())]),
-        "the record names the namespace and its uid"
+        noted.keys().collect::<Vec<_>>(),
+        ["shop"],
+        "the record names the namespace"
     );
+    assert_eq!(noted["shop"].uid, "ns-uid-1");
+    // The API server commits the deletion; the namespace controller starts.
+    terminating(&store, "shop", "ns-uid-1");
 
     // Its contents, deleted by the namespace controller: captured into bob's
     // action, except what a controller owner makes again and what is never
@@ -522,6 +536,7 @@ async fn without_namespace_controller_users_a_namespaces_contents_are_not_follow
             .deleted_namespaces
             .is_empty()
     );
+    terminating(&store, "shop", "ns-uid-1");
     let body = delete_review(
         NAMESPACE_CONTROLLER,
         "configmaps",
@@ -586,6 +601,7 @@ async fn a_namespace_deleted_again_belongs_to_the_new_action_on_every_replica() 
     };
     let body = delete_review("bob", "namespaces", None, "shop", namespace("uid-1"));
     assert!(first.validate(&body).await.allowed());
+    terminating(&store, "shop", "uid-1");
     assert!(first.validate(&emptied("a")).await.allowed());
     let bobs = action_of("shop");
     assert_eq!(action_of("a"), bobs);
@@ -593,7 +609,42 @@ async fn a_namespace_deleted_again_belongs_to_the_new_action_on_every_replica() 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let body = delete_review("carol", "namespaces", None, "shop", namespace("uid-2"));
     assert!(second.validate(&body).await.allowed());
+    terminating(&store, "shop", "uid-2");
     assert!(first.validate(&emptied("b")).await.allowed());
     assert!(action_of("b").starts_with("carol-"), "{}", action_of("b"));
     assert_ne!(action_of("b"), bobs);
+}
+
+#[tokio::test]
+async fn a_namespace_deletion_refused_after_snapback_admitted_it_claims_nothing() {
+    // bob's deletion passes snapback and is refused by another webhook;
+    // carol's, later, is committed: the namespace's contents are carol's.
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(store.clone(), CaptureFailure::Deny);
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+                           "metadata": {"name": "shop", "uid": "uid-1", "resourceVersion": "5"}});
+    let bobs = delete_review("bob", "namespaces", None, "shop", namespace.clone());
+    assert!(svc.validate(&bobs).await.allowed());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let carols = delete_review("carol", "namespaces", None, "shop", namespace);
+    assert!(svc.validate(&carols).await.allowed());
+    terminating(&store, "shop", "uid-1");
+    let body = delete_review(
+        NAMESPACE_CONTROLLER,
+        "configmaps",
+        Some("shop"),
+        "settings",
+        object("ConfigMap", "shop", "settings", "cm-1"),
+    );
+    assert!(svc.validate(&body).await.allowed());
+    let snaps = store.snapshots.lock().unwrap();
+    let settings = snaps
+        .values()
+        .find(|s| s.meta.object.name == "settings")
+        .unwrap();
+    assert!(
+        settings.meta.action.as_str().starts_with("carol-"),
+        "{}",
+        settings.meta.action
+    );
 }

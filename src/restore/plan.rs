@@ -198,23 +198,30 @@ fn first_real<'a>(main: &[&'a Loaded]) -> Option<&'a Loaded> {
     None
 }
 
-/// Dependency order: namespaces, CRDs, service accounts, RBAC, config maps
-/// and secrets, storage, services, workloads, their children, the rest.
+/// Dependency order: namespaces, CRDs, the policies the API server applies
+/// when objects are created (limit ranges, quotas, priority classes),
+/// service accounts, RBAC, config maps and secrets, storage, services, the
+/// policies that constrain workloads (network policies, disruption
+/// budgets), workloads, their children, the rest. (SPEC §4 leaves the
+/// policies to "the rest": restored after the workloads, a namespace came
+/// back with pods created without their limits.)
 pub fn rank(group: &str, resource: &str) -> u8 {
     match (group, resource) {
         ("", "namespaces") => 0,
         ("apiextensions.k8s.io", "customresourcedefinitions") => 1,
-        ("", "serviceaccounts") => 2,
-        ("rbac.authorization.k8s.io", "clusterroles" | "roles") => 3,
-        ("rbac.authorization.k8s.io", "clusterrolebindings" | "rolebindings") => 4,
-        ("", "configmaps" | "secrets") => 5,
-        ("", "persistentvolumes") => 6,
-        ("", "persistentvolumeclaims") => 7,
-        ("", "services") => 8,
-        ("apps", "deployments" | "statefulsets" | "daemonsets") | ("batch", "cronjobs") => 9,
-        ("apps", "replicasets") | ("batch", "jobs") => 10,
-        ("", "pods") => 11,
-        _ => 12,
+        ("", "limitranges" | "resourcequotas") | ("scheduling.k8s.io", "priorityclasses") => 2,
+        ("", "serviceaccounts") => 3,
+        ("rbac.authorization.k8s.io", "clusterroles" | "roles") => 4,
+        ("rbac.authorization.k8s.io", "clusterrolebindings" | "rolebindings") => 5,
+        ("", "configmaps" | "secrets") => 6,
+        ("", "persistentvolumes") => 7,
+        ("", "persistentvolumeclaims") => 8,
+        ("", "services") => 9,
+        ("networking.k8s.io", "networkpolicies") | ("policy", "poddisruptionbudgets") => 10,
+        ("apps", "deployments" | "statefulsets" | "daemonsets") | ("batch", "cronjobs") => 11,
+        ("apps", "replicasets") | ("batch", "jobs") => 12,
+        ("", "pods") => 13,
+        _ => 14,
     }
 }
 
@@ -401,6 +408,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         }
         _ => {}
     }
+    let force = force || made_for_every_namespace(h);
     if !force && !h.accepted.contains(&conflict_fp(current)) {
         let what = if current.is_some() {
             "changed after the action"
@@ -433,6 +441,24 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
     }
 }
 
+/// What controllers make in every namespace, whenever it exists: the
+/// `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap. Deleted by
+/// the action (with their namespace) and there again, they are the
+/// controllers', not a later change: they get their prior state (a
+/// customised default ServiceAccount's image pull secrets) without a
+/// conflict, also when a rollback that recreated the namespace is retried.
+fn made_for_every_namespace(h: &ObjectHistory) -> bool {
+    let o = &h.object;
+    o.group.is_empty()
+        && o.namespace.is_some()
+        && o.subresource.is_none()
+        && matches!(
+            (o.resource.as_str(), o.name.as_str()),
+            ("serviceaccounts", "default") | ("configmaps", "kube-root-ca.crt")
+        )
+        && h.accepted.contains(ABSENT)
+}
+
 fn replicas(v: &Value) -> Option<&Value> {
     v.get("spec")?.get("replicas")
 }
@@ -459,7 +485,19 @@ const SERVER_OWNED: &[&str] = &[
 pub fn for_create(target: &Value) -> Value {
     let mut body = without_server_owned(target);
     codec::strip_generated_job_selector(&mut body);
+    // A ServiceAccount's token Secrets (before Kubernetes 1.24) went with
+    // it; the token controller makes a new one for the new account.
+    if is_service_account(&body)
+        && let Some(map) = body.as_object_mut()
+    {
+        map.remove("secrets");
+    }
     body
+}
+
+fn is_service_account(v: &Value) -> bool {
+    v.get("kind").and_then(Value::as_str) == Some("ServiceAccount")
+        && v.get("apiVersion").and_then(Value::as_str) == Some("v1")
 }
 
 fn without_server_owned(target: &Value) -> Value {
@@ -489,6 +527,16 @@ pub fn for_replace(target: &Value, current: &Value) -> Value {
     }
     if let (Some(map), Some(status)) = (body.as_object_mut(), current.get("status")) {
         map.insert("status".into(), status.clone());
+    }
+    // The token controller's list, as it is now (the prior one may name
+    // tokens that are gone).
+    if is_service_account(&body)
+        && let Some(map) = body.as_object_mut()
+    {
+        match current.get("secrets") {
+            Some(secrets) => map.insert("secrets".into(), secrets.clone()),
+            None => map.remove("secrets"),
+        };
     }
     body
 }

@@ -56,6 +56,15 @@ impl fmt::Display for ActionState {
     }
 }
 
+/// A namespace deletion an action made, as its webhook admitted it (a later
+/// admission step may still have refused it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedNamespace {
+    pub uid: String,
+    /// When it was admitted (snapback's clock).
+    pub at: Timestamp,
+}
+
 /// The stored record of an action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,12 +90,12 @@ pub struct ActionRecord {
     /// Rollbacks of this action, oldest first, each with its report.
     #[serde(default)]
     pub rollbacks: Vec<serde_json::Value>,
-    /// Namespaces this action deleted (name → uid): the objects the
-    /// namespace controller deletes in them belong to this action. Also a
-    /// label `ns.snapback.io/<name>: <uid>` on the record, for any replica
-    /// to find the action.
+    /// Namespaces this action deleted, by name: the objects the namespace
+    /// controller deletes in them belong to this action. Also a label
+    /// `ns.snapback.io/<name>: <uid>` on the record, for any replica to find
+    /// the action.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub deleted_namespaces: BTreeMap<String, String>,
+    pub deleted_namespaces: BTreeMap<String, DeletedNamespace>,
     /// Free-form extension data (guards, in-progress rollback progress).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extensions: BTreeMap<String, serde_json::Value>,

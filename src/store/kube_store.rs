@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{DeleteParams, GetParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use crate::store::actions::{ActionRecord, ActionState, RECORD_KEY};
+use crate::store::actions::{ActionRecord, ActionState, DeletedNamespace, RECORD_KEY};
 use crate::store::batch::{self, RECORD_BATCH};
 use crate::store::codec;
 use crate::store::model::*;
@@ -152,10 +153,10 @@ impl KubeStore {
             (LABEL_STATE.to_string(), record.state.to_string()),
             (LABEL_ORIGIN.to_string(), record.origin.clone()),
         ]);
-        for (name, uid) in &record.deleted_namespaces {
+        for (name, deleted) in &record.deleted_namespaces {
             labels.insert(
                 format!("{LABEL_DELETED_NAMESPACE_PREFIX}{name}"),
-                uid.clone(),
+                deleted.uid.clone(),
             );
         }
         let annotations = BTreeMap::from([
@@ -924,7 +925,7 @@ impl SnapshotSink for KubeStore {
         &'a self,
         action: &'a ActionId,
         namespace: &'a str,
-        uid: &'a str,
+        deleted: &'a DeletedNamespace,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             // Read-modify-write of the record; others update it too.
@@ -933,12 +934,9 @@ impl SnapshotSink for KubeStore {
                     .get_action(action)
                     .await?
                     .ok_or_else(|| StoreError::NotFound(format!("action {action}")))?;
-                if record.deleted_namespaces.get(namespace).map(String::as_str) == Some(uid) {
-                    return Ok(());
-                }
                 record
                     .deleted_namespaces
-                    .insert(namespace.to_string(), uid.to_string());
+                    .insert(namespace.to_string(), deleted.clone());
                 match self.update_action(&record, &rv).await {
                     Err(StoreError::Conflict(_)) => continue,
                     other => return other.map(|_| ()),
@@ -951,12 +949,17 @@ impl SnapshotSink for KubeStore {
     fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>> {
+    ) -> BoxFuture<'a, Result<Option<crate::store::TerminatingNamespace>>> {
         Box::pin(async move {
             // From the watch cache: the namespace controller only deletes in
-            // a namespace whose deletion was committed long before.
+            // a namespace whose deletion was committed before.
             match self.namespaces.get_with(namespace, &GetParams::any()).await {
-                Ok(ns) => Ok(ns.metadata.deletion_timestamp.and(ns.metadata.uid)),
+                Ok(ns) => {
+                    let meta = ns.metadata;
+                    Ok(meta
+                        .deletion_timestamp
+                        .and_then(|at| meta.uid.map(|uid| (uid, Some(at.0)))))
+                }
                 Err(e) if is_status(&e, 404) => Ok(None),
                 Err(e) => Err(StoreError::Kube(e)),
             }
@@ -967,6 +970,7 @@ impl SnapshotSink for KubeStore {
         &'a self,
         namespace: &'a str,
         uid: &'a str,
+        deleted_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Option<ActionId>>> {
         Box::pin(async move {
             // A consistent read: the label was written before the deletion
@@ -979,13 +983,21 @@ impl SnapshotSink for KubeStore {
                 .list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(StoreError::Kube)?;
-            Ok(list
+            let records: Vec<ActionRecord> = list
                 .items
                 .iter()
                 .filter_map(|cm| parse_record(cm).ok())
                 .map(|(record, _)| record)
-                .min_by_key(|record| record.created_at)
-                .map(|record| record.id))
+                .collect();
+            Ok(crate::store::deleting_action(
+                records.iter().filter_map(|r| {
+                    r.deleted_namespaces
+                        .get(namespace)
+                        .filter(|d| d.uid == uid)
+                        .map(|d| (&r.id, d))
+                }),
+                deleted_at,
+            ))
         })
     }
 }

@@ -8,9 +8,13 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use crate::store::actions::ActionRecord;
+use jiff::Timestamp;
+
+use crate::store::actions::{ActionRecord, DeletedNamespace};
 use crate::store::model::ActionId;
-use crate::store::{NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, encode_single};
+use crate::store::{
+    NewSnapshot, Result, SnapshotSink, StoreError, StoredSnapshot, deleting_action, encode_single,
+};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -20,10 +24,9 @@ pub struct MemoryStore {
     pub fail_with: Mutex<Option<String>>,
     /// Every snapshot write takes this long (to test queued acknowledgement).
     pub write_delay: Mutex<std::time::Duration>,
-    /// Namespaces being deleted (name → uid, the action that deleted it),
-    /// as `mark_namespace_deletion` notes them. Nothing finishes their
-    /// deletion here.
-    pub namespace_deletions: Mutex<BTreeMap<String, (String, ActionId)>>,
+    /// Namespaces being deleted: name → (uid, when the deletion was
+    /// committed), as a test says (there is no API server here).
+    pub terminating: Mutex<BTreeMap<String, crate::store::TerminatingNamespace>>,
 }
 
 impl MemoryStore {
@@ -82,7 +85,7 @@ impl SnapshotSink for MemoryStore {
         &'a self,
         action: &'a ActionId,
         namespace: &'a str,
-        uid: &'a str,
+        deleted: &'a DeletedNamespace,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check()?;
@@ -92,11 +95,7 @@ impl SnapshotSink for MemoryStore {
                 .ok_or_else(|| StoreError::NotFound(format!("action {action}")))?;
             record
                 .deleted_namespaces
-                .insert(namespace.to_string(), uid.to_string());
-            self.namespace_deletions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(namespace.to_string(), (uid.to_string(), action.clone()));
+                .insert(namespace.to_string(), deleted.clone());
             Ok(())
         })
     }
@@ -104,15 +103,15 @@ impl SnapshotSink for MemoryStore {
     fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>> {
+    ) -> BoxFuture<'a, Result<Option<crate::store::TerminatingNamespace>>> {
         Box::pin(async move {
             self.check()?;
             Ok(self
-                .namespace_deletions
+                .terminating
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(namespace)
-                .map(|(uid, _)| uid.clone()))
+                .cloned())
         })
     }
 
@@ -120,16 +119,20 @@ impl SnapshotSink for MemoryStore {
         &'a self,
         namespace: &'a str,
         uid: &'a str,
+        deleted_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Option<ActionId>>> {
         Box::pin(async move {
             self.check()?;
-            Ok(self
-                .namespace_deletions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(namespace)
-                .filter(|(u, _)| u == uid)
-                .map(|(_, action)| action.clone()))
+            let actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(deleting_action(
+                actions.values().filter_map(|r| {
+                    r.deleted_namespaces
+                        .get(namespace)
+                        .filter(|d| d.uid == uid)
+                        .map(|d| (&r.id, d))
+                }),
+                deleted_at,
+            ))
         })
     }
 }

@@ -10,10 +10,11 @@ pub mod model;
 pub mod writer;
 
 use futures::future::BoxFuture;
+use jiff::Timestamp;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::store::actions::ActionRecord;
+use crate::store::actions::{ActionRecord, DeletedNamespace};
 use crate::store::codec::EncodedPayload;
 use crate::store::model::{ActionId, SnapshotMeta};
 
@@ -159,19 +160,97 @@ pub trait SnapshotSink: Send + Sync + 'static {
         &'a self,
         action: &'a ActionId,
         namespace: &'a str,
-        uid: &'a str,
+        deleted: &'a DeletedNamespace,
     ) -> BoxFuture<'a, Result<()>>;
-    /// The namespace's uid, if it exists and is being deleted (its contents
-    /// emptied); read from the API server's cache.
+    /// The namespace's uid and the time its deletion was committed, if it
+    /// exists and is being deleted (its contents emptied); read from the
+    /// API server's cache.
     fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>>>;
+    ) -> BoxFuture<'a, Result<Option<TerminatingNamespace>>>;
     /// The action whose change deleted the namespace with this uid, if a
-    /// captured change did.
+    /// captured change did: of the actions noted as deleting it, the last
+    /// one admitted before the deletion was committed (`deleted_at`), as
+    /// other admission steps may have refused earlier ones.
     fn namespace_deleted_by<'a>(
         &'a self,
         namespace: &'a str,
         uid: &'a str,
+        deleted_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Option<ActionId>>>;
+}
+
+/// A namespace being deleted: its uid, and when the API server committed the
+/// deletion.
+pub type TerminatingNamespace = (String, Option<Timestamp>);
+
+/// Of the actions noted as deleting a namespace (uid already matched), the
+/// one whose deletion was committed: the last admitted at most a little
+/// after `deleted_at` (the API server's clock, whole seconds), or, without
+/// one (clocks apart), the first.
+pub fn deleting_action<'a>(
+    noted: impl IntoIterator<Item = (&'a ActionId, &'a DeletedNamespace)>,
+    deleted_at: Option<Timestamp>,
+) -> Option<ActionId> {
+    let noted: Vec<(&ActionId, &DeletedNamespace)> = noted.into_iter().collect();
+    let slack = jiff::SignedDuration::from_secs(2);
+    let before = deleted_at.and_then(|d| {
+        noted
+            .iter()
+            .filter(|(_, n)| n.at <= d + slack)
+            .max_by_key(|(_, n)| n.at)
+            .map(|(a, _)| (*a).clone())
+    });
+    before.or_else(|| {
+        noted
+            .iter()
+            .min_by_key(|(_, n)| n.at)
+            .map(|(a, _)| (*a).clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_deletion_is_the_last_admitted_before_it() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let (a, b, c) = (
+            ActionId::parse("refused").unwrap(),
+            ActionId::parse("committed").unwrap(),
+            ActionId::parse("later-attempt").unwrap(),
+        );
+        let noted = [
+            (
+                &a,
+                DeletedNamespace {
+                    uid: "u".into(),
+                    at: t("2026-11-23T10:00:00.100Z"),
+                },
+            ),
+            (
+                &b,
+                DeletedNamespace {
+                    uid: "u".into(),
+                    at: t("2026-11-23T10:00:05.900Z"),
+                },
+            ),
+            (
+                &c,
+                DeletedNamespace {
+                    uid: "u".into(),
+                    at: t("2026-11-23T10:00:30Z"),
+                },
+            ),
+        ];
+        let of = |at: Option<Timestamp>| deleting_action(noted.iter().map(|(a, d)| (*a, d)), at);
+        // The API server's deletionTimestamp has whole seconds.
+        assert_eq!(of(Some(t("2026-11-23T10:00:05Z"))), Some(b.clone()));
+        // Clocks apart (snapback's ahead by more than the slack): the first.
+        assert_eq!(of(Some(t("2026-11-23T09:59:00Z"))), Some(a.clone()));
+        assert_eq!(of(None), Some(a));
+        assert_eq!(deleting_action([], Some(t("2026-11-23T10:00:05Z"))), None);
+    }
 }

@@ -601,3 +601,58 @@ fn a_refused_create_of_an_existing_object_does_not_hide_later_changes() {
     ]);
     assert!(matches!(h.target, Target::Absent { .. }), "{:?}", h.target);
 }
+
+#[test]
+fn policies_come_back_before_what_they_constrain() {
+    let r = |g: &str, res: &str| rank(g, res);
+    let workloads = r("apps", "deployments");
+    for (g, res) in [
+        ("", "limitranges"),
+        ("", "resourcequotas"),
+        ("scheduling.k8s.io", "priorityclasses"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("policy", "poddisruptionbudgets"),
+    ] {
+        assert!(r(g, res) < workloads, "{res}");
+        assert!(r(g, res) > r("", "namespaces"), "{res}");
+    }
+    // Admission-time policies before anything they could apply to.
+    assert!(r("", "limitranges") < r("", "configmaps"));
+    assert!(r("", "pods") < r("example.com", "widgets"));
+}
+
+#[test]
+fn a_service_accounts_tokens_are_left_to_the_token_controller() {
+    let prior = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": "app", "namespace": "ns", "uid": "old"},
+                       "secrets": [{"name": "app-token-gone"}],
+                       "imagePullSecrets": [{"name": "registry"}]});
+    let created = for_create(&prior);
+    assert!(created.get("secrets").is_none(), "{created}");
+    assert_eq!(created["imagePullSecrets"][0]["name"], "registry");
+    let current = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "app", "namespace": "ns", "uid": "new", "resourceVersion": "9"},
+                         "secrets": [{"name": "app-token-new"}]});
+    let replaced = for_replace(&prior, &current);
+    assert_eq!(replaced["secrets"], json!([{"name": "app-token-new"}]));
+    assert_eq!(replaced["imagePullSecrets"][0]["name"], "registry");
+    assert_eq!(replaced["metadata"]["resourceVersion"], "9");
+}
+
+#[test]
+fn what_controllers_make_in_every_namespace_is_no_conflict() {
+    // kube-root-ca.crt deleted with its namespace, made again by the root
+    // CA publisher once the namespace was back: its prior state, no
+    // conflict. Any other object there again is a conflict.
+    for (name, conflict) in [("kube-root-ca.crt", false), ("settings", true)] {
+        let prior = obj(name, "ca-old", "u1");
+        let h = only(vec![snap(1, Operation::Delete, name, Some(&prior), None)]);
+        let now = obj(name, "ca-new", "u2");
+        let step = decide(&h, Some(&now), false);
+        assert_eq!(
+            matches!(step.action, Action::None(Outcome::Conflict, _)),
+            conflict,
+            "{name}: {step:?}"
+        );
+    }
+}
