@@ -106,8 +106,11 @@ pub enum LogFormat {
 pub const DEFAULT_NAMESPACE_CONTROLLER_USERS: &str =
     "system:serviceaccount:kube-system:namespace-controller,system:kube-controller-manager";
 
+/// SPEC §2's list, and the API server's own writes (`system:apiserver`:
+/// the APIService it registers for each CRD group, its bootstrap RBAC and
+/// priority classes), which nobody asked for and no user should undo.
 pub const DEFAULT_EXCLUDE_USERS: &str =
-    "system:node:*,system:kube-*,system:serviceaccount:kube-system:*";
+    "system:node:*,system:kube-*,system:serviceaccount:kube-system:*,system:apiserver";
 pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events,events.events.k8s.io,leases.coordination.k8s.io,endpoints,endpointslices.discovery.k8s.io,*reviews,*reviews.*";
 
 #[derive(Debug, Args)]
@@ -616,10 +619,18 @@ mod tests {
         assert_eq!(cfg.capture.capture_ack, CaptureAck::Written);
         assert_eq!(cfg.check(), Ok(()));
         assert_eq!(cfg.capture.self_users, vec!["me".to_string()]);
-        assert!(
-            cfg.capture
-                .exclude_users
-                .contains(&"system:node:*".to_string())
+        for user in ["system:node:*", "system:apiserver"] {
+            assert!(
+                cfg.capture.exclude_users.contains(&user.to_string()),
+                "{user}"
+            );
+        }
+        assert_eq!(
+            cfg.capture.namespace_controller_users,
+            vec![
+                "system:serviceaccount:kube-system:namespace-controller".to_string(),
+                "system:kube-controller-manager".to_string()
+            ]
         );
     }
 

@@ -122,6 +122,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             attribution.clone(),
             metrics.clone(),
         );
+        capture = capture.with_crd_reader(crate::capture::CrdReader::new(
+            kube_config.clone(),
+            cfg.auth == AuthMode::Kubernetes,
+        ));
         if let Some(p) = &pending {
             tracing::info!(
                 "--capture-ack=queued: changes are admitted once their snapshot is queued"

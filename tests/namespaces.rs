@@ -202,6 +202,18 @@ async fn a_deleted_namespace_comes_back_with_its_contents() {
         .as_str()
         .unwrap_or_else(|| panic!("no action of bob: {list:#}\n{}", sb.log_tail()))
         .to_string();
+    // Found by the namespace it deleted, too.
+    let by_namespace = api
+        .ok("GET", &format!("/api/v1/actions?namespace={ns}"), &token)
+        .await;
+    assert!(
+        by_namespace["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id.as_str()),
+        "{by_namespace:#}"
+    );
     let detail = api
         .ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;

@@ -488,3 +488,104 @@ async fn a_change_after_its_session_was_rolled_back_starts_a_new_action() {
     assert_ne!(newest, session, "{list:#}");
     assert_eq!(list["actions"][0]["state"], "open", "{list:#}");
 }
+
+/// `kubectl delete crd` deletes every custom resource of it, past admission
+/// (the API server's finalizer removes them from storage): snapback reads
+/// them when the deletion is admitted, so the rollback brings back the
+/// definition *and* its resources.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_definition_comes_back_with_the_resources_it_took_along() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user1";
+    c.grant_api(user);
+    c.grant_cluster_edit(user);
+    let token = c.token(user);
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gizmos.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gizmos, singular: gizmo, kind: Gizmo}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+    c.kubectl_apply_str(crd);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/gizmos.example.com",
+    ]);
+    let (ns1, ns2) = (c.namespace("gizmo", &[user]), c.namespace("gizmo", &[user]));
+    c.apply_as(
+        "admin",
+        &format!(
+            "apiVersion: example.com/v1\nkind: Gizmo\nmetadata: {{name: g1, namespace: {ns1}, labels: {{tier: gold}}}}\nspec: {{size: 3, colour: \"yes\"}}\n---\napiVersion: example.com/v1\nkind: Gizmo\nmetadata: {{name: g2, namespace: {ns2}}}\nspec: {{size: 5}}\n"
+        ),
+    );
+    let id = format!("gizmos-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(user, &["delete", "crd", "gizmos.example.com"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    assert!(
+        !c.kubectl("admin", &["get", "crd", "gizmos.example.com"])
+            .status
+            .success()
+    );
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let mut changed: Vec<String> = detail["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| {
+            format!(
+                "{} {}/{}",
+                ch["operation"].as_str().unwrap(),
+                ch["resource"].as_str().unwrap(),
+                ch["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            "delete customresourcedefinitions/gizmos.example.com",
+            "delete gizmos/g1",
+            "delete gizmos/g2"
+        ],
+        "{detail:#}"
+    );
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(
+        nonzero(&report["counts"]),
+        json!({"restored": 3}),
+        "{report:#}"
+    );
+    for (ns, name, size) in [(&ns1, "g1", 3), (&ns2, "g2", 5)] {
+        let out = c.kubectl_ok(&["-n", ns, "get", "gizmo", name, "-o", "json"]);
+        let g: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(g["spec"]["size"], size, "{g}");
+    }
+    let g1: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns1, "get", "gizmo", "g1", "-o", "json"]))
+            .unwrap();
+    assert_eq!(g1["spec"]["colour"], "yes");
+    assert_eq!(g1["metadata"]["labels"]["tier"], "gold");
+}

@@ -1541,6 +1541,34 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
     api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
         .await;
 
+    // The dry run says so first: the API server's own dry run of the
+    // replace refuses it (before, the plan said "planned").
+    let plan = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+            &token,
+        )
+        .await;
+    let r = &plan["results"][0];
+    assert_eq!(r["outcome"], "failed", "{plan}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("would fail")
+            && msg.contains("may not change once set")
+            && msg.contains("recreate=true"),
+        "{msg}"
+    );
+    let plan = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true&recreate=true"),
+            &token,
+        )
+        .await;
+    assert_eq!(plan["results"][0]["outcome"], "planned", "{plan}");
+    assert_eq!(ip(c), after);
+
     // Without recreate: failed, with the API server's reason, object left alone.
     let report = api
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)

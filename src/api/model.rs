@@ -51,7 +51,8 @@ pub struct ActionBase {
     pub last_change_at: Option<Timestamp>,
     /// Number of captured changes.
     pub change_count: usize,
-    /// Namespaces of the objects the action touched.
+    /// Namespaces of the objects the action touched, and the Namespaces
+    /// it created, changed or deleted themselves.
     pub namespaces: BTreeSet<String>,
     /// For a rollback action: the action it rolled back.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,7 +103,7 @@ impl ActionBase {
             snaps.len(),
             snaps
                 .iter()
-                .filter_map(|s| s.object.namespace.clone())
+                .filter_map(|s| s.object.touched_namespace().map(str::to_string))
                 .collect(),
         )
     }

@@ -5,6 +5,7 @@
 
 pub mod attribution;
 pub mod cascade;
+pub mod crd;
 pub mod decide;
 pub mod handler;
 pub mod open_actions;
@@ -57,6 +58,8 @@ pub enum CaptureError {
     Timeout(Duration),
     #[error("encoding task failed: {0}")]
     Join(String),
+    #[error("reading what the deletion deletes with it: {0}")]
+    Contents(String),
 }
 
 impl CaptureError {
@@ -68,6 +71,7 @@ impl CaptureError {
             CaptureError::Action(_) => "invalid_action",
             CaptureError::Timeout(_) => "timeout",
             CaptureError::Join(_) => "internal",
+            CaptureError::Contents(_) => "contents",
         }
     }
 }
@@ -82,6 +86,32 @@ pub struct CaptureService {
     pending: Option<Arc<PendingWrites>>,
     /// Namespaces being emptied after a captured change deleted them.
     namespace_deletions: NamespaceDeletions,
+    /// Reads a deleted CRD's custom resources (as the deleting user).
+    crd_reader: Option<CrdReader>,
+}
+
+/// Builds clients acting as a given user, to read what a CRD's deletion
+/// is about to delete.
+pub struct CrdReader {
+    base: kube::Config,
+    impersonate: bool,
+}
+
+impl CrdReader {
+    /// `impersonate` false (`--auth=none`): snapback reads with its own
+    /// identity.
+    pub fn new(base: kube::Config, impersonate: bool) -> Self {
+        CrdReader { base, impersonate }
+    }
+
+    fn client_as(&self, user: &str, groups: &[String]) -> Result<kube::Client, CaptureError> {
+        let mut cfg = self.base.clone();
+        if self.impersonate {
+            cfg.auth_info.impersonate = Some(user.to_string());
+            cfg.auth_info.impersonate_groups = Some(groups.to_vec()).filter(|g| !g.is_empty());
+        }
+        kube::Client::try_from(cfg).map_err(|e| CaptureError::Contents(e.to_string()))
+    }
 }
 
 /// An answer to an AdmissionReview: a review to send with 200, or a bare 400
@@ -158,7 +188,14 @@ impl CaptureService {
             metrics,
             pending: None,
             namespace_deletions: NamespaceDeletions::default(),
+            crd_reader: None,
         }
+    }
+
+    /// Capture the custom resources a captured CRD deletion deletes.
+    pub fn with_crd_reader(mut self, reader: CrdReader) -> Self {
+        self.crd_reader = Some(reader);
+        self
     }
 
     /// Answer for a captured change once its snapshot is queued, not
@@ -461,6 +498,28 @@ impl CaptureService {
         );
         let mut record = ActionRecord::new(action.clone(), origin.as_str(), user, now);
         record.owner_groups = req.user_info.groups.clone().unwrap_or_default();
+        // A CRD's deletion takes its custom resources with it, past
+        // admission: they are read and stored now, in the same action.
+        let deleted_crd = match (&self.crd_reader, operation, &prior) {
+            (Some(reader), Operation::Delete, Some(old))
+                if req.resource.group == "apiextensions.k8s.io"
+                    && req.resource.resource == "customresourcedefinitions"
+                    && req.sub_resource.is_none() =>
+            {
+                let definition = serde_json::from_str::<Value>(old.get())
+                    .ok()
+                    .as_ref()
+                    .and_then(crd::Definition::of);
+                match definition {
+                    Some(d) => Some((
+                        reader.client_as(user, req.user_info.groups.as_deref().unwrap_or(&[]))?,
+                        d,
+                    )),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         // A namespace's deletion is noted in its action's record before it
         // is admitted: the namespace controller's deletes of its contents,
         // on whichever replica, are captured into this action.
@@ -475,22 +534,59 @@ impl CaptureService {
                 },
             )
         });
+        let deletes_crd = deleted_crd.is_some();
+        let contents_of = deleted_crd
+            .is_some()
+            .then(|| (meta.request_uid.clone(), meta.user.clone()));
         let snapshot = NewSnapshot { meta, prior };
         let sink = self.sink.clone();
         let marked = action.clone();
+        let metrics = self.metrics.clone();
         let write = async move {
             sink.ensure_action(&record).await?;
             let bytes = sink.put_snapshot(snapshot).await?;
             if let Some((name, deleted)) = &deleted_namespace {
                 sink.mark_namespace_deletion(&marked, name, deleted).await?;
             }
-            Ok::<u64, StoreError>(bytes)
+            if let (Some((client, definition)), Some((request_uid, user))) =
+                (deleted_crd, contents_of)
+            {
+                let resources = crd::list_all(&client, &definition).await.map_err(|e| {
+                    CaptureError::Contents(format!(
+                        "listing {}.{}: {}",
+                        definition.plural,
+                        definition.group,
+                        crate::store::describe_kube_error(&e)
+                    ))
+                })?;
+                let puts = resources.into_iter().enumerate().map(|(i, object)| {
+                    let sink = sink.clone();
+                    let snapshot = contents_snapshot(
+                        &definition,
+                        &marked,
+                        &request_uid,
+                        &user,
+                        now,
+                        i,
+                        object,
+                    );
+                    async move {
+                        sink.put_snapshot(snapshot?)
+                            .await
+                            .map_err(CaptureError::from)
+                    }
+                });
+                for stored in futures::future::join_all(puts).await {
+                    count_stored(&metrics, Operation::Delete, stored?);
+                }
+            }
+            Ok::<u64, CaptureError>(bytes)
         };
         let queued = self.pending.as_ref().filter(|_| {
             // Only fail-open may admit before the write (config check), and
             // a namespace's contents must not be deleted before its
             // deletion is noted.
-            self.cfg.capture_failure == CaptureFailure::Allow && !notes_namespace
+            self.cfg.capture_failure == CaptureFailure::Allow && !notes_namespace && !deletes_crd
         });
         if let Some(ticket) = queued.and_then(|p| p.begin(action.as_str(), body_len)) {
             let metrics = self.metrics.clone();
@@ -499,7 +595,7 @@ impl CaptureService {
                 let result = tokio::time::timeout(QUEUED_STORE_TIMEOUT, write)
                     .await
                     .map_err(|_| CaptureError::Timeout(QUEUED_STORE_TIMEOUT))
-                    .and_then(|r| r.map_err(CaptureError::from));
+                    .and_then(|r| r);
                 match result {
                     Ok(bytes) => count_stored(&metrics, operation, bytes),
                     Err(e) => {
@@ -519,6 +615,52 @@ impl CaptureService {
         count_stored(&self.metrics, operation, bytes);
         Ok(action)
     }
+}
+
+/// A custom resource the deletion of its CRD deletes, as a DELETE snapshot
+/// of the same action (request uid `<the CRD's>/<n>`).
+fn contents_snapshot(
+    definition: &crd::Definition,
+    action: &ActionId,
+    request_uid: &str,
+    user: &str,
+    now: jiff::Timestamp,
+    n: usize,
+    object: Value,
+) -> Result<NewSnapshot, CaptureError> {
+    let identity = review::Identity::of_value(&object);
+    let request_uid = format!("{request_uid}/{n}");
+    let meta = SnapshotMeta {
+        snapshot_name: SnapshotMeta::object_name(now, &request_uid),
+        action: action.clone(),
+        operation: Operation::Delete,
+        object: ObjectRef {
+            group: definition.group.clone(),
+            version: definition.version.clone(),
+            resource: definition.plural.clone(),
+            subresource: None,
+            kind: definition.kind.clone(),
+            namespace: identity.namespace.clone(),
+            name: identity.name.clone().unwrap_or_default(),
+        },
+        user: user.to_string(),
+        timestamp: now,
+        request_uid,
+        resource_version: identity.resource_version.clone(),
+        uid: identity.uid.clone(),
+        payload_sha256: None,
+        after_fingerprint: None,
+        before_fingerprint: None,
+        chunks: 0,
+        secret: false,
+        guard: None,
+        batch: None,
+    };
+    let prior = crate::store::prior_json(&object)?;
+    Ok(NewSnapshot {
+        meta,
+        prior: Some(prior),
+    })
 }
 
 fn count_failed(metrics: &Metrics, e: &CaptureError) {

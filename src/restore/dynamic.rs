@@ -47,15 +47,47 @@ pub async fn get(client: &Client, obj: &ObjectRef) -> Result<Option<Value>, kube
     }
 }
 
+/// The field manager of restore writes: server-side apply then names
+/// snapback as the manager of what a rollback restored, not "unknown".
+pub const FIELD_MANAGER: &str = "snapback";
+
+fn post_params(dry_run: bool) -> PostParams {
+    PostParams {
+        dry_run,
+        field_manager: Some(FIELD_MANAGER.to_string()),
+    }
+}
+
 pub async fn create(client: &Client, obj: &ObjectRef, v: &Value) -> Result<Value, kube::Error> {
+    create_with(client, obj, v, false).await
+}
+
+/// A create, or the API server's dry run of it (`dryRun=All`: admission
+/// and validation, nothing stored).
+pub async fn create_with(
+    client: &Client,
+    obj: &ObjectRef,
+    v: &Value,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
     let req = request(obj)
-        .create(&PostParams::default(), body(v)?)
+        .create(&post_params(dry_run), body(v)?)
         .map_err(kube::Error::BuildRequest)?;
     client.request::<Value>(req).await
 }
 
 pub async fn replace(client: &Client, obj: &ObjectRef, v: &Value) -> Result<Value, kube::Error> {
-    let pp = PostParams::default();
+    replace_with(client, obj, v, false).await
+}
+
+/// A replace, or the API server's dry run of it.
+pub async fn replace_with(
+    client: &Client,
+    obj: &ObjectRef,
+    v: &Value,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
+    let pp = post_params(dry_run);
     let req = match obj.subresource.as_deref() {
         Some(sub) => request(obj).replace_subresource(sub, &obj.name, &pp, body(v)?),
         None => request(obj).replace(&obj.name, &pp, body(v)?),

@@ -225,6 +225,77 @@ impl Restorer {
             .collect()
     }
 
+    /// The API server's own dry run (`dryRun=All`, as the caller) of each
+    /// planned create and replace, so that a dry run reports what the
+    /// rollback would be refused (permissions, a field that cannot change,
+    /// admission policies) instead of "planned". Creates in a namespace
+    /// the plan itself creates cannot be tried (the namespace does not
+    /// exist yet). A refusal per step, None where the server accepted or
+    /// nothing was tried.
+    async fn server_dry_run(
+        &self,
+        client: &kube::Client,
+        histories: &[ObjectHistory],
+        steps: &[Step],
+        recreate: bool,
+    ) -> Vec<Option<String>> {
+        let created_namespaces: HashSet<&str> = histories
+            .iter()
+            .zip(steps)
+            .filter(|(h, s)| {
+                h.object.group.is_empty()
+                    && h.object.resource == "namespaces"
+                    && matches!(s.action, Action::Create(_) | Action::CreateWhenGone { .. })
+            })
+            .map(|(h, _)| h.object.name.as_str())
+            .collect();
+        let created_namespaces = &created_namespaces;
+        futures::stream::iter(0..steps.len())
+            .map(|i| {
+                let (h, s) = (&histories[i], &steps[i]);
+                let in_new_namespace = h
+                    .object
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|n| created_namespaces.contains(n));
+                async move {
+                    let result = match &s.action {
+                        Action::Create(body) if !in_new_namespace => {
+                            dynamic::create_with(client, &h.object, body, true).await
+                        }
+                        Action::Replace(body) | Action::ReplaceScale(body) => {
+                            dynamic::replace_with(client, &h.object, body, true).await
+                        }
+                        _ => return None,
+                    };
+                    match result {
+                        Ok(_) => None,
+                        Err(kube::Error::Api(e))
+                            if e.code == 422
+                                && recreate
+                                && matches!(s.action, Action::Replace(_))
+                                && immutable_refusal(&e.message) =>
+                        {
+                            None
+                        }
+                        Err(kube::Error::Api(e)) if e.code == 422 && immutable_refusal(&e.message) => {
+                            Some(format!(
+                                "would fail: {} (Invalid, 422). Use recreate=true to restore it by delete and create",
+                                e.message
+                            ))
+                        }
+                        // The object changed since it was read: the
+                        // rollback would look at it again.
+                        Err(kube::Error::Api(e)) if e.code == 409 => None,
+                        Err(e) => Some(format!("would fail: {}", describe_kube_error(&e))),
+                    }
+                }
+            })
+            .buffered(self.cfg.parallelism.max(1))
+            .collect()
+            .await
+    }
+
     /// Roll an action back (or cancel it).
     #[tracing::instrument(skip_all, fields(action = %id, trigger = trigger.as_str(), user = %caller.user, dry_run = params.dry_run, outcome))]
     pub async fn rollback(
@@ -308,11 +379,18 @@ impl Restorer {
             return Err(RollbackError::Conflict(conflicts));
         }
         if params.dry_run {
+            let refusals = self
+                .server_dry_run(&client, &histories, &steps, params.recreate)
+                .await;
             let results = histories
                 .iter()
                 .zip(&steps)
                 .zip(&current)
-                .map(|((h, s), c)| dry_run_result(h, s, c))
+                .zip(refusals)
+                .map(|(((h, s), c), refused)| match refused {
+                    Some(why) => ObjectResult::new(h, s.operation, Outcome::Failed, why),
+                    None => dry_run_result(h, s, c),
+                })
                 .collect::<Vec<_>>();
             tracing::Span::current().record("outcome", "dry_run");
             return Ok(Report {

@@ -153,7 +153,7 @@ pub fn encode(entries: &[BatchEntry], effort: codec::Effort) -> Result<EncodedBa
     }
     let namespaces: std::collections::BTreeSet<&str> = entries
         .iter()
-        .filter_map(|e| e.meta.object.namespace.as_deref())
+        .filter_map(|e| e.meta.object.touched_namespace())
         .collect();
     annotations.insert(
         ANN_NAMESPACES.to_string(),

@@ -408,10 +408,17 @@ impl KubeStore {
                 };
                 let chunks: u32 = ann(ANN_CHUNKS).and_then(|c| c.parse().ok()).unwrap_or(0);
                 let ts = ann(ANN_TIMESTAMP).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                // A Namespace's own name counts as the namespace it touched.
+                let namespace =
+                    if label(LABEL_RESOURCE).map(String::as_str) == Some("namespaces.core") {
+                        ann(ANN_NAME)
+                    } else {
+                        ann(ANN_NAMESPACE)
+                    };
                 out.entry(action.clone()).or_default().add(
                     ts,
                     !secret && chunks <= 1,
-                    ann(ANN_NAMESPACE).map(String::as_str),
+                    namespace.map(String::as_str),
                 );
             };
             if secret {
@@ -448,7 +455,7 @@ impl KubeStore {
             out.entry(m.action.to_string()).or_default().add(
                 Some(m.timestamp),
                 false,
-                m.object.namespace.as_deref(),
+                m.object.touched_namespace(),
             );
         })
         .await;

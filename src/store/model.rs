@@ -250,6 +250,16 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
+    /// The namespace the change concerns: the object's, or a Namespace's
+    /// own name (so that listing actions by namespace finds the one that
+    /// deleted or created it).
+    pub fn touched_namespace(&self) -> Option<&str> {
+        if self.group.is_empty() && self.resource == "namespaces" {
+            return Some(self.name.as_str());
+        }
+        self.namespace.as_deref()
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
