@@ -589,3 +589,92 @@ spec:
     assert_eq!(g1["spec"]["colour"], "yes");
     assert_eq!(g1["metadata"]["labels"]["tier"], "gold");
 }
+
+/// An object restored before its owner (a ConfigMap owned by a Deployment:
+/// config maps come back in an earlier wave) gets its owner reference back,
+/// pointing at the owner's new uid, once the owner is restored.
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_references_are_given_back_once_the_owner_is_restored() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user2";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("owned", &[user]);
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "deployment",
+            "owner",
+            "--image=nginx:1.25",
+        ],
+    );
+    let uid = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "deployment",
+        "owner",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    c.apply_as(
+        user,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: owner, uid: {uid}}}]\ndata: {{k: v}}\n"
+        ),
+    );
+    let id = format!("owned-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "child"]);
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "deployment", "owner"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let child_result = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "child")
+        .unwrap();
+    assert!(
+        child_result["message"]
+            .as_str()
+            .unwrap()
+            .contains("given back"),
+        "{report:#}"
+    );
+    let new_uid = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "deployment",
+        "owner",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    assert_ne!(new_uid, uid);
+    let child: Value = serde_json::from_str(&c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "child",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        child["metadata"]["ownerReferences"][0]["uid"],
+        new_uid.as_str(),
+        "{child}"
+    );
+    assert_eq!(child["metadata"]["ownerReferences"][0]["name"], "owner");
+}

@@ -598,6 +598,19 @@ impl Restorer {
                 }
             }
         }
+        // Owners restored in a later wave than what they own (a ConfigMap
+        // owned by a custom resource): the references dropped then are
+        // given back now that the owners exist.
+        for (slot, h) in results.iter_mut().zip(&histories) {
+            if let Some(r) = slot
+                && r.outcome == Outcome::Restored
+                && r.message.contains(DROPPED_OWNERS)
+                && let Target::Present(prior) = &h.target
+                && let Some(message) = self.reattach_owners(client, h, prior, &r.message).await
+            {
+                r.message = message;
+            }
+        }
         drop(heartbeat);
         let mut results: Vec<ObjectResult> = results
             .into_iter()
@@ -846,6 +859,40 @@ impl Restorer {
         }
     }
 
+    /// Give a restored object back the owner references of its prior state
+    /// whose owners exist now; the result's new message, None when nothing
+    /// changed.
+    async fn reattach_owners(
+        &self,
+        client: &kube::Client,
+        h: &ObjectHistory,
+        prior: &Value,
+        message: &str,
+    ) -> Option<String> {
+        let refs = prior["metadata"]["ownerReferences"].as_array()?.clone();
+        let mut current = dynamic::get(client, &h.object).await.ok().flatten()?;
+        let mut wanted = current.clone();
+        wanted["metadata"]["ownerReferences"] = Value::Array(refs);
+        let (resolved, note) = self.fix_owner_references(client, h, wanted).await;
+        let resolved_refs = resolved["metadata"]["ownerReferences"].clone();
+        if resolved_refs.is_null() || resolved_refs == current["metadata"]["ownerReferences"] {
+            return None;
+        }
+        current["metadata"]["ownerReferences"] = resolved_refs;
+        if let Err(e) = dynamic::replace(client, &h.object, &current).await {
+            return Some(format!(
+                "{message}; giving the owner references back once the owners were restored failed: {}",
+                describe_kube_error(&e)
+            ));
+        }
+        let base = message.split(DROPPED_OWNERS).next().unwrap_or(message);
+        Some(if note.is_empty() {
+            format!("{base}; owner references given back once their owners were restored")
+        } else {
+            format!("{base}{note}")
+        })
+    }
+
     /// Keep owner references only where the owner exists, pointing at the
     /// owner's current uid (a restored owner gets a new one).
     async fn fix_owner_references(
@@ -914,10 +961,7 @@ impl Restorer {
         let note = if dropped.is_empty() {
             String::new()
         } else {
-            format!(
-                "; owner reference(s) to missing {} dropped",
-                dropped.join(", ")
-            )
+            format!("{DROPPED_OWNERS}{} dropped", dropped.join(", "))
         };
         (body, note)
     }
@@ -1126,6 +1170,9 @@ impl Restorer {
         Ok(resumed)
     }
 }
+
+/// How a restore result says owner references were left out.
+const DROPPED_OWNERS: &str = "; owner reference(s) to missing ";
 
 /// How long a restore waits for an object's deletion to finish (finalizers)
 /// before it creates the object anew.
