@@ -392,6 +392,8 @@ impl Restorer {
                     None => dry_run_result(h, s, c),
                 })
                 .collect::<Vec<_>>();
+            let mut results = results;
+            sort_in_restore_order(&mut results);
             tracing::Span::current().record("outcome", "dry_run");
             return Ok(Report {
                 action: id.to_string(),
@@ -449,6 +451,17 @@ impl Restorer {
     }
 
     fn observe(&self, report: &Report, elapsed: Duration) {
+        let counts = counts(&report.results);
+        tracing::info!(
+            action = %report.action,
+            rollback_action = report.rollback_action.as_deref().unwrap_or(""),
+            trigger = report.trigger.as_str(),
+            user = %report.user,
+            state = %report.state,
+            counts = %serde_json::to_string(&counts).unwrap_or_default(),
+            seconds = elapsed.as_secs_f64(),
+            "rollback finished"
+        );
         self.metrics
             .rollbacks
             .with_label_values(&[report.trigger.as_str(), &report.state])
@@ -633,15 +646,7 @@ impl Restorer {
                 r
             })
             .collect();
-        // In the order of the restore: creates and replaces by dependency
-        // rank (namespaces first), then deletes in reverse.
-        results.sort_by_key(|r| {
-            let rank = plan::rank(&r.group, &r.resource);
-            match r.operation {
-                RestoreOp::Delete => (1, u8::MAX - rank, r.key()),
-                _ => (0, rank, r.key()),
-            }
-        });
+        sort_in_restore_order(&mut results);
         let failed = results.iter().any(|r| {
             matches!(r.outcome, Outcome::Failed | Outcome::Conflict)
                 || (r.outcome == Outcome::Skipped && r.message.starts_with("not attempted"))
@@ -1169,6 +1174,19 @@ impl Restorer {
         }
         Ok(resumed)
     }
+}
+
+/// In the order of the restore: creates and replaces by dependency rank
+/// (namespaces first), then deletes in reverse. Dry runs list their plan
+/// the same way.
+fn sort_in_restore_order(results: &mut [ObjectResult]) {
+    results.sort_by_key(|r| {
+        let rank = plan::rank(&r.group, &r.resource);
+        match r.operation {
+            RestoreOp::Delete => (1, u8::MAX - rank, r.key()),
+            _ => (0, rank, r.key()),
+        }
+    });
 }
 
 /// How a restore result says owner references were left out.
