@@ -152,8 +152,24 @@ fn scalar_string(s: &str) -> String {
     if plain_is_safe(s) {
         s.to_string()
     } else {
-        serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+        quoted(s)
     }
+}
+
+/// Double-quoted: JSON's escapes (YAML's too), and YAML's for what JSON
+/// leaves raw but YAML does not allow in a document (DEL, the C1 controls,
+/// U+FFFE/U+FFFF).
+fn quoted(s: &str) -> String {
+    let json = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '\u{7f}'..='\u{9f}' => out.push_str(&format!("\\x{:02X}", c as u32)),
+            '\u{fffe}' | '\u{ffff}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn plain_is_safe(s: &str) -> bool {
@@ -238,6 +254,11 @@ mod tests {
         ] {
             let y = scalar_string(s);
             assert!(y.starts_with('"'), "{s:?} left plain");
+            assert!(
+                !y.chars().any(|c| ('\u{7f}'..='\u{9f}').contains(&c)
+                    || ('\u{fffe}'..='\u{ffff}').contains(&c)),
+                "{s:?}: a character YAML does not allow raw: {y:?}"
+            );
             let back: String = serde_yaml::from_str(&y).unwrap();
             assert_eq!(back, s);
         }

@@ -569,6 +569,16 @@ spec:
         "{detail:#}"
     );
 
+    // The dry run cannot ask the API server about resources of a kind it
+    // does not serve yet: planned, like the rest (not "would fail").
+    let plan = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+            &token,
+        )
+        .await;
+    assert_eq!(nonzero(&plan["counts"]), json!({"planned": 3}), "{plan:#}");
     let report = api
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;

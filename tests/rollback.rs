@@ -1594,6 +1594,30 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
         msg.contains("may not change once set") && !msg.contains("attempts"),
         "{msg}"
     );
+    // With recreate, while someone else holds the prior clusterIP: the
+    // create fails, and the Service deleted for it is put back as it was
+    // (before, neither version was left).
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: squatter, namespace: {ns}}}\nspec: {{clusterIP: {before}, ports: [{{port: 5432}}]}}\n"
+    ));
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?recreate=true"),
+            &token,
+        )
+        .await;
+    let r = &report["results"][0];
+    assert_eq!(r["outcome"], "failed", "{report}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("put back as it was before the rollback"),
+        "{report}"
+    );
+    assert_eq!(ip(c), after);
+    c.kubectl_ok(&["-n", &ns, "delete", "service", "squatter"]);
     // With recreate: delete and create, back to the prior clusterIP.
     let report = api
         .ok(

@@ -104,7 +104,19 @@ pub async fn delete(
     uid: &str,
     resource_version: Option<&str>,
 ) -> Result<(), kube::Error> {
+    delete_with(client, obj, uid, resource_version, false).await
+}
+
+/// A delete, or the API server's dry run of it.
+pub async fn delete_with(
+    client: &Client,
+    obj: &ObjectRef,
+    uid: &str,
+    resource_version: Option<&str>,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
     let dp = DeleteParams {
+        dry_run,
         preconditions: Some(Preconditions {
             uid: Some(uid.to_string()),
             resource_version: resource_version

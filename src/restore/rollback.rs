@@ -225,20 +225,62 @@ impl Restorer {
             .collect()
     }
 
+    /// What earlier rollbacks of this action wrote is no later change by
+    /// someone else: their states join each object's accepted ones (a
+    /// retried rollback finds what the failed one put back, or the
+    /// namespace it recreated, without a conflict).
+    async fn accept_earlier_rollbacks(
+        &self,
+        record: &ActionRecord,
+        histories: &mut [ObjectHistory],
+    ) {
+        let earlier = record
+            .rollbacks
+            .iter()
+            .filter_map(|r| r.get("rollbackAction")?.as_str())
+            .filter_map(|id| ActionId::parse(id).ok());
+        for rollback in earlier {
+            let Ok(loaded) = self.store.load_action(&rollback).await else {
+                continue;
+            };
+            for l in loaded.snapshots {
+                let o = &l.meta.object;
+                let Some(h) = histories.iter_mut().find(|h| {
+                    h.object.group == o.group
+                        && h.object.resource == o.resource
+                        && h.object.namespace == o.namespace
+                        && h.object.name == o.name
+                        && h.object.subresource == o.subresource
+                }) else {
+                    continue;
+                };
+                match (l.meta.operation, &l.meta.after_fingerprint) {
+                    (crate::store::model::Operation::Delete, _) => {
+                        h.accepted.insert(plan::ABSENT.to_string());
+                    }
+                    (_, Some(fp)) => {
+                        h.accepted.insert(fp.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// The API server's own dry run (`dryRun=All`, as the caller) of each
-    /// planned create and replace, so that a dry run reports what the
-    /// rollback would be refused (permissions, a field that cannot change,
-    /// admission policies) instead of "planned". Creates in a namespace
-    /// the plan itself creates cannot be tried (the namespace does not
-    /// exist yet). A refusal per step, None where the server accepted or
-    /// nothing was tried.
+    /// planned write, so that a dry run reports what the rollback would be
+    /// refused (permissions, a field that cannot change, admission
+    /// policies) instead of "planned". Creates in a namespace the plan
+    /// itself creates, and objects of a kind the API server does not serve
+    /// yet (a CRD the plan recreates) cannot be tried. Per step: None where
+    /// the server accepted or nothing was tried.
     async fn server_dry_run(
         &self,
         client: &kube::Client,
         histories: &[ObjectHistory],
         steps: &[Step],
         recreate: bool,
-    ) -> Vec<Option<String>> {
+    ) -> Vec<Option<DryRunVerdict>> {
         let created_namespaces: HashSet<&str> = histories
             .iter()
             .zip(steps)
@@ -261,33 +303,55 @@ impl Restorer {
                 async move {
                     let result = match &s.action {
                         Action::Create(body) if !in_new_namespace => {
-                            dynamic::create_with(client, &h.object, body, true).await
+                            dynamic::create_with(client, &h.object, body, true)
+                                .await
+                                .map(|_| ())
                         }
                         Action::Replace(body) | Action::ReplaceScale(body) => {
-                            dynamic::replace_with(client, &h.object, body, true).await
+                            dynamic::replace_with(client, &h.object, body, true)
+                                .await
+                                .map(|_| ())
+                        }
+                        Action::Delete {
+                            uid,
+                            resource_version,
+                        } => {
+                            dynamic::delete_with(
+                                client,
+                                &h.object,
+                                uid,
+                                Some(resource_version),
+                                true,
+                            )
+                            .await
                         }
                         _ => return None,
                     };
                     match result {
-                        Ok(_) => None,
+                        Ok(()) => None,
                         Err(kube::Error::Api(e))
-                            if e.code == 422
-                                && recreate
-                                && matches!(s.action, Action::Replace(_))
-                                && immutable_refusal(&e.message) =>
+                            if e.code == 422 && immutable_refusal(&e.message) =>
                         {
-                            None
+                            Some(if recreate && matches!(s.action, Action::Replace(_)) {
+                                DryRunVerdict::Recreates(format!(
+                                    "would recreate (delete and create) because a field is immutable: {}",
+                                    e.message
+                                ))
+                            } else {
+                                DryRunVerdict::Fails(format!(
+                                    "would fail: {} (Invalid, 422). Use recreate=true to restore it by delete and create",
+                                    e.message
+                                ))
+                            })
                         }
-                        Err(kube::Error::Api(e)) if e.code == 422 && immutable_refusal(&e.message) => {
-                            Some(format!(
-                                "would fail: {} (Invalid, 422). Use recreate=true to restore it by delete and create",
-                                e.message
-                            ))
-                        }
-                        // The object changed since it was read: the
-                        // rollback would look at it again.
-                        Err(kube::Error::Api(e)) if e.code == 409 => None,
-                        Err(e) => Some(format!("would fail: {}", describe_kube_error(&e))),
+                        // Not served yet (its definition comes back first),
+                        // or changed or gone since it was read: the rollback
+                        // would look at it again.
+                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => None,
+                        Err(e) => Some(DryRunVerdict::Fails(format!(
+                            "would fail: {}",
+                            describe_kube_error(&e)
+                        ))),
                     }
                 }
             })
@@ -352,6 +416,7 @@ impl Restorer {
         let mut histories = plan::histories(loaded);
         let rollback_id = id.rollback_id(record.rollbacks.len() as u32 + 1);
         let client = self.client_for(caller, Some(&rollback_id))?;
+        self.accept_earlier_rollbacks(&record, &mut histories).await;
         if wait_for_emptying_namespaces(&client, &histories).await {
             // The namespace controller's deletes made meanwhile joined the
             // action: plan with them (once the last queued ones are written).
@@ -361,6 +426,7 @@ impl Restorer {
                 return Err(RollbackError::Damaged(damaged));
             }
             histories = plan::histories(snapshots);
+            self.accept_earlier_rollbacks(&record, &mut histories).await;
         }
         let current = self.current_states(&client, &histories).await;
         let steps = Self::decide_all(&histories, &current, params.force);
@@ -387,8 +453,15 @@ impl Restorer {
                 .zip(&steps)
                 .zip(&current)
                 .zip(refusals)
-                .map(|(((h, s), c), refused)| match refused {
-                    Some(why) => ObjectResult::new(h, s.operation, Outcome::Failed, why),
+                .map(|(((h, s), c), verdict)| match verdict {
+                    Some(DryRunVerdict::Fails(why)) => {
+                        ObjectResult::new(h, s.operation, Outcome::Failed, why)
+                    }
+                    Some(DryRunVerdict::Recreates(how)) => {
+                        let mut r = dry_run_result(h, s, c);
+                        r.message = how;
+                        r
+                    }
                     None => dry_run_result(h, s, c),
                 })
                 .collect::<Vec<_>>();
@@ -833,6 +906,14 @@ impl Restorer {
                         let rv = body["metadata"]["resourceVersion"]
                             .as_str()
                             .map(str::to_string);
+                        // What is deleted, to put it back if the create fails.
+                        let was = dynamic::get(client, &h.object)
+                            .await
+                            .map_err(api_err)?
+                            .filter(|w| w["metadata"]["uid"].as_str() == Some(uid.as_str()))
+                            .ok_or_else(|| {
+                                "the object changed while it was being restored".to_string()
+                            })?;
                         dynamic::delete(client, &h.object, &uid, rv.as_deref())
                             .await
                             .map_err(api_err)?;
@@ -844,9 +925,27 @@ impl Restorer {
                             )
                         })?;
                         let fresh = plan::for_create(&body);
-                        dynamic::create(client, &h.object, &fresh).await.map_err(|e| {
-                            format!("deleted to recreate (immutable field: {}), but creating failed: {}", s.message, describe_kube_error(&e))
-                        })?;
+                        if let Err(e) = dynamic::create(client, &h.object, &fresh).await {
+                            let failed = format!(
+                                "deleted to recreate (immutable field: {}), but creating it failed: {}",
+                                s.message,
+                                describe_kube_error(&e)
+                            );
+                            // Neither version left: put back the one deleted.
+                            return Err(
+                                match dynamic::create(client, &h.object, &plan::for_create(&was))
+                                    .await
+                                {
+                                    Ok(_) => {
+                                        format!("{failed}; put back as it was before the rollback")
+                                    }
+                                    Err(e2) => format!(
+                                        "{failed}; putting it back as it was failed too: {} (its state before the rollback is in the rollback action's snapshot: rolling that back brings it back)",
+                                        describe_kube_error(&e2)
+                                    ),
+                                },
+                            );
+                        }
                         Ok(ok(&format!(
                             "recreated (delete and create) because a field is immutable: {}",
                             s.message
@@ -1174,6 +1273,15 @@ impl Restorer {
         }
         Ok(resumed)
     }
+}
+
+/// What the API server's dry run of a planned write said, where it
+/// changes the plan's report.
+enum DryRunVerdict {
+    /// Refused: the rollback would fail here.
+    Fails(String),
+    /// Refused as immutable, and `recreate=true` would delete and create it.
+    Recreates(String),
 }
 
 /// In the order of the restore: creates and replaces by dependency rank
