@@ -111,9 +111,9 @@ fn state(c: &Cluster, ns: &str) -> BTreeMap<String, Option<Value>> {
 }
 
 /// The only instance on this control plane: its webhooks see every
-/// namespace and cluster-scoped objects (the Namespace) too. bob and carol
-/// (one per test: a user's changes in a row share an action) may do
-/// anything: they delete namespaces, then undo that.
+/// namespace and cluster-scoped objects (the Namespace) too. bob, carol,
+/// alice and user1 (each in one test: a user's changes in a row share an
+/// action) may do anything: they delete namespaces, then undo that.
 fn namespace_snapback() -> &'static Snapback {
     static SB: std::sync::OnceLock<Snapback> = std::sync::OnceLock::new();
     SB.get_or_init(|| {
@@ -123,7 +123,7 @@ fn namespace_snapback() -> &'static Snapback {
             ..SnapbackOpts::shared()
         };
         let sb = Snapback::start(c, opts);
-        for user in ["bob", "carol"] {
+        for user in ["bob", "carol", "alice", "user1"] {
             c.grant_api(user);
             c.kubectl_ok(&[
                 "create",
@@ -398,4 +398,76 @@ data: {{k: v}}
         "-p",
         r#"{"metadata":{"finalizers":null}}"#,
     ]);
+}
+
+/// A namespace deletion that snapback admitted and a policy webhook then
+/// refused is a phantom: rolling it back must not recreate the namespace
+/// that someone else really deleted afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_deletion_another_webhook_refused_restores_nothing() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let token = c.token("user1");
+    let ns = c.namespace("guarded", &[]);
+    c.kubectl_ok(&["label", "namespace", &ns, "protected=true"]);
+    sb.wait_capturing(c, &ns);
+    // A policy that refuses deleting protected namespaces (fails closed:
+    // its server is down).
+    let policy = format!("protect-{ns}");
+    c.kubectl_apply_str(&format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: {policy}}}
+webhooks:
+  - name: protect.example.com
+    admissionReviewVersions: ["v1"]
+    clientConfig: {{url: "https://127.0.0.1:1/protect"}}
+    rules: [{{apiGroups: [""], apiVersions: ["v1"], operations: ["DELETE"], resources: ["namespaces"]}}]
+    objectSelector: {{matchLabels: {{protected: "true"}}}}
+    failurePolicy: Fail
+    sideEffects: None
+    timeoutSeconds: 2
+"#
+    ));
+    // In force once a server-side dry run of the deletion is refused.
+    eventually("the policy in force", Duration::from_secs(30), || async {
+        let out = c.kubectl("admin", &["delete", "namespace", &ns, "--dry-run=server"]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+    let out = c.kubectl("user1", &["delete", "namespace", &ns, "--wait=false"]);
+    assert!(!out.status.success(), "the policy refuses it");
+    // Lifted; alice deletes it for real.
+    c.kubectl_ok(&["label", "namespace", &ns, "protected-"]);
+    c.kubectl_ok(&["delete", "validatingwebhookconfiguration", &policy]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = c.kubectl("alice", &["delete", "namespace", &ns, "--timeout=120s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let list = api.ok("GET", "/api/v1/actions?user=user1", &token).await;
+    let id = list["actions"][0]["id"].as_str().unwrap().to_string();
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let namespace = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "namespaces")
+        .unwrap();
+    assert_eq!(namespace["outcome"], "unchanged", "{report:#}");
+    assert!(
+        namespace["message"].as_str().unwrap().contains("refused"),
+        "{report:#}"
+    );
+    assert!(
+        get(c, "default", "namespace", &ns).is_none(),
+        "not recreated"
+    );
 }

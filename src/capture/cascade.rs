@@ -151,7 +151,7 @@ pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
 /// Whether the object was being deleted already (finalizers pending): the
 /// namespace controller deletes it again on every pass until it is gone,
 /// and its state before the first of those deletes was captured then.
-fn already_being_deleted(object: &str) -> bool {
+pub fn already_being_deleted(object: &str) -> bool {
     #[derive(Deserialize)]
     struct Object {
         #[serde(default)]

@@ -523,8 +523,15 @@ impl CaptureService {
         // A namespace's deletion is noted in its action's record before it
         // is admitted: the namespace controller's deletes of its contents,
         // on whichever replica, are captured into this action.
-        let notes_namespace =
-            cascade::deletes_namespace(review) && !self.cfg.namespace_controller_users.is_empty();
+        // (Not a namespace already being deleted: deleting it again changes
+        // nothing, and its noted deletion is the first.)
+        let notes_namespace = cascade::deletes_namespace(review)
+            && !self.cfg.namespace_controller_users.is_empty()
+            && !review
+                .old_object
+                .as_ref()
+                .or(prior.as_ref())
+                .is_some_and(|o| cascade::already_being_deleted(o.get()));
         let deleted_namespace = notes_namespace.then(|| {
             (
                 meta.object.name.clone(),

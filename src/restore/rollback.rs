@@ -225,6 +225,53 @@ impl Restorer {
             .collect()
     }
 
+    /// A Namespace DELETE of this action that a later admission step
+    /// refused (another webhook) is a phantom: restoring it would recreate
+    /// a namespace someone else deleted later. Told apart by the records:
+    /// another action noted a deletion of the same namespace (same uid)
+    /// after this one, so the namespace was still there then. (Deletes of
+    /// a namespace already being deleted are not noted.)
+    async fn leave_refused_namespace_deletions(
+        &self,
+        record: &ActionRecord,
+        histories: &[ObjectHistory],
+        steps: &mut [Step],
+    ) {
+        for (h, step) in histories.iter().zip(steps.iter_mut()) {
+            let Some(ours) = record.deleted_namespaces.get(&h.object.name) else {
+                continue;
+            };
+            if !(h.object.group.is_empty()
+                && h.object.resource == "namespaces"
+                && matches!(
+                    step.action,
+                    Action::Create(_) | Action::CreateWhenGone { .. }
+                ))
+            {
+                continue;
+            }
+            let Ok(notes) = self
+                .store
+                .namespace_deletions(&h.object.name, &ours.uid)
+                .await
+            else {
+                continue;
+            };
+            if let Some((later, _)) = notes
+                .iter()
+                .filter(|(id, n)| *id != record.id && n.at > ours.at)
+                .min_by_key(|(_, n)| n.at)
+            {
+                step.action = Action::None(
+                    Outcome::Unchanged,
+                    format!(
+                        "its deletion in this action was refused by a later admission step: the namespace was still there when action {later} deleted it"
+                    ),
+                );
+            }
+        }
+    }
+
     /// What earlier rollbacks of this action wrote is no later change by
     /// someone else: their states join each object's accepted ones (a
     /// retried rollback finds what the failed one put back, or the
@@ -429,7 +476,9 @@ impl Restorer {
             self.accept_earlier_rollbacks(&record, &mut histories).await;
         }
         let current = self.current_states(&client, &histories).await;
-        let steps = Self::decide_all(&histories, &current, params.force);
+        let mut steps = Self::decide_all(&histories, &current, params.force);
+        self.leave_refused_namespace_deletions(&record, &histories, &mut steps)
+            .await;
         let conflicts: Vec<String> = histories
             .iter()
             .zip(&steps)

@@ -183,6 +183,31 @@ impl KubeStore {
         }
     }
 
+    /// Every action noted as deleting the namespace `name` with this uid
+    /// (`ns.snapback.io/<name>` on its record), with when.
+    pub async fn namespace_deletions(
+        &self,
+        name: &str,
+        uid: &str,
+    ) -> Result<Vec<(ActionId, DeletedNamespace)>> {
+        let selector =
+            format!("{LABEL_RECORD}={RECORD_ACTION},{LABEL_DELETED_NAMESPACE_PREFIX}{name}={uid}");
+        let list = self
+            .config_maps
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(StoreError::Kube)?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|cm| parse_record(cm).ok())
+            .filter_map(|(mut record, _)| {
+                let noted = record.deleted_namespaces.remove(name)?;
+                (noted.uid == uid).then_some((record.id, noted))
+            })
+            .collect())
+    }
+
     /// Read an action record with its resourceVersion (for optimistic updates).
     pub async fn get_action(&self, id: &ActionId) -> Result<Option<(ActionRecord, String)>> {
         match self.config_maps.get_opt(&id.record_name()).await {
