@@ -102,6 +102,12 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
+    /// This action's deletion of namespace `name`, if it deleted the one
+    /// with this uid.
+    pub fn deleted_namespace(&self, name: &str, uid: &str) -> Option<&DeletedNamespace> {
+        self.deleted_namespaces.get(name).filter(|d| d.uid == uid)
+    }
+
     pub fn new(id: ActionId, origin: &str, owner: &str, now: Timestamp) -> Self {
         ActionRecord {
             id,

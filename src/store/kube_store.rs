@@ -201,9 +201,9 @@ impl KubeStore {
             .items
             .iter()
             .filter_map(|cm| parse_record(cm).ok())
-            .filter_map(|(mut record, _)| {
-                let noted = record.deleted_namespaces.remove(name)?;
-                (noted.uid == uid).then_some((record.id, noted))
+            .filter_map(|(record, _)| {
+                let noted = record.deleted_namespace(name, uid)?.clone();
+                Some((record.id, noted))
             })
             .collect())
     }
@@ -1007,27 +1007,9 @@ impl SnapshotSink for KubeStore {
         Box::pin(async move {
             // A consistent read: the label was written before the deletion
             // was admitted.
-            let selector = format!(
-                "{LABEL_RECORD}={RECORD_ACTION},{LABEL_DELETED_NAMESPACE_PREFIX}{namespace}={uid}"
-            );
-            let list = self
-                .config_maps
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(StoreError::Kube)?;
-            let records: Vec<ActionRecord> = list
-                .items
-                .iter()
-                .filter_map(|cm| parse_record(cm).ok())
-                .map(|(record, _)| record)
-                .collect();
+            let noted = self.namespace_deletions(namespace, uid).await?;
             Ok(crate::store::deleting_action(
-                records.iter().filter_map(|r| {
-                    r.deleted_namespaces
-                        .get(namespace)
-                        .filter(|d| d.uid == uid)
-                        .map(|d| (&r.id, d))
-                }),
+                noted.iter().map(|(id, d)| (id, d)),
                 deleted_at,
             ))
         })

@@ -125,12 +125,9 @@ impl SnapshotSink for MemoryStore {
             self.check()?;
             let actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
             Ok(deleting_action(
-                actions.values().filter_map(|r| {
-                    r.deleted_namespaces
-                        .get(namespace)
-                        .filter(|d| d.uid == uid)
-                        .map(|d| (&r.id, d))
-                }),
+                actions
+                    .values()
+                    .filter_map(|r| Some((&r.id, r.deleted_namespace(namespace, uid)?))),
                 deleted_at,
             ))
         })
