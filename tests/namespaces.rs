@@ -333,12 +333,26 @@ data: {{k: v}}
     c.kubectl_as_ok("carol", &["delete", "namespace", &ns, "--wait=false"]);
     let list = api.ok("GET", "/api/v1/actions?user=carol", &token).await;
     let id = list["actions"][0]["id"].as_str().unwrap().to_string();
-    // The finalizer's owner lets go a few seconds after the rollback was asked.
+    // The finalizer's owner lets go a few seconds after the namespace
+    // controller deleted the held ConfigMap (on a slow machine that can be
+    // later than the rollback was asked; a release before that delete would
+    // make the captured state one without the finalizer).
     let release = {
         let ns = ns.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(5));
-            cluster_with_controllers().kubectl_ok(&[
+            let c = cluster_with_controllers();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while get(c, &ns, "configmap", "held")
+                .is_some_and(|cm| cm["metadata"]["deletionTimestamp"].is_null())
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the namespace controller never deleted the held ConfigMap"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            c.kubectl_ok(&[
                 "-n",
                 &ns,
                 "patch",
