@@ -36,10 +36,12 @@ fmt:
 ## The API fuzzer (schemathesis, PyPI) in a virtualenv outside the checkout.
 VENV ?= $(HOME)/.cache/snapback/venv
 SCHEMATHESIS_VERSION ?= 4.32.5
+OPENAPI_VALIDATOR_VERSION ?= 0.9.0
 tools:
-	@test -x $(VENV)/bin/schemathesis && $(VENV)/bin/schemathesis --version | grep -q $(SCHEMATHESIS_VERSION) || \
+	@test -x $(VENV)/bin/schemathesis && $(VENV)/bin/schemathesis --version | grep -q $(SCHEMATHESIS_VERSION) && \
+	  $(VENV)/bin/pip show openapi-spec-validator 2>/dev/null | grep -q "^Version: $(OPENAPI_VALIDATOR_VERSION)$$" || \
 	  { (python3 -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }) && \
-	    $(VENV)/bin/pip install -q schemathesis==$(SCHEMATHESIS_VERSION); }
+	    $(VENV)/bin/pip install -q schemathesis==$(SCHEMATHESIS_VERSION) openapi-spec-validator==$(OPENAPI_VALIDATOR_VERSION); }
 
 ## A short run of every cargo-fuzz target (stable toolchain: RUSTC_BOOTSTRAP).
 ## A long run: make fuzz FUZZ_SECONDS=3600

@@ -263,6 +263,12 @@ impl Metrics {
         for layout in ["single", "batch"] {
             self.snapshot_api_writes.with_label_values(&[layout]);
         }
+        for outcome in ["healthy", "failed"] {
+            self.guards.with_label_values(&[outcome]);
+        }
+        for outcome in ["resolved", "no-action", "duplicate", "failed"] {
+            self.alerts.with_label_values(&[outcome]);
+        }
     }
 
     /// A fresh registry with every instrument, for tests and benchmarks.
@@ -315,6 +321,8 @@ mod tests {
             "snapback_rollback_conflicts_total ",
             "snapback_open_actions ",
             "snapback_snapshots_pruned_total ",
+            "snapback_guard_outcomes_total{",
+            "snapback_alerts_total{",
         ] {
             assert!(
                 text.lines().any(|l| l.starts_with(name)),

@@ -443,3 +443,122 @@ async fn prior_states_are_shown_only_to_those_who_may_read_the_object() {
         .await;
     assert!(diff.to_string().contains(&marker), "{diff}");
 }
+
+/// SPEC §5: 401 for no or an invalid token. A caller without one learns
+/// nothing about its parameters, body or ids; a caller without the right
+/// learns nothing either (403 before 400).
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_are_authenticated_and_authorised_before_their_input_is_read() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let json = [("content-type", "application/json")];
+    let xml = [("content-type", "text/xml")];
+    let none: [(&str, &str); 0] = [];
+    for (method, path, headers, body) in [
+        (
+            "POST",
+            "/api/v1/actions/a1/rollback?dryRun=maybe",
+            &none[..],
+            &b""[..],
+        ),
+        ("POST", "/api/v1/actions", &json[..], &b"{"[..]),
+        ("POST", "/api/v1/actions", &xml[..], &b"x"[..]),
+        ("GET", "/api/v1/actions/a%2Fb", &none[..], &b""[..]),
+        ("GET", "/api/v1/actions?limit=abc", &none[..], &b""[..]),
+        (
+            "DELETE",
+            "/api/v1/actions/x?dryRun=true",
+            &none[..],
+            &b""[..],
+        ),
+        ("POST", "/api/v1/hooks/alertmanager", &json[..], &b""[..]),
+    ] {
+        assert_eq!(
+            api.raw(method, path, headers, body.to_vec()).await,
+            401,
+            "{method} {path} without a token"
+        );
+    }
+    // user8 is authenticated and may do nothing with actions.
+    let nobody = format!("Bearer {}", c.token("user8"));
+    for (method, path) in [
+        ("GET", "/api/v1/actions?limit=abc"),
+        ("POST", "/api/v1/actions/x/rollback?failurePolicy=bogus"),
+        ("POST", "/api/v1/actions/x/cancel?dryRun=maybe"),
+    ] {
+        assert_eq!(
+            api.raw(method, path, &[("authorization", nobody.as_str())], vec![])
+                .await,
+            403,
+            "{method} {path} by a caller without the right"
+        );
+    }
+}
+
+/// A misspelt or foreign query parameter never runs the real operation
+/// (`DELETE …?dryRun=true` must not delete), and ids of the form of
+/// rollback ids cannot be taken: a rollback is always recorded as a new
+/// action of its own (SPEC §1), never into one someone opened under the id
+/// it was going to take.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_parameters_change_nothing_and_rollback_ids_are_reserved() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let ns = c.namespace("reserved", &[]);
+    let id = format!("resv-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.apply_as("admin", &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: one}}\n"));
+    for (method, path) in [
+        ("DELETE", format!("/api/v1/actions/{id}?dryRun=true")),
+        ("GET", format!("/api/v1/actions/{id}?verbose=1")),
+        ("GET", format!("/api/v1/actions/{id}/diff?context=3")),
+        ("POST", format!("/api/v1/actions/{id}/complete?force=true")),
+    ] {
+        let (status, body) = api.call(method, &path, Some(&token), None).await;
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        assert!(
+            error_message(&body).contains("unknown query parameter"),
+            "{body}"
+        );
+    }
+    api.ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+
+    let taken = format!("{id}-rollback-1");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&json!({ "id": taken }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_message(&body).contains("reserved"), "{body}");
+    let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: other, namespace: {ns}, annotations: {{snapback.io/action: {taken}}}}}\ndata: {{v: x}}\n"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved for rollback actions"), "{stderr}");
+    assert!(get_cm(c, &ns, "other").is_none());
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["rollbackAction"], taken.as_str(), "{report}");
+    let rollback = api
+        .ok("GET", &format!("/api/v1/actions/{taken}"), &token)
+        .await;
+    assert_eq!(rollback["rollbackOf"], id.as_str(), "{rollback}");
+    assert_eq!(rollback["origin"], "rollback", "{rollback}");
+}
+
+fn get_cm(c: &Cluster, ns: &str, name: &str) -> Option<Value> {
+    let out = c.kubectl("admin", &["-n", ns, "get", "configmap", name, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}

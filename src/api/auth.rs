@@ -57,22 +57,9 @@ impl Auth {
         verb: &str,
         name: Option<&str>,
     ) -> Result<Caller, ApiError> {
+        let caller = self.authenticate(headers).await?;
         let Auth::Kubernetes(k) = self else {
-            return Ok(Caller {
-                user: LOCAL_USER.into(),
-                groups: vec![],
-            });
-        };
-        let token = bearer(headers)?;
-        let key = crate::store::codec::sha256_hex(token.as_bytes());
-        let cached = cache_get(&k.tokens, &key);
-        let caller = match cached {
-            Some(c) => c,
-            None => {
-                let c = token_review(&k.client, token).await?;
-                cache_put(&k.tokens, key, c.clone());
-                c
-            }
+            return Ok(caller);
         };
         let dkey = (
             caller.user.clone() + "\u{0}" + &caller.groups.join(","),
@@ -99,6 +86,25 @@ impl Auth {
 }
 
 impl Auth {
+    /// Who is calling (bearer token → TokenReview), without authorising
+    /// anything yet.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let Auth::Kubernetes(k) = self else {
+            return Ok(Caller {
+                user: LOCAL_USER.into(),
+                groups: vec![],
+            });
+        };
+        let token = bearer(headers)?;
+        let key = crate::store::codec::sha256_hex(token.as_bytes());
+        if let Some(c) = cache_get(&k.tokens, &key) {
+            return Ok(c);
+        }
+        let c = token_review(&k.client, token).await?;
+        cache_put(&k.tokens, key, c.clone());
+        Ok(c)
+    }
+
     /// May `caller` perform `verb` on this object? (Prior states are only
     /// shown to those who could read the object.)
     pub async fn can(
@@ -130,7 +136,7 @@ impl Auth {
         let result = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| ApiError::internal("authorising the caller (SubjectAccessReview)", &e))?;
+            .map_err(|e| ApiError::kube("authorising the caller (SubjectAccessReview)", &e))?;
         Ok(result.status.map(|s| s.allowed).unwrap_or(false))
     }
 }
@@ -191,7 +197,7 @@ async fn token_review(client: &Client, token: &str) -> Result<Caller, ApiError> 
     let result = api
         .create(&PostParams::default(), &review)
         .await
-        .map_err(|e| ApiError::internal("authenticating the caller (TokenReview)", &e))?;
+        .map_err(|e| ApiError::kube("authenticating the caller (TokenReview)", &e))?;
     let status = result.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         return Err(ApiError::unauthorized("the bearer token is not valid"));
@@ -232,6 +238,6 @@ async fn access_review(
     let result = api
         .create(&PostParams::default(), &review)
         .await
-        .map_err(|e| ApiError::internal("authorising the caller (SubjectAccessReview)", &e))?;
+        .map_err(|e| ApiError::kube("authorising the caller (SubjectAccessReview)", &e))?;
     Ok(result.status.map(|s| s.allowed).unwrap_or(false))
 }

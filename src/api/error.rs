@@ -17,7 +17,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
-    /// Conflict, PayloadTooLarge, UnsupportedMediaType, Internal
+    /// Conflict, PayloadTooLarge, UnsupportedMediaType, Unavailable,
+    /// Internal
     pub code: String,
     pub message: String,
     /// For conflicts: the objects changed after the action.
@@ -62,6 +63,20 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{context} failed; details are in snapback's log"),
         )
+    }
+
+    /// A call to the Kubernetes API server failed: 503 when the server
+    /// could not be reached or answered that it cannot serve now (the
+    /// caller may retry), otherwise a 500 like any internal failure.
+    pub fn kube(context: &str, e: &kube::Error) -> Self {
+        if unavailable(e) {
+            tracing::warn!(error = %e, "{context}: the Kubernetes API server is unavailable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{context} failed: the Kubernetes API server is unavailable; retry later"),
+            );
+        }
+        Self::internal(context, e)
     }
 
     fn code(&self) -> &'static str {
@@ -126,7 +141,18 @@ impl ApiError {
             StoreError::Conflict(m) => {
                 ApiError::conflict(format!("{m} was changed concurrently; retry"))
             }
+            StoreError::Kube(k) => ApiError::kube(context, k),
             _ => ApiError::internal(context, e),
         }
+    }
+}
+
+/// Whether a failed call never reached a working API server: no connection,
+/// a timeout, or an answer that it is overloaded or unavailable.
+pub fn unavailable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
     }
 }

@@ -53,7 +53,13 @@ impl Query {
                     .iter()
                     .find(|n| n.eq_ignore_ascii_case(&k))
                     .map(|n| format!("; did you mean {n}?"))
-                    .unwrap_or_else(|| format!("; this endpoint takes {}", known.join(", ")));
+                    .unwrap_or_else(|| {
+                        if known.is_empty() {
+                            "; this endpoint takes no query parameters".to_string()
+                        } else {
+                            format!("; this endpoint takes {}", known.join(", "))
+                        }
+                    });
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter {k:?}{hint}"
                 )));
@@ -153,6 +159,7 @@ pub async fn list_actions(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ActionList>> {
+    state.auth.check(&headers, "list", None).await?;
     let q = Query::parse(raw.as_deref(), LIST_PARAMS)?;
     let filter_state = match q.get("state") {
         Some(s) => Some(ActionState::parse(s).ok_or_else(|| {
@@ -176,7 +183,6 @@ pub async fn list_actions(
             })?,
         None => 100,
     };
-    state.auth.check(&headers, "list", None).await?;
     settle(&state, None).await;
     let records = state
         .store
@@ -394,7 +400,7 @@ pub async fn create_action(
         .await?;
     let now = Timestamp::now();
     let id = match &req.id {
-        Some(id) => action_id(id)?,
+        Some(id) => ActionId::parse_chosen(id).map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => crate::capture::attribution::session_id(&caller.user, now, rand::random()),
     };
     let _serial = state.open_lock.lock().await;
@@ -491,8 +497,10 @@ pub async fn get_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     IdPath(id): IdPath,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<ActionDetail>> {
     state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    Query::parse(raw.as_deref(), &[])?;
     let (record, _) = record(&state, &id).await?;
     let metas = state
         .store
@@ -519,8 +527,10 @@ pub async fn diff_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     IdPath(id): IdPath,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<DiffResponse>> {
     let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    Query::parse(raw.as_deref(), &[])?;
     record(&state, &id).await?;
     let histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
     let client = state.restorer.client_for(&caller, None)?;
@@ -605,8 +615,10 @@ pub async fn manifests(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     IdPath(id): IdPath,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    Query::parse(raw.as_deref(), &[])?;
     record(&state, &id).await?;
     let mut histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
     histories.sort_by_key(|h| (h.rank, h.object.namespace.clone(), h.object.name.clone()));
@@ -711,11 +723,13 @@ pub async fn complete_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     IdPath(id): IdPath,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<ActionSummary>> {
     state
         .auth
         .check(&headers, "update", Some(id.as_str()))
         .await?;
+    Query::parse(raw.as_deref(), &[])?;
     let (mut rec, rv) = record(&state, &id).await?;
     if rec.state != ActionState::Open {
         return Err(ApiError::conflict(format!(
@@ -810,9 +824,9 @@ async fn run_rollback(
     trigger: Trigger,
     verb: &str,
 ) -> Result<Json<Report>> {
+    let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
     let q = Query::parse(raw.as_deref(), ROLLBACK_PARAMS)?;
     let params = rollback_params(&state, &q)?;
-    let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
     settle(&state, Some(&id)).await;
     // Run detached: a client that disconnects does not abandon a rollback halfway.
     let restorer = state.restorer.clone();
@@ -839,11 +853,13 @@ pub async fn delete_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     IdPath(id): IdPath,
+    RawQuery(raw): RawQuery,
 ) -> Result<StatusCode> {
     state
         .auth
         .check(&headers, "delete", Some(id.as_str()))
         .await?;
+    Query::parse(raw.as_deref(), &[])?;
     let (rec, _) = record(&state, &id).await?;
     if rec.state == ActionState::RollingBack {
         return Err(ApiError::conflict(format!(

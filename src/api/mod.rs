@@ -96,11 +96,91 @@ pub fn router_and_spec(state: Arc<ApiState>) -> (Router, utoipa::openapi::OpenAp
         .routes(routes!(handlers::readyz))
         .with_state(state)
         .split_for_parts();
+    let mut spec = spec;
+    complete_responses(&mut spec);
     (router, spec)
 }
 
+/// OpenAPI requires a description on every response: the handlers'
+/// annotations give one where there is something to say, the status says
+/// the rest. Every call under `/api/` may also meet an API server that is
+/// down (503, the error shape).
+fn complete_responses(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+    for (path, item) in spec.paths.paths.iter_mut() {
+        let api = path.starts_with("/api/");
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            if api && !responses.contains_key("503") {
+                let error = ContentBuilder::new()
+                    .schema(Some(RefOr::<utoipa::openapi::schema::Schema>::Ref(
+                        utoipa::openapi::Ref::from_schema_name("ErrorBody"),
+                    )))
+                    .build();
+                responses.insert(
+                    "503".into(),
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .content("application/json", error)
+                            .build(),
+                    ),
+                );
+            }
+            for (status, response) in responses.iter_mut() {
+                if let RefOr::T(r) = response
+                    && r.description.trim().is_empty()
+                {
+                    r.description = status_description(status).to_string();
+                }
+            }
+        }
+    }
+}
+
+fn status_description(status: &str) -> &'static str {
+    match status {
+        "200" => "OK",
+        "201" => "created",
+        "204" => "done; no content",
+        "400" => "a bad parameter, id or body",
+        "401" => "no bearer token, or one the API server does not accept",
+        "403" => "the caller may not do this (SubjectAccessReview on actions.snapback.io)",
+        "404" => "no such action",
+        "409" => "a conflict",
+        "413" => "the request body is larger than 64 KiB",
+        "415" => "the request body is not JSON",
+        "503" => "the Kubernetes API server is unavailable; retry later",
+        _ => "see the error body",
+    }
+}
+
+/// Every call under `/api/` is authenticated before anything in it is
+/// looked at: a caller without a valid token learns nothing from a 400 about
+/// its parameters or body (SPEC §5: 401 for no or an invalid token).
+async fn authenticate_first(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.uri().path().starts_with("/api/")
+        && let Err(e) = state.auth.authenticate(req.headers()).await
+    {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
 pub fn router(state: Arc<ApiState>) -> Router {
-    let (router, spec) = router_and_spec(state);
+    let (router, spec) = router_and_spec(state.clone());
     let json = Arc::new(spec.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     router
         .route(
@@ -123,6 +203,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             )
             .into_response()
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            authenticate_first,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             MAX_BODY,

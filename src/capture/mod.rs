@@ -243,7 +243,7 @@ impl CaptureService {
             self.record("mutate", op, "allowed", started);
             return Answer::from_response(resp);
         };
-        let action = match annotation.as_str().map(ActionId::parse) {
+        let action = match annotation.as_str().map(ActionId::parse_chosen) {
             Some(Ok(a)) => a,
             Some(Err(e)) => {
                 self.record("mutate", op, "denied", started);

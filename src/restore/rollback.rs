@@ -461,7 +461,9 @@ impl Restorer {
             });
         }
         let mut histories = plan::histories(loaded);
-        let rollback_id = id.rollback_id(record.rollbacks.len() as u32 + 1);
+        let rollback_id = self
+            .free_rollback_id(id, record.rollbacks.len() as u32 + 1)
+            .await?;
         let client = self.client_for(caller, Some(&rollback_id))?;
         self.accept_earlier_rollbacks(&record, &mut histories).await;
         if wait_for_emptying_namespaces(&client, &histories).await {
@@ -570,6 +572,23 @@ impl Restorer {
         self.observe(&report, started.elapsed());
         tracing::Span::current().record("outcome", report.state.as_str());
         Ok(report)
+    }
+
+    /// The id of the action's next rollback: `<id>-rollback-<n>`, or the
+    /// next free number when an action of another origin already has that
+    /// id (made before such ids were reserved): a rollback is always
+    /// recorded as a new action, never into someone else's.
+    async fn free_rollback_id(&self, id: &ActionId, n: u32) -> Result<ActionId, RollbackError> {
+        let mut candidate = id.rollback_id(n);
+        for next in n + 1..n + 100 {
+            match self.store.get_action(&candidate).await? {
+                Some((r, _)) if r.rollback_of.as_ref() != Some(id) => {
+                    candidate = id.rollback_id(next);
+                }
+                _ => break,
+            }
+        }
+        Ok(candidate)
     }
 
     fn observe(&self, report: &Report, elapsed: Duration) {

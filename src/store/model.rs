@@ -130,6 +130,28 @@ impl ActionId {
         Ok(ActionId(id.to_string()))
     }
 
+    /// An id a user chose (`POST /api/v1/actions`, the action annotation):
+    /// valid, and not of the form of rollback ids (`…-rollback-<n>`), which
+    /// are snapback's: an action opened under the id a coming rollback will
+    /// take would have that rollback recorded into it.
+    pub fn parse_chosen(id: &str) -> Result<Self, InvalidActionId> {
+        let parsed = Self::parse(id)?;
+        if parsed.is_rollback_form() {
+            return Err(InvalidActionId {
+                id: id.chars().take(100).collect(),
+                reason: "ids ending in -rollback-<number> are reserved for rollback actions",
+            });
+        }
+        Ok(parsed)
+    }
+
+    /// Whether the id has the form of a rollback id: `…-rollback-<digits>`.
+    pub fn is_rollback_form(&self) -> bool {
+        self.0.rsplit_once("-rollback-").is_some_and(|(base, n)| {
+            !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -487,6 +509,27 @@ mod tests {
             );
             assert!(name.len() <= 253);
         }
+    }
+
+    #[test]
+    fn rollback_ids_are_reserved() {
+        for reserved in ["a-rollback-1", "x.y-rollback-12", "long-id-rollback-007"] {
+            let err = ActionId::parse_chosen(reserved).unwrap_err();
+            assert!(err.reason.contains("reserved"), "{reserved}: {err}");
+            assert!(ActionId::parse(reserved).unwrap().is_rollback_form());
+        }
+        for free in [
+            "rollback-1",
+            "a-rollback",
+            "a-rollback-x",
+            "a-rollback-1b",
+            "release-2",
+        ] {
+            assert!(ActionId::parse_chosen(free).is_ok(), "{free}");
+        }
+        let long = ActionId::parse(&"a".repeat(63)).unwrap();
+        assert!(long.rollback_id(3).is_rollback_form());
+        assert!(long.rollback_id(3).rollback_id(1).is_rollback_form());
     }
 
     #[test]
