@@ -285,7 +285,7 @@ pub struct WebhookConfigArgs {
         long,
         env = "SNAPBACK_WEBHOOK_EXCLUDE_NAMESPACES",
         value_delimiter = ',',
-        default_value = "snapback-system,kube-system"
+        default_value = "snapback-system,kube-system,kube-node-lease"
     )]
     pub exclude_namespaces: Vec<String>,
     /// Namespaces carrying this label are never sent to snapback.
@@ -306,6 +306,14 @@ pub struct WebhookConfigArgs {
     /// Which objects the rules match: `*`, `Namespaced` or `Cluster`.
     #[arg(long, env = "SNAPBACK_WEBHOOK_SCOPE", default_value = "*")]
     pub scope: String,
+    /// Kubernetes 1.28+: add matchConditions so that the API server does not
+    /// call snapback at all for what it never captures by default (review
+    /// kinds such as TokenReview and SubjectAccessReview, Leases, Events,
+    /// Endpoints, EndpointSlices, requests by nodes). Writes of those keep
+    /// working while snapback is down. API servers before 1.28 do not know
+    /// the field (kubectl's validation refuses it there).
+    #[arg(long, env = "SNAPBACK_WEBHOOK_MATCH_CONDITIONS")]
+    pub match_conditions: bool,
 }
 
 /// Everything `serve` needs, as plain data.

@@ -20,6 +20,35 @@ pub fn rules(scope: &str, operations: &[&str]) -> Value {
     }])
 }
 
+/// The `matchConditions` (Kubernetes 1.28+) that keep the API server from
+/// calling snapback for requests it never captures with its default
+/// `--exclude-resources` and `--exclude-users`: the review kinds (never
+/// stored, so nothing to capture; a TokenReview or SubjectAccessReview that
+/// waits on snapback would make every webhook-authenticated component of
+/// the cluster, snapback's own rollback API included, fail with it),
+/// Leases (node heartbeats: a node whose lease cannot be renewed is marked
+/// NotReady), Events, Endpoints and EndpointSlices (Service traffic), and
+/// requests by nodes (kubelets) and by the API server itself (its start-up
+/// reconciliation of built-in RBAC and priority classes). CEL, as the API server evaluates it; each
+/// must hold for snapback to be called. `manifests/components/match-conditions/`
+/// carries the same list.
+pub fn match_conditions() -> Value {
+    json!([
+        {
+            "name": "not-a-review-or-lease",
+            "expression": "!(request.resource.group in ['authentication.k8s.io', 'authorization.k8s.io', 'coordination.k8s.io', 'events.k8s.io', 'discovery.k8s.io'])"
+        },
+        {
+            "name": "not-events-or-endpoints",
+            "expression": "!(request.resource.group == '' && request.resource.resource in ['events', 'endpoints'])"
+        },
+        {
+            "name": "not-a-node-or-the-apiserver",
+            "expression": "!request.userInfo.username.startsWith('system:node:') && request.userInfo.username != 'system:apiserver'"
+        }
+    ])
+}
+
 pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String> {
     let base = args.url.trim_end_matches('/');
     if !base.starts_with("https://") {
@@ -56,7 +85,7 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
     expressions.push(json!({"key": args.exclude_label, "operator": "DoesNotExist"}));
     let selector = json!({"matchExpressions": expressions, "matchLabels": match_labels});
     let webhook = |name: &str, path: &str, operations: &[&str]| {
-        json!({
+        let mut hook = json!({
             "name": name,
             "admissionReviewVersions": ["v1"],
             "clientConfig": {"url": format!("{base}{path}"), "caBundle": ca},
@@ -66,7 +95,11 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
             "timeoutSeconds": args.timeout_seconds,
             "namespaceSelector": selector,
             "matchPolicy": "Equivalent",
-        })
+        });
+        if args.match_conditions {
+            hook["matchConditions"] = match_conditions();
+        }
+        hook
     };
     let mut mutate_hook = webhook("mutate.snapback.io", "/mutate", &["CREATE", "UPDATE"]);
     mutate_hook["reinvocationPolicy"] = json!("Never");
@@ -103,6 +136,131 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: WebhookConfigArgs,
+    }
+
+    /// Whether the API server would call snapback for this request, by the
+    /// match conditions (CEL, evaluated by an independent implementation).
+    fn called(group: &str, resource: &str, user: &str) -> bool {
+        let request = json!({
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "userInfo": {"username": user},
+        });
+        match_conditions().as_array().unwrap().iter().all(|c| {
+            let program =
+                cel_interpreter::Program::compile(c["expression"].as_str().unwrap()).unwrap();
+            let mut ctx = cel_interpreter::Context::default();
+            ctx.add_variable("request", request.clone()).unwrap();
+            match program.execute(&ctx).unwrap() {
+                cel_interpreter::Value::Bool(b) => b,
+                other => panic!("{} is not a condition: {other:?}", c["name"]),
+            }
+        })
+    }
+
+    #[test]
+    fn match_conditions_leave_out_what_is_never_captured_and_nothing_else() {
+        for (group, resource, user) in [
+            (
+                "authentication.k8s.io",
+                "tokenreviews",
+                "system:serviceaccount:snapback-system:snapback",
+            ),
+            ("authorization.k8s.io", "subjectaccessreviews", "alice"),
+            ("authorization.k8s.io", "selfsubjectaccessreviews", "alice"),
+            ("coordination.k8s.io", "leases", "system:node:worker-1"),
+            ("coordination.k8s.io", "leases", "system:kube-scheduler"),
+            (
+                "",
+                "events",
+                "system:serviceaccount:kube-system:replicaset-controller",
+            ),
+            ("events.k8s.io", "events", "alice"),
+            (
+                "",
+                "endpoints",
+                "system:serviceaccount:kube-system:endpoint-controller",
+            ),
+            (
+                "discovery.k8s.io",
+                "endpointslices",
+                "system:serviceaccount:kube-system:endpointslice-controller",
+            ),
+            ("", "pods", "system:node:worker-1"),
+            ("", "nodes", "system:node:worker-1"),
+            (
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                "system:apiserver",
+            ),
+        ] {
+            assert!(
+                !called(group, resource, user),
+                "{group}/{resource} by {user}"
+            );
+        }
+        for (group, resource, user) in [
+            ("", "configmaps", "alice"),
+            ("", "secrets", "alice"),
+            ("", "namespaces", "alice"),
+            ("apps", "deployments", "alice"),
+            // The namespace controller's deletes in a deleted namespace are
+            // captured into the action that deleted it.
+            (
+                "",
+                "configmaps",
+                "system:serviceaccount:kube-system:namespace-controller",
+            ),
+            ("rbac.authorization.k8s.io", "clusterroles", "alice"),
+            ("apiextensions.k8s.io", "customresourcedefinitions", "alice"),
+            (
+                "example.com",
+                "widgets",
+                "system:serviceaccount:ops:deployer",
+            ),
+            ("", "services", "system:nodeadmin"),
+        ] {
+            assert!(
+                called(group, resource, user),
+                "{group}/{resource} by {user}"
+            );
+        }
+    }
+
+    #[test]
+    fn match_conditions_are_added_only_when_asked_for() {
+        let docs = |extra: &[&str]| -> Vec<Value> {
+            let mut argv = vec!["x", "--url", "https://127.0.0.1:8443", "--ca", "ca.crt"];
+            argv.extend_from_slice(extra);
+            let cli = Cli::parse_from(argv);
+            render(&cli.args, b"-----BEGIN CERTIFICATE-----")
+                .unwrap()
+                .split("---\n")
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| serde_yaml::from_str(d).unwrap())
+                .collect()
+        };
+        for doc in docs(&[]) {
+            assert!(doc["webhooks"][0].get("matchConditions").is_none(), "{doc}");
+        }
+        for doc in docs(&["--match-conditions"]) {
+            assert_eq!(doc["webhooks"][0]["matchConditions"], match_conditions());
+        }
+    }
+
+    /// `manifests/components/match-conditions/` patches in the same conditions.
+    #[test]
+    fn the_manifests_overlay_carries_the_same_conditions() {
+        let overlay: Value = serde_yaml::from_str(include_str!(
+            "../manifests/components/match-conditions/kustomization.yaml"
+        ))
+        .unwrap();
+        let patches = overlay["patches"].as_array().unwrap();
+        assert_eq!(patches.len(), 2);
+        for patch in patches {
+            let ops: Value = serde_yaml::from_str(patch["patch"].as_str().unwrap()).unwrap();
+            assert_eq!(ops[0]["path"], "/webhooks/0/matchConditions");
+            assert_eq!(ops[0]["value"], match_conditions());
+        }
     }
 
     #[test]
