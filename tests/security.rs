@@ -554,6 +554,13 @@ async fn unknown_parameters_change_nothing_and_rollback_ids_are_reserved() {
         .await;
     assert_eq!(rollback["rollbackOf"], id.as_str(), "{rollback}");
     assert_eq!(rollback["origin"], "rollback", "{rollback}");
+
+    // A list cut by its limit says how many matched.
+    let list = api
+        .ok("GET", "/api/v1/actions?user=admin&limit=1", &token)
+        .await;
+    assert_eq!(list["actions"].as_array().unwrap().len(), 1, "{list}");
+    assert!(list["total"].as_u64().unwrap() >= 2, "{list}");
 }
 
 fn get_cm(c: &Cluster, ns: &str, name: &str) -> Option<Value> {

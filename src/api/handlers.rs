@@ -213,8 +213,9 @@ pub async fn list_actions(
             .cmp(&a.base.created_at)
             .then(b.base.id.cmp(&a.base.id))
     });
+    let total = actions.len();
     actions.truncate(limit);
-    Ok(Json(ActionList { actions }))
+    Ok(Json(ActionList { actions, total }))
 }
 
 /// Query parameters of `GET /api/v1/actions` (for the OpenAPI description;

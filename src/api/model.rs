@@ -136,6 +136,9 @@ impl ActionBase {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionList {
     pub actions: Vec<ActionSummary>,
+    /// How many actions match the filters; more than `actions` holds when
+    /// `limit` cut the list.
+    pub total: usize,
 }
 
 /// One captured change.

@@ -318,6 +318,14 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), Failure> {
                         &rows
                     )
                 );
+                if let Some(total) = v["total"].as_u64()
+                    && total > rows.len() as u64
+                {
+                    eprintln!(
+                        "Showing the newest {} of {total} matching actions (--limit shows more).",
+                        rows.len()
+                    );
+                }
             }
         }
         ClientCommand::Show { id } => {
