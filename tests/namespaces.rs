@@ -123,7 +123,7 @@ fn namespace_snapback() -> &'static Snapback {
             ..SnapbackOpts::shared()
         };
         let sb = Snapback::start(c, opts);
-        for user in ["bob", "carol", "alice", "user1"] {
+        for user in ["bob", "carol", "alice", "user1", "user2"] {
             c.grant_api(user);
             c.kubectl_ok(&[
                 "create",
@@ -484,4 +484,90 @@ webhooks:
         get(c, "default", "namespace", &ns).is_none(),
         "not recreated"
     );
+}
+
+/// A Pod and a Job an action created are not conflicts to its rollback:
+/// the API server reads them back with what it defaults only then (the
+/// token volume's `defaultMode`, a Job's labels from its template), which
+/// the validating webhook never saw on their CREATE.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_and_jobs_an_action_created_roll_back_without_a_false_conflict() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let token = c.token("user2");
+    let ns = c.namespace("made", &[]);
+    sb.wait_capturing(c, &ns);
+    // Pods need the default ServiceAccount's token (Kubernetes 1.20).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while c
+        .kubectl(
+            "admin",
+            &[
+                "-n",
+                &ns,
+                "get",
+                "serviceaccount",
+                "default",
+                "-o",
+                "jsonpath={.secrets[0].name}",
+            ],
+        )
+        .stdout
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token for the default ServiceAccount"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = format!("made-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(
+        "user2",
+        &[
+            "-n",
+            &ns,
+            "create",
+            "job",
+            "j1",
+            "--image=busybox",
+            "--",
+            "true",
+        ],
+    );
+    c.kubectl_as_ok(
+        "user2",
+        &["-n", &ns, "run", "p1", "--image=busybox", "--restart=Never"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    // What made them conflicts: read back, they carry what the webhook
+    // did not see.
+    let pod = get(c, &ns, "pod", "p1").expect("pod p1");
+    assert!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["defaultMode"] == 420),
+        "{pod:#}"
+    );
+    let job = get(c, &ns, "job", "j1").expect("job j1");
+    assert_eq!(job["metadata"]["labels"]["job-name"], "j1", "{job:#}");
+
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(report["counts"]["restored"], 2, "{report:#}");
+    assert!(get(c, &ns, "pod", "p1").is_none());
+    assert!(get(c, &ns, "job", "j1").is_none());
 }

@@ -192,8 +192,76 @@ const IDENTITY_METADATA: &[&str] = &[
 pub fn fingerprint(object: &Value) -> String {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
     let mut hasher = Sha256::new();
-    write_fingerprint(object, &mut hasher, &[], kind);
+    match without_read_time_defaults(kind, object) {
+        Some(normalized) => write_fingerprint(&normalized, &mut hasher, &[], kind),
+        None => write_fingerprint(object, &mut hasher, &[], kind),
+    }
     hex::encode(hasher.finalize())
+}
+
+/// Labels a Job read back carries from its template (API server-made).
+const JOB_READ_BACK_LABELS: &[&str] = &[
+    "controller-uid",
+    "job-name",
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-name",
+];
+
+/// What the API server fills in only when it reads an object back: defaults
+/// applied on decoding to what was added after the request's own defaulting
+/// (by admission plugins and the create strategy). The validating webhook
+/// sees a CREATE without them, every later read with them, so without this
+/// a Pod or a Job an action created would be a conflict to its own rollback:
+/// - a Pod's service account token volume, injected by the admission
+///   plugin, gets its `defaultMode` (420) only on reading back (Pod volumes
+///   cannot change, so `defaultMode` never tells a user's change);
+/// - a Job's `metadata.labels` are defaulted from its template's labels on
+///   reading back, after the create strategy added the uid labels there.
+///
+/// `None` when the object has nothing of the sort (no copy is made).
+fn without_read_time_defaults(kind: &str, object: &Value) -> Option<Value> {
+    const SOURCES: [&str; 4] = ["secret", "configMap", "projected", "downwardAPI"];
+    match kind {
+        "Pod" => {
+            let volumes = object.pointer("/spec/volumes")?.as_array()?;
+            let has = |v: &Value| SOURCES.iter().any(|s| v[*s].get("defaultMode").is_some());
+            if !volumes.iter().any(has) {
+                return None;
+            }
+            let mut copy = object.clone();
+            for v in copy
+                .pointer_mut("/spec/volumes")?
+                .as_array_mut()?
+                .iter_mut()
+            {
+                for s in SOURCES {
+                    if let Some(source) = v.get_mut(s).and_then(Value::as_object_mut) {
+                        source.remove("defaultMode");
+                    }
+                }
+            }
+            Some(copy)
+        }
+        "Job" => {
+            let labels = object.pointer("/metadata/labels")?.as_object()?;
+            if !labels
+                .keys()
+                .any(|k| JOB_READ_BACK_LABELS.contains(&k.as_str()))
+            {
+                return None;
+            }
+            let mut copy = object.clone();
+            let labels = copy.pointer_mut("/metadata/labels")?.as_object_mut()?;
+            for key in JOB_READ_BACK_LABELS {
+                labels.remove(*key);
+            }
+            if labels.is_empty() {
+                copy["metadata"].as_object_mut().map(|m| m.remove("labels"));
+            }
+            Some(copy)
+        }
+        _ => None,
+    }
 }
 
 /// Canonical JSON of `value` into `out`, leaving out what [`fingerprint`]
@@ -335,6 +403,18 @@ pub fn strip_generated_job_selector(v: &mut Value) {
     {
         for key in JOB_UID_LABELS {
             labels.remove(*key);
+        }
+    }
+    // The Job's own labels, when they are the ones the API server derived
+    // from the template (old uid included), are derived again.
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut)
+        && let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut)
+    {
+        for key in JOB_READ_BACK_LABELS {
+            labels.remove(*key);
+        }
+        if labels.is_empty() {
+            meta.remove("labels");
         }
     }
 }
@@ -616,6 +696,47 @@ mod tests {
         let scale =
             |r: u32| json!({"kind": "Scale", "metadata": {"name": "w"}, "spec": {"replicas": r}});
         assert_ne!(fingerprint(&scale(1)), fingerprint(&scale(3)));
+    }
+
+    #[test]
+    fn fingerprint_ignores_what_the_api_server_defaults_only_on_reading_back() {
+        // A Pod as the validating webhook sees its CREATE (the token volume
+        // injected after defaulting) and as it is read back afterwards.
+        let pod = |mode: Option<u32>, image: &str| {
+            let mut secret = json!({"secretName": "default-token-abcde"});
+            if let Some(m) = mode {
+                secret["defaultMode"] = json!(m);
+            }
+            json!({"kind": "Pod", "metadata": {"name": "p1"},
+                   "spec": {"containers": [{"name": "c", "image": image}],
+                            "volumes": [{"name": "default-token-abcde", "secret": secret}]}})
+        };
+        assert_eq!(
+            fingerprint(&pod(None, "busybox")),
+            fingerprint(&pod(Some(420), "busybox"))
+        );
+        assert_ne!(
+            fingerprint(&pod(Some(420), "busybox")),
+            fingerprint(&pod(Some(420), "busybox:1.36"))
+        );
+        // A Job created without labels, and as read back: labelled from its
+        // template, uid labels included.
+        let job = |labels: Value| {
+            json!({"kind": "Job", "metadata": {"name": "j1", "labels": labels},
+                   "spec": {"template": {"metadata": {"labels": {"controller-uid": "u1", "job-name": "j1"}}}}})
+        };
+        let mut seen = job(json!({}));
+        seen["metadata"].as_object_mut().unwrap().remove("labels");
+        let read_back = job(json!({"controller-uid": "u1", "job-name": "j1"}));
+        assert_eq!(fingerprint(&seen), fingerprint(&read_back));
+        let relabelled = job(json!({"controller-uid": "u1", "job-name": "j1", "team": "a"}));
+        assert_ne!(fingerprint(&read_back), fingerprint(&relabelled));
+        // Other kinds keep those fields.
+        let cm = |labels: Value| json!({"kind": "ConfigMap", "metadata": {"name": "c", "labels": labels}});
+        assert_ne!(
+            fingerprint(&cm(json!({}))),
+            fingerprint(&cm(json!({"job-name": "j1"})))
+        );
     }
 
     #[test]
