@@ -492,6 +492,7 @@ pub fn for_create(target: &Value) -> Value {
     {
         map.remove("secrets");
     }
+    codec::strip_injected_token_volume(&mut body);
     body
 }
 

@@ -832,7 +832,8 @@ impl Restorer {
         report
     }
 
-    /// Restore one object, retrying per the policy. `in_recreated`: the
+    /// Restore one object, retrying per the policy (and transient refusals
+    /// a few times whatever the policy). `in_recreated`: the
     /// object's namespace was created again by this rollback, so an object
     /// found there was made since by a controller (a namespace's default
     /// ServiceAccount): not a conflict, it gets the prior content.
@@ -853,8 +854,12 @@ impl Restorer {
         // The object changed between planning and writing (a 409): look at
         // it again once, whatever the policy; it may now be a conflict.
         let mut extra = 0;
+        // The API server asked to come back (overloaded, timed out, a
+        // Pod's service account token not made yet in a namespace this
+        // rollback recreated): a few more attempts, whatever the policy.
+        let mut transient = 0;
         let mut next = 0;
-        while next <= retries + extra {
+        while next <= retries + extra + transient {
             let attempt = next;
             next += 1;
             if attempt > 0 {
@@ -881,6 +886,8 @@ impl Restorer {
                 Err(e) => {
                     if extra == 0 && e.contains(", 409)") {
                         extra = 1;
+                    } else if transient < TRANSIENT_RETRIES && transient_error(&e) {
+                        transient += 1;
                     }
                     // The API server refused the content itself: trying
                     // the same content again cannot help.
@@ -1722,10 +1729,51 @@ pub fn strip_for_diff(v: &Value) -> Value {
     s
 }
 
+/// Extra attempts at an object the API server refused for now.
+const TRANSIENT_RETRIES: u32 = 4;
+
+/// Whether a write's error (as `describe_kube_error` words it: "message
+/// (Reason, code)") says to try again later rather than that it cannot be
+/// done: throttling, a server or gateway timeout, an unavailable server,
+/// or the service account admission plugin waiting for a token
+/// ("retry after the token is automatically created").
+fn transient_error(e: &str) -> bool {
+    [
+        ", 429)",
+        ", 503)",
+        ", 504)",
+        "(ServerTimeout, ",
+        "(Timeout, ",
+    ]
+    .iter()
+    .any(|m| e.contains(m))
+        || e.contains("retry after the token is automatically created")
+        || e.contains("Kubernetes API unreachable")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{immutable_refusal, redact};
+    use super::{immutable_refusal, redact, transient_error};
     use serde_json::json;
+
+    #[test]
+    fn transient_refusals_are_told_from_final_ones() {
+        for e in [
+            "No API token found for service account \"default\", retry after the token is automatically created and added to the service account (ServerTimeout, 500)",
+            "the server has received too many requests (TooManyRequests, 429)",
+            "etcdserver: request timed out (Timeout, 504)",
+            "Kubernetes API unreachable: ServiceError: connection refused",
+        ] {
+            assert!(transient_error(e), "{e}");
+        }
+        for e in [
+            "configmaps \"x\" is forbidden: User \"bob\" cannot create (Forbidden, 403)",
+            "Service \"s\" is invalid: spec.clusterIP: may not change once set (Invalid, 422)",
+            "internal error (InternalError, 500)",
+        ] {
+            assert!(!transient_error(e), "{e}");
+        }
+    }
 
     #[test]
     fn secret_values_are_redacted_everywhere_they_appear() {

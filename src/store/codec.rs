@@ -419,16 +419,104 @@ pub fn strip_generated_job_selector(v: &mut Value) {
     }
 }
 
+/// Where the service account admission plugin mounts a Pod's API token.
+const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// A Pod's service account token volume, as the admission plugin injected
+/// it (a `<account>-token-*` Secret before Kubernetes 1.24's bound tokens, a
+/// projected `kube-api-access-*` volume since), and its mounts: recreated
+/// as it was, a Pod would mount a token Secret that went with its namespace
+/// or account. Left out, the plugin injects the current one. Nothing is
+/// removed from a Pod that opted out of the automatic token.
+pub fn strip_injected_token_volume(body: &mut Value) {
+    if body.get("kind").and_then(Value::as_str) != Some("Pod")
+        || body.get("apiVersion").and_then(Value::as_str) != Some("v1")
+    {
+        return;
+    }
+    let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
+        return;
+    }
+    let account = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
+    let mounted: std::collections::BTreeSet<String> = CONTAINER_LISTS
+        .iter()
+        .filter_map(|l| spec.get(*l)?.as_array())
+        .flatten()
+        .filter_map(|c| c.get("volumeMounts")?.as_array())
+        .flatten()
+        .filter(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_MOUNT_PATH))
+        .filter_map(|m| m.get("name")?.as_str().map(str::to_string))
+        .collect();
+    let injected = |v: &Value| -> bool {
+        let Some(name) = v.get("name").and_then(Value::as_str) else {
+            return false;
+        };
+        if !mounted.contains(name) {
+            return false;
+        }
+        let legacy = v
+            .pointer("/secret/secretName")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with(&format!("{account}-token-")));
+        let bound = name.starts_with("kube-api-access-") && v.get("projected").is_some();
+        legacy || bound
+    };
+    let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let removed: Vec<String> = volumes
+        .iter()
+        .filter(|v| injected(v))
+        .filter_map(|v| v.get("name")?.as_str().map(str::to_string))
+        .collect();
+    if removed.is_empty() {
+        return;
+    }
+    volumes.retain(|v| !injected(v));
+    if volumes.is_empty() {
+        spec.remove("volumes");
+    }
+    for list in CONTAINER_LISTS {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                mounts.retain(|m| {
+                    !m.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| removed.iter().any(|r| r == n))
+                });
+                if mounts.is_empty() {
+                    c.as_object_mut().map(|o| o.remove("volumeMounts"));
+                }
+            }
+        }
+    }
+}
+
 /// Whether two versions of an object have the same content, as a rollback
 /// sees it: everything but status, volatile and identity metadata, what
 /// the API server derives from the uid (ownerReferences' uids, a Job's
-/// generated selector) and the fields controllers fill in
+/// generated selector), a Pod's injected token volume (a recreated Pod gets
+/// the current token) and the fields controllers fill in
 /// ([`CONTROLLER_FIELDS`]: a recreated ServiceAccount gets new tokens).
 /// Unlike the fingerprint this includes `spec.replicas`.
 pub fn same_content(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut s = strip_volatile(v);
         strip_generated_job_selector(&mut s);
+        strip_injected_token_volume(&mut s);
         let kind = s
             .get("kind")
             .and_then(Value::as_str)

@@ -656,3 +656,45 @@ fn what_controllers_make_in_every_namespace_is_no_conflict() {
         );
     }
 }
+
+#[test]
+fn a_recreated_pod_gets_a_current_token_instead_of_its_old_one() {
+    let pod = |automount: Option<bool>, token_volume: Value| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare", "namespace": "ns", "uid": "u1"},
+        "spec": {
+            "serviceAccountName": "default",
+            "containers": [{"name": "c", "image": "busybox", "volumeMounts": [
+                {"name": "data", "mountPath": "/data"},
+                {"name": token_volume["name"].clone(), "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}
+            ]}],
+            "volumes": [{"name": "data", "emptyDir": {}}, token_volume]
+        }});
+        if let Some(a) = automount {
+            p["spec"]["automountServiceAccountToken"] = json!(a);
+        }
+        p
+    };
+    let legacy = json!({"name": "default-token-m456b", "secret": {"secretName": "default-token-m456b", "defaultMode": 420}});
+    let bound = json!({"name": "kube-api-access-x7k2p", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}});
+    for token in [legacy.clone(), bound] {
+        let body = for_create(&pod(None, token.clone()));
+        assert_eq!(
+            body["spec"]["volumes"],
+            json!([{"name": "data", "emptyDir": {}}]),
+            "{body}"
+        );
+        assert_eq!(
+            body["spec"]["containers"][0]["volumeMounts"],
+            json!([{"name": "data", "mountPath": "/data"}]),
+            "{body}"
+        );
+    }
+    // A Pod that opted out mounts what it chose itself.
+    let body = for_create(&pod(Some(false), legacy.clone()));
+    assert_eq!(body["spec"]["volumes"].as_array().unwrap().len(), 2);
+    // A Secret of another account's name at that path is not the injected one.
+    let other = json!({"name": "mine", "secret": {"secretName": "builder-token-abcde"}});
+    let body = for_create(&pod(None, other));
+    assert_eq!(body["spec"]["volumes"].as_array().unwrap().len(), 2);
+}
