@@ -600,6 +600,159 @@ spec:
     assert_eq!(g1["metadata"]["labels"]["tier"], "gold");
 }
 
+/// A definition made through `apiextensions.k8s.io/v1beta1` without a schema
+/// (as calico's in Kubernetes 1.20's addons) cannot be created through `v1`:
+/// its rollback creates it through `v1beta1`, then its resources, and the
+/// prior manifests give that form too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_v1beta1_definition_without_a_schema_comes_back() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user3";
+    c.grant_api(user);
+    // Deleting a definition deletes its resources: the deleting user must
+    // be able to read them (snapback reads them as that user).
+    c.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "user3-cluster-admin",
+        "--clusterrole=cluster-admin",
+        "--user=user3",
+    ]);
+    let token = c.token(user);
+    c.kubectl_apply_str(
+        r#"
+apiVersion: apiextensions.k8s.io/v1beta1
+kind: CustomResourceDefinition
+metadata:
+  name: ippools.legacy.example.com
+spec:
+  group: legacy.example.com
+  scope: Cluster
+  version: v1
+  names: {plural: ippools, singular: ippool, kind: IPPool}
+  additionalPrinterColumns:
+    - {name: CIDR, type: string, JSONPath: .spec.cidr}
+"#,
+    );
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/ippools.legacy.example.com",
+    ]);
+    c.kubectl_apply_str(
+        "apiVersion: legacy.example.com/v1\nkind: IPPool\nmetadata: {name: default-pool}\nspec: {cidr: 192.168.0.0/16, anything: {goes: [1, 2]}}\n",
+    );
+    let id = format!("legacy-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(user, &["delete", "crd", "ippools.legacy.example.com"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+
+    let manifests = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{id}/manifests"),
+            Some(&token),
+            None,
+        )
+        .await
+        .1;
+    let manifests = manifests.as_str().unwrap().to_string();
+    assert!(
+        manifests.contains("apiVersion: apiextensions.k8s.io/v1beta1"),
+        "{manifests}"
+    );
+    let plan = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+            &token,
+        )
+        .await;
+    assert_eq!(plan["counts"]["failed"], 0, "{plan:#}");
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(
+        nonzero(&report["counts"]),
+        json!({"restored": 2}),
+        "{report:#}"
+    );
+    let pool: Value = serde_json::from_str(&c.kubectl_ok(&[
+        "get",
+        "ippools.legacy.example.com",
+        "default-pool",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(pool["spec"]["anything"], json!({"goes": [1, 2]}), "{pool}");
+    let crd: Value = serde_json::from_str(&c.kubectl_ok(&[
+        "get",
+        "crd",
+        "ippools.legacy.example.com",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(crd["spec"]["preserveUnknownFields"], true, "{crd}");
+    assert_eq!(
+        crd["spec"]["versions"][0]["additionalPrinterColumns"][0]["jsonPath"], ".spec.cidr",
+        "{crd}"
+    );
+    c.kubectl_ok(&["delete", "crd", "ippools.legacy.example.com"]);
+}
+
+/// An object the action created, deleted and created again by someone else
+/// since (`kubectl replace --force`), is a change after the action: 409,
+/// and forced, it is still not deleted (it is not the action's object).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_created_again_after_the_action_is_a_conflict() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let ns = c.namespace("again", &[]);
+    let id = format!("again-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.apply_as("admin", &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: foo, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"1\"}}\n"));
+    // creationTimestamp has whole seconds: made again in a later second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = c.kubectl_stdin("admin", &["replace", "--force", "-f", "-"], &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: foo, namespace: {ns}}}\ndata: {{v: \"2\"}}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body:#}");
+    assert!(error_message(&body).contains("configmaps/foo"), "{body:#}");
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?force=true"),
+            &token,
+        )
+        .await;
+    assert_eq!(report["results"][0]["outcome"], "skipped", "{report:#}");
+    let foo: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "configmap", "foo", "-o", "json"]))
+            .unwrap();
+    assert_eq!(foo["data"]["v"], "2");
+}
+
 /// An object restored before its owner (a ConfigMap owned by a Deployment:
 /// config maps come back in an earlier wave) gets its owner reference back,
 /// pointing at the owner's new uid, once the owner is restored.

@@ -636,6 +636,18 @@ pub async fn manifests(
     for h in &histories {
         let o = &h.object;
         match &h.target {
+            // Made through apiextensions.k8s.io/v1beta1 and not valid as
+            // a v1 create: the form kubectl can apply (up to 1.21).
+            Target::Present(p)
+                if o.group == "apiextensions.k8s.io"
+                    && o.resource == "customresourcedefinitions"
+                    && crate::restore::plan::legacy_crd(p) =>
+            {
+                docs.push(format!(
+                    "# {o}: made through apiextensions.k8s.io/v1beta1 (no schema or preserveUnknownFields), which v1 refuses to create\n{}",
+                    yaml(&crate::restore::plan::crd_as_v1beta1(p))?
+                ))
+            }
             Target::Present(p) => docs.push(yaml(p)?),
             Target::Scale(scale) => {
                 // Only its scale changed: the object as it is now, with the

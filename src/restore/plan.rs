@@ -24,7 +24,12 @@ pub struct Loaded {
 pub enum Target {
     /// Created by the action: delete it, but only an object with one of the
     /// uids the action's creates got (a rejected create and a retry both count).
-    Absent { created_uids: Vec<String> },
+    /// `last_create`: when the action's last create was admitted; an object
+    /// of another uid made after that was made by someone else since.
+    Absent {
+        created_uids: Vec<String>,
+        last_create: Option<jiff::Timestamp>,
+    },
     /// Existed before: this content.
     Present(Value),
     /// Only its scale subresource changed: restore this Scale through it.
@@ -137,6 +142,11 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
                 .filter(|l| l.meta.operation == Operation::Create)
                 .filter_map(|l| l.meta.uid.clone())
                 .collect(),
+            last_create: main
+                .iter()
+                .filter(|l| l.meta.operation == Operation::Create)
+                .map(|l| l.meta.timestamp)
+                .max(),
         },
         (_, Ok(Some(prior))) => {
             let mut prior = prior.clone();
@@ -393,10 +403,37 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
                 "the object no longer exists; its scale cannot be restored".into(),
             );
         }
-        (Target::Absent { created_uids }, Some(c))
-            if !created_uids.is_empty()
-                && !created_uids.iter().any(|u| Some(u.as_str()) == uid_of(c)) =>
+        (
+            Target::Absent {
+                created_uids,
+                last_create,
+            },
+            Some(c),
+        ) if !created_uids.is_empty()
+            && !created_uids.iter().any(|u| Some(u.as_str()) == uid_of(c)) =>
         {
+            // Made after the action's create (whole seconds, so surely
+            // after): deleted and created again by someone else since, a
+            // change after the action. Made before: the action's create
+            // was refused because it existed (a phantom), nothing to undo.
+            let made_since = last_create.is_some_and(|at| {
+                c.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|created| created > at)
+            });
+            if made_since && !force {
+                return none(
+                    Outcome::Conflict,
+                    format!(
+                        "deleted and created again after the action (now uid {}, created {}); use force=true to leave it as it is",
+                        uid_of(c).unwrap_or("?"),
+                        c.pointer("/metadata/creationTimestamp")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                    ),
+                );
+            }
             return none(
                 Outcome::Skipped,
                 format!(
@@ -568,3 +605,78 @@ pub fn waves(histories: &[ObjectHistory], steps: &[Step]) -> Vec<Vec<usize>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a CustomResourceDefinition (as `apiextensions.k8s.io/v1` serves
+/// it) is one that only `v1beta1` can create: made through `v1beta1`, it
+/// keeps `preserveUnknownFields: true` or versions without a schema, which
+/// `v1` refuses on create ("schemas are required").
+pub fn legacy_crd(crd: &Value) -> bool {
+    let spec = &crd["spec"];
+    spec["preserveUnknownFields"] == Value::Bool(true)
+        || spec["versions"]
+            .as_array()
+            .is_some_and(|vs| vs.iter().any(|v| v["schema"]["openAPIV3Schema"].is_null()))
+}
+
+/// The same definition in `apiextensions.k8s.io/v1beta1` form, the way to
+/// create a [`legacy_crd`] again while the API server serves that version
+/// (up to Kubernetes 1.21): printer columns say `JSONPath`, a conversion
+/// webhook's client config sits in `webhookClientConfig`.
+pub fn crd_as_v1beta1(crd: &Value) -> Value {
+    let mut out = crd.clone();
+    out["apiVersion"] = Value::String("apiextensions.k8s.io/v1beta1".into());
+    let mut top_level = Vec::new();
+    if let Some(versions) = out["spec"]["versions"].as_array_mut() {
+        for v in versions.iter_mut() {
+            if let Some(columns) = v
+                .get_mut("additionalPrinterColumns")
+                .and_then(Value::as_array_mut)
+            {
+                for c in columns.iter_mut().filter_map(Value::as_object_mut) {
+                    if let Some(path) = c.remove("jsonPath") {
+                        c.insert("JSONPath".into(), path);
+                    }
+                }
+            }
+            if v["schema"]["openAPIV3Schema"].is_null()
+                && let Some(map) = v.as_object_mut()
+            {
+                map.remove("schema");
+            }
+        }
+        // v1beta1 refuses per-version schemas, subresources and printer
+        // columns that are the same in every version: those go top-level
+        // (`schema` as `validation`).
+        for (per_version, top) in [
+            ("schema", "validation"),
+            ("subresources", "subresources"),
+            ("additionalPrinterColumns", "additionalPrinterColumns"),
+        ] {
+            let first = versions.first().and_then(|v| v.get(per_version)).cloned();
+            if let Some(shared) = first
+                && versions.iter().all(|v| v.get(per_version) == Some(&shared))
+            {
+                for v in versions.iter_mut().filter_map(Value::as_object_mut) {
+                    v.remove(per_version);
+                }
+                top_level.push((top, shared));
+            }
+        }
+    }
+    for (top, shared) in top_level {
+        out["spec"][top] = shared;
+    }
+    if let Some(conversion) = out["spec"]
+        .get_mut("conversion")
+        .and_then(Value::as_object_mut)
+        && let Some(Value::Object(mut webhook)) = conversion.remove("webhook")
+    {
+        if let Some(cc) = webhook.remove("clientConfig") {
+            conversion.insert("webhookClientConfig".into(), cc);
+        }
+        if let Some(versions) = webhook.remove("conversionReviewVersions") {
+            conversion.insert("conversionReviewVersions".into(), versions);
+        }
+    }
+    out
+}

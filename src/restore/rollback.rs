@@ -350,7 +350,7 @@ impl Restorer {
                 async move {
                     let result = match &s.action {
                         Action::Create(body) if !in_new_namespace => {
-                            dynamic::create_with(client, &h.object, body, true)
+                            create_restoring(client, &h.object, body, true)
                                 .await
                                 .map(|_| ())
                         }
@@ -937,7 +937,7 @@ impl Restorer {
             }
             Action::Create(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
-                dynamic::create(client, &h.object, &body)
+                create_restoring(client, &h.object, &body, false)
                     .await
                     .map_err(api_err)?;
                 // Its custom resources come in a later wave; the API server
@@ -954,7 +954,7 @@ impl Restorer {
             Action::CreateWhenGone { body, uid } => {
                 wait_gone(client, &h.object, uid).await?;
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
-                dynamic::create(client, &h.object, &body)
+                create_restoring(client, &h.object, &body, false)
                     .await
                     .map_err(api_err)?;
                 Ok(ok(&format!(
@@ -1506,6 +1506,31 @@ fn what_holds(o: &Value) -> String {
 /// How long a restore waits for a recreated CustomResourceDefinition to be
 /// established before it goes on to the custom resources.
 const CRD_ESTABLISH_WAIT: Duration = Duration::from_secs(30);
+
+/// Create an object from its prior state (or the API server's dry run of
+/// it). A CustomResourceDefinition made through `apiextensions.k8s.io/v1beta1`
+/// that `v1` refuses to create (no schema, `preserveUnknownFields: true`) is
+/// created through `v1beta1` while the API server still serves it.
+async fn create_restoring(
+    client: &kube::Client,
+    obj: &crate::store::model::ObjectRef,
+    body: &Value,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
+    match dynamic::create_with(client, obj, body, dry_run).await {
+        Err(kube::Error::Api(s)) if s.code == 422 && is_crd(obj) && plan::legacy_crd(body) => {
+            let mut legacy = obj.clone();
+            legacy.version = "v1beta1".into();
+            match dynamic::create_with(client, &legacy, &plan::crd_as_v1beta1(body), dry_run).await
+            {
+                // Not served (Kubernetes 1.22+): v1's refusal says why.
+                Err(e) if dynamic::is_not_found(&e) => Err(kube::Error::Api(s)),
+                other => other,
+            }
+        }
+        other => other,
+    }
+}
 
 fn is_crd(o: &crate::store::model::ObjectRef) -> bool {
     o.group == "apiextensions.k8s.io" && o.resource == "customresourcedefinitions"
