@@ -610,3 +610,58 @@ async fn pods_and_jobs_an_action_created_roll_back_without_a_false_conflict() {
     assert!(get(c, &ns, "pod", "p1").is_none());
     assert!(get(c, &ns, "job", "j1").is_none());
 }
+
+/// The API server calls the validating webhook more than once for some
+/// deletes (a Pod's graceful deletion, then the deletion itself, in one
+/// request): one change is captured, not one per call.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_delete_is_one_change() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let token = c.token("alice");
+    let ns = c.namespace("onedel", &[]);
+    sb.wait_capturing(c, &ns);
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || async { get(c, &ns, "serviceaccount", "default") },
+    )
+    .await;
+    c.apply_as(
+        "admin",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: lone, namespace: {ns}}}\nspec: {{automountServiceAccountToken: false, containers: [{{name: c, image: busybox}}]}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: plain, namespace: {ns}}}\ndata: {{k: v}}\n"
+        ),
+    );
+    let id = format!("onedel-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(
+        "alice",
+        &["-n", &ns, "delete", "pod/lone", "configmap/plain"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let mut changes: Vec<String> = detail["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| {
+            format!(
+                "{} {}/{}",
+                ch["operation"].as_str().unwrap(),
+                ch["resource"].as_str().unwrap(),
+                ch["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    changes.sort();
+    assert_eq!(
+        changes,
+        ["delete configmaps/plain", "delete pods/lone"],
+        "{detail:#}"
+    );
+}

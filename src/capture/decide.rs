@@ -17,6 +17,8 @@ pub enum Skip {
     ExcludedResource,
     Secret,
     Subresource,
+    /// A DELETE of an object already being deleted.
+    AlreadyDeleting,
 }
 
 impl Skip {
@@ -30,6 +32,7 @@ impl Skip {
             Skip::ExcludedResource => "excluded_resource",
             Skip::Secret => "secret",
             Skip::Subresource => "subresource",
+            Skip::AlreadyDeleting => "already_being_deleted",
         }
     }
 }

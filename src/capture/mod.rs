@@ -326,6 +326,20 @@ impl CaptureService {
             decision = classify_cascade(&review, &self.cfg);
             cascade = Some(action);
         }
+        // A DELETE of an object already being deleted changes nothing the
+        // first one did not: the API server admits some deletes twice in
+        // one request (a graceful deletion's update, then the deletion: a
+        // Pod, a Namespace), and a repeated `kubectl delete` of an object
+        // held by finalizers is the same. The first was captured.
+        if review.request.operation == AdmissionOp::Delete
+            && matches!(decision, Decision::Capture { .. })
+            && review
+                .old_object
+                .as_ref()
+                .is_some_and(|o| cascade::already_being_deleted(o.get()))
+        {
+            decision = Decision::Skip(Skip::AlreadyDeleting);
+        }
         let (operation, secret) = match decision {
             Decision::Skip(reason) => {
                 self.metrics

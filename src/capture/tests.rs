@@ -648,3 +648,43 @@ async fn a_namespace_deletion_refused_after_snapback_admitted_it_claims_nothing(
         settings.meta.action
     );
 }
+
+#[tokio::test]
+async fn a_delete_of_an_object_already_being_deleted_is_not_captured_again() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    let pod = object("Pod", "shop", "lone", "u1");
+    // The API server admits a Pod's deletion twice in one request: before
+    // its graceful deletion's update, and before the deletion itself.
+    let first = svc
+        .validate(&delete_review(
+            "alice",
+            "pods",
+            Some("shop"),
+            "lone",
+            pod.clone(),
+        ))
+        .await;
+    assert!(response(&first).allowed);
+    let mut deleting = pod;
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-24T00:12:19Z");
+    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    let second = svc
+        .validate(&delete_review(
+            "alice",
+            "pods",
+            Some("shop"),
+            "lone",
+            deleting,
+        ))
+        .await;
+    assert!(response(&second).allowed);
+    assert_eq!(store.snapshot_count(), 1);
+    assert!(
+        metrics
+            .render()
+            .contains("snapback_captures_skipped_total{reason=\"already_being_deleted\"} 1"),
+        "{}",
+        metrics.render()
+    );
+}
