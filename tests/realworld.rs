@@ -753,6 +753,64 @@ async fn an_object_created_again_after_the_action_is_a_conflict() {
     assert_eq!(foo["data"]["v"], "2");
 }
 
+/// `kubectl cordon`, `taint` and `label` of a Node are undone: the API
+/// server (1.20) sends a Node PATCH's `oldObject` already patched, so the
+/// prior state is read as of its resourceVersion instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_cordon_taint_and_label_are_undone() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user4";
+    c.grant_api(user);
+    c.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "user4-cluster-admin",
+        "--clusterrole=cluster-admin",
+        "--user=user4",
+    ]);
+    let token = c.token(user);
+    let node = format!("node-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}, labels: {{zone: a}}}}\nspec: {{}}\n"
+    ));
+    let before: Value =
+        serde_json::from_str(&c.kubectl_ok(&["get", "node", &node, "-o", "json"])).unwrap();
+    let id = format!("nodes-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(user, &["cordon", &node]);
+    c.kubectl_as_ok(
+        user,
+        &["taint", "node", &node, "dedicated=infra:NoSchedule"],
+    );
+    c.kubectl_as_ok(
+        user,
+        &[
+            "label",
+            "node",
+            &node,
+            "role=infra",
+            "zone=b",
+            "--overwrite",
+        ],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let after: Value =
+        serde_json::from_str(&c.kubectl_ok(&["get", "node", &node, "-o", "json"])).unwrap();
+    assert_eq!(after["spec"], before["spec"], "{after:#}");
+    assert_eq!(
+        after["metadata"]["labels"], before["metadata"]["labels"],
+        "{after:#}"
+    );
+    c.kubectl_ok(&["delete", "node", &node]);
+}
+
 /// An object restored before its owner (a ConfigMap owned by a Deployment:
 /// config maps come back in an earlier wave) gets its owner reference back,
 /// pointing at the owner's new uid, once the owner is restored.

@@ -412,6 +412,44 @@ impl CaptureService {
 
     /// Capture the change; takes the prior object out of `review`. `cascade`:
     /// the action it belongs to, already known.
+    /// A Node's prior state. The API server (1.20 at least) sends a Node
+    /// PATCH's `oldObject` with the patch already applied (`kubectl cordon`,
+    /// `taint`, `label`: the prior state would be the changed one); when
+    /// `oldObject` has the same content as the object, the Node is read as
+    /// it was at `oldObject`'s resourceVersion. If that cannot be read (the
+    /// history compacted), `oldObject` it is: no worse than before.
+    async fn node_prior(
+        &self,
+        old: Box<serde_json::value::RawValue>,
+        after: Option<&Value>,
+        review: &Review,
+    ) -> Box<serde_json::value::RawValue> {
+        let (Some(after), Some(rv)) = (after, review.old_identity.resource_version.as_deref())
+        else {
+            return old;
+        };
+        let Ok(parsed) = serde_json::from_str::<Value>(old.get()) else {
+            return old;
+        };
+        if codec::fingerprint(&parsed) != codec::fingerprint(after) {
+            return old;
+        }
+        let name = review.object_name();
+        let read = tokio::time::timeout(Duration::from_secs(2), self.sink.node_at(&name, rv)).await;
+        match read {
+            Ok(Ok(Some(node))) => serde_json::value::to_raw_value(&node).unwrap_or(old),
+            Ok(Ok(None)) => old,
+            Ok(Err(e)) => {
+                tracing::warn!(node = %name, error = %e, "reading the Node's prior state; keeping oldObject");
+                old
+            }
+            Err(_) => {
+                tracing::warn!(node = %name, "reading the Node's prior state timed out; keeping oldObject");
+                old
+            }
+        }
+    }
+
     async fn capture(
         &self,
         review: &mut Review,
@@ -452,6 +490,17 @@ impl CaptureService {
                     .as_ref()
                     .ok_or(CaptureError::MissingObject("object"))?,
             ),
+        };
+        let prior = match prior {
+            Some(p)
+                if operation == Operation::Update
+                    && review.request.resource.group.is_empty()
+                    && review.request.resource.resource == "nodes"
+                    && review.request.sub_resource.is_none() =>
+            {
+                Some(self.node_prior(p, after, review).await)
+            }
+            p => p,
         };
         let uid_of = |o: &Value| o.get("metadata")?.get("uid")?.as_str().map(str::to_string);
         let req = &review.request;

@@ -27,6 +27,7 @@ const KNOWN_ACTION_TTL: Duration = Duration::from_secs(300);
 pub struct KubeStore {
     namespace: String,
     namespaces: Api<Namespace>,
+    nodes: Api<k8s_openapi::api::core::v1::Node>,
     config_maps: Api<ConfigMap>,
     secrets: Api<Secret>,
     known_actions: Mutex<HashMap<String, Instant>>,
@@ -120,6 +121,7 @@ impl KubeStore {
         KubeStore {
             namespace: namespace.to_string(),
             namespaces: Api::all(client.clone()),
+            nodes: Api::all(client.clone()),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
             known_actions: Mutex::default(),
@@ -993,6 +995,29 @@ impl SnapshotSink for KubeStore {
                         .and_then(|at| meta.uid.map(|uid| (uid, Some(at.0)))))
                 }
                 Err(e) if is_status(&e, 404) => Ok(None),
+                Err(e) => Err(StoreError::Kube(e)),
+            }
+        })
+    }
+
+    fn node_at<'a>(
+        &'a self,
+        name: &'a str,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>>> {
+        Box::pin(async move {
+            let params = kube::api::ListParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .at(resource_version)
+                .matching(kube::api::VersionMatch::Exact);
+            match self.nodes.list(&params).await {
+                Ok(list) => Ok(list
+                    .items
+                    .into_iter()
+                    .next()
+                    .and_then(|n| serde_json::to_value(n).ok())),
+                // 410 Gone: compacted away.
+                Err(e) if is_status(&e, 410) => Ok(None),
                 Err(e) => Err(StoreError::Kube(e)),
             }
         })

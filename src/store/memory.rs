@@ -100,6 +100,17 @@ impl SnapshotSink for MemoryStore {
         })
     }
 
+    fn node_at<'a>(
+        &'a self,
+        _name: &'a str,
+        _resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(None)
+        })
+    }
+
     fn terminating_namespace<'a>(
         &'a self,
         namespace: &'a str,

@@ -179,6 +179,13 @@ pub trait SnapshotSink: Send + Sync + 'static {
         uid: &'a str,
         deleted_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Option<ActionId>>>;
+    /// The Node as it was at exactly this resourceVersion (from etcd's
+    /// history; None once compacted away or when it did not exist then).
+    fn node_at<'a>(
+        &'a self,
+        name: &'a str,
+        resource_version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>>>;
 }
 
 /// A namespace being deleted: its uid, and when the API server committed the
