@@ -148,11 +148,54 @@ impl ApiError {
 }
 
 /// Whether a failed call never reached a working API server: no connection,
-/// a timeout, or an answer that it is overloaded or unavailable.
+/// a timeout, an answer that it is overloaded or unavailable, or that an
+/// admission webhook it had to call is.
 pub fn unavailable(e: &kube::Error) -> bool {
     match e {
-        kube::Error::Api(s) => matches!(s.code, 429 | 502 | 503 | 504),
+        kube::Error::Api(s) => {
+            matches!(s.code, 429 | 502 | 503 | 504)
+                // An admission webhook in front of the review kinds is down
+                // (snapback's own, where matchConditions cannot be used).
+                || (s.code == 500 && s.message.contains("failed calling webhook"))
+        }
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn an_api_server_that_cannot_serve_now_is_a_503() {
+        for e in [
+            api(503, "service unavailable"),
+            api(429, "too many requests"),
+            api(
+                500,
+                "Internal error occurred: failed calling webhook \"mutate.snapback.io\": connection refused",
+            ),
+        ] {
+            assert!(unavailable(&e), "{e}");
+            assert_eq!(
+                ApiError::kube("authenticating", &e).status,
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+        let e = api(500, "etcd corrupted");
+        assert!(!unavailable(&e));
+        assert_eq!(
+            ApiError::kube("authenticating", &e).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }
