@@ -645,20 +645,7 @@ async fn one_delete_is_one_change() {
     let detail = api
         .ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;
-    let mut changes: Vec<String> = detail["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ch| {
-            format!(
-                "{} {}/{}",
-                ch["operation"].as_str().unwrap(),
-                ch["resource"].as_str().unwrap(),
-                ch["name"].as_str().unwrap()
-            )
-        })
-        .collect();
-    changes.sort();
+    let changes = change_list(&detail);
     assert_eq!(
         changes,
         ["delete configmaps/plain", "delete pods/lone"],

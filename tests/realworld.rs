@@ -545,20 +545,7 @@ spec:
     let detail = api
         .ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;
-    let mut changed: Vec<String> = detail["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ch| {
-            format!(
-                "{} {}/{}",
-                ch["operation"].as_str().unwrap(),
-                ch["resource"].as_str().unwrap(),
-                ch["name"].as_str().unwrap()
-            )
-        })
-        .collect();
-    changed.sort();
+    let changed = change_list(&detail);
     assert_eq!(
         changed,
         [

@@ -940,3 +940,23 @@ pub fn content(v: &Value) -> Value {
     out["annotations"] = ann;
     out
 }
+
+/// An action's changes (from `GET /api/v1/actions/{id}`) as sorted
+/// `"<operation> <resource>/<name>"` lines.
+pub fn change_list(detail: &Value) -> Vec<String> {
+    let mut changes: Vec<String> = detail["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|ch| {
+            format!(
+                "{} {}/{}",
+                ch["operation"].as_str().unwrap_or("?"),
+                ch["resource"].as_str().unwrap_or("?"),
+                ch["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    changes.sort();
+    changes
+}
