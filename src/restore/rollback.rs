@@ -214,9 +214,14 @@ impl Restorer {
             .zip(current)
             .map(|(h, c)| match c {
                 Ok(c) => plan::decide(h, c.as_ref(), force),
+                // Unreadable now: the operation the action's own changes
+                // call for (it deleted the object: a create).
                 Err(e) => Step {
                     operation: match h.target {
                         Target::Absent { .. } => RestoreOp::Delete,
+                        Target::Present(_) if h.accepted.contains(plan::ABSENT) => {
+                            RestoreOp::Create
+                        }
                         _ => RestoreOp::Replace,
                     },
                     action: Action::None(Outcome::Failed, e.clone()),
