@@ -6,7 +6,8 @@
 #
 # With CONTROLLERS=1, a kube-controller-manager runs too, with the controllers
 # a namespace's life needs (namespace, service accounts and their tokens,
-# kube-root-ca.crt, garbage collector, Deployments and ReplicaSets), each as
+# kube-root-ca.crt, garbage collector, Deployments and ReplicaSets, volume
+# binding and the claim/volume protection finalizers), each as
 # its own service account as kubeadm sets it up: pods are created but never
 # scheduled (no scheduler, no kubelet).
 #
@@ -183,7 +184,7 @@ if [ "${CONTROLLERS:-0}" = 1 ]; then
     --use-service-account-credentials=true \
     --service-account-private-key-file "$pki/sa.key" \
     --root-ca-file "$pki/ca.crt" \
-    --controllers namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,deployment,replicaset \
+    --controllers namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher,deployment,replicaset,persistentvolume-binder,pvc-protection,pv-protection \
     --leader-elect=false --port 0 --secure-port 0 \
     --concurrent-namespace-syncs 2 \
     --v 1 \

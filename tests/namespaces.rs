@@ -652,3 +652,54 @@ async fn one_delete_is_one_change() {
         "{detail:#}"
     );
 }
+
+/// A PersistentVolume and its claim deleted and restored are bound again
+/// by the volume controller: recreated as they were, the volume named the
+/// uid of a claim that is gone (Released) and the claim was Lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_volume_and_claim_are_bound_again() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let token = c.token("carol");
+    let ns = c.namespace("vol", &[]);
+    sb.wait_capturing(c, &ns);
+    let pv = format!("pv-{ns}");
+    let manifest = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {pv}}}\nspec: {{capacity: {{storage: 1Gi}}, accessModes: [ReadWriteOnce], persistentVolumeReclaimPolicy: Retain, storageClassName: manual, hostPath: {{path: /tmp/{pv}}}}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {ns}}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: manual, volumeName: {pv}, resources: {{requests: {{storage: 1Gi}}}}}}\n"
+    );
+    c.apply_as("admin", &manifest);
+    let phase = |kind: &str, name: &str, namespace: &str| {
+        get(c, namespace, kind, name)
+            .and_then(|o| o["status"]["phase"].as_str().map(str::to_string))
+    };
+    eventually("the claim bound", Duration::from_secs(60), || async {
+        (phase("pvc", "data", &ns).as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+    let id = format!("vol-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(
+        "carol",
+        &["-n", &ns, "delete", "pvc", "data", "--timeout=60s"],
+    );
+    c.kubectl_as_ok("carol", &["delete", "pv", &pv, "--timeout=60s"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    eventually(
+        "the restored claim bound again",
+        Duration::from_secs(60),
+        || async {
+            (phase("pvc", "data", &ns).as_deref() == Some("Bound")
+                && phase("pv", &pv, "default").as_deref() == Some("Bound"))
+            .then_some(())
+        },
+    )
+    .await;
+    c.kubectl_ok(&["-n", &ns, "delete", "pvc", "data", "--wait=false"]);
+    c.kubectl_ok(&["delete", "pv", &pv, "--wait=false"]);
+}

@@ -445,6 +445,18 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         }
         _ => {}
     }
+    // A deleted service account token is a revoked credential: recreating
+    // its Secret would make the token valid again (the token controller
+    // makes new ones for the account).
+    if let (Target::Present(t), None) = (&h.target, current)
+        && t.get("kind").and_then(Value::as_str) == Some("Secret")
+        && t.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+    {
+        return none(
+            Outcome::Skipped,
+            "not brought back: a service account token Secret's deletion revoked the token; the token controller makes new ones".into(),
+        );
+    }
     let force = force || made_for_every_namespace(h);
     if !force && !h.accepted.contains(&conflict_fp(current)) {
         let what = if current.is_some() {
@@ -530,7 +542,41 @@ pub fn for_create(target: &Value) -> Value {
         map.remove("secrets");
     }
     codec::strip_injected_token_volume(&mut body);
+    unbind_volume(&mut body);
     body
+}
+
+/// A PersistentVolume or claim created again is bound anew by the volume
+/// controller: a volume keeps its claim's name and namespace (pre-bound to
+/// it) but not the uid of the claim that went away, and a claim loses the
+/// controller's "bind completed" marks (it keeps `volumeName`). Recreated as
+/// they were, the volume stays `Released` and the claim `Lost`.
+fn unbind_volume(body: &mut Value) {
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if body.get("apiVersion").and_then(Value::as_str) != Some("v1") {
+        return;
+    }
+    match kind {
+        "PersistentVolume" => {
+            if let Some(claim) = body
+                .pointer_mut("/spec/claimRef")
+                .and_then(Value::as_object_mut)
+            {
+                claim.remove("uid");
+                claim.remove("resourceVersion");
+            }
+        }
+        "PersistentVolumeClaim" => {
+            if let Some(annotations) = body
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
+            {
+                annotations.remove("pv.kubernetes.io/bind-completed");
+                annotations.remove("pv.kubernetes.io/bound-by-controller");
+            }
+        }
+        _ => {}
+    }
 }
 
 fn is_service_account(v: &Value) -> bool {

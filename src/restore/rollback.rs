@@ -1584,6 +1584,13 @@ fn immutable_refusal(message: &str) -> bool {
         "for fields other than",
         // Pod: "pod updates may not change fields other than …"
         "may not change fields other than",
+        // Pod: "existing toleration can not be modified except its tolerationSeconds"
+        "can not be modified",
+        // StorageClass: "updates to parameters are forbidden" (provisioner,
+        // reclaimPolicy); PVC: "spec is immutable after creation…"
+        "updates to parameters are forbidden",
+        "updates to provisioner are forbidden",
+        "updates to reclaimpolicy are forbidden",
     ]
     .iter()
     .any(|p| m.contains(p))
@@ -1862,6 +1869,9 @@ mod tests {
             r#"StatefulSet.apps "web" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'template', 'updateStrategy' and 'minReadySeconds' are forbidden"#,
             r#"Pod "p" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"#,
             r#"PersistentVolumeClaim "data" is invalid: spec: Forbidden: spec is immutable after creation except resources.requests for bound claims"#,
+            r#"Pod "debug" is invalid: spec.tolerations: Forbidden: existing toleration can not be modified except its tolerationSeconds"#,
+            r#"StorageClass.storage.k8s.io "manual" is invalid: parameters: Forbidden: updates to parameters are forbidden."#,
+            r#"StorageClass.storage.k8s.io "manual" is invalid: provisioner: Forbidden: updates to provisioner are forbidden."#,
         ] {
             assert!(immutable_refusal(message), "{message}");
         }

@@ -242,6 +242,22 @@ fn without_read_time_defaults(kind: &str, object: &Value) -> Option<Value> {
             }
             Some(copy)
         }
+        // autoscaling/v2beta1 and v2beta2 are stored as v1 (metrics in an
+        // annotation, CPU utilisation in its own field): read back, the
+        // CPU metric comes last whatever order it was written in. The
+        // order of an autoscaler's metrics means nothing (the largest
+        // recommendation wins): compared sorted.
+        "HorizontalPodAutoscaler" => {
+            let metrics = object.pointer("/spec/metrics")?.as_array()?;
+            if metrics.len() < 2 {
+                return None;
+            }
+            let mut sorted = metrics.clone();
+            sorted.sort_by_cached_key(|m| m.to_string());
+            let mut copy = object.clone();
+            *copy.pointer_mut("/spec/metrics")? = Value::Array(sorted);
+            Some(copy)
+        }
         "Job" => {
             let labels = object.pointer("/metadata/labels")?.as_object()?;
             if !labels
@@ -819,6 +835,21 @@ mod tests {
         assert_eq!(fingerprint(&seen), fingerprint(&read_back));
         let relabelled = job(json!({"controller-uid": "u1", "job-name": "j1", "team": "a"}));
         assert_ne!(fingerprint(&read_back), fingerprint(&relabelled));
+        // An autoscaler's metrics in another order: the same.
+        let hpa = |metrics: Value| {
+            json!({"kind": "HorizontalPodAutoscaler", "apiVersion": "autoscaling/v2beta2",
+                   "metadata": {"name": "h"}, "spec": {"maxReplicas": 10, "metrics": metrics}})
+        };
+        let cpu = json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}});
+        let mem = json!({"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "500Mi"}}});
+        assert_eq!(
+            fingerprint(&hpa(json!([cpu.clone(), mem.clone()]))),
+            fingerprint(&hpa(json!([mem.clone(), cpu.clone()])))
+        );
+        assert_ne!(
+            fingerprint(&hpa(json!([cpu.clone(), mem]))),
+            fingerprint(&hpa(json!([cpu])))
+        );
         // Other kinds keep those fields.
         let cm = |labels: Value| json!({"kind": "ConfigMap", "metadata": {"name": "c", "labels": labels}});
         assert_ne!(

@@ -786,3 +786,59 @@ fn a_definition_made_through_v1beta1_is_created_again_through_it() {
     modern["spec"]["versions"][0]["schema"] = json!({"openAPIV3Schema": {"type": "object"}});
     assert!(!legacy_crd(&modern));
 }
+
+#[test]
+fn a_deleted_service_account_token_stays_revoked() {
+    let token = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "worker-token-flxtl", "namespace": "ns", "uid": "t1", "resourceVersion": "3",
+                     "annotations": {"kubernetes.io/service-account.name": "worker"}},
+        "data": {"token": "c2VjcmV0"}});
+    let h = only(vec![snap(
+        1,
+        Operation::Delete,
+        "worker-token-flxtl",
+        Some(&token),
+        None,
+    )]);
+    for force in [false, true] {
+        let step = decide(&h, None, force);
+        assert!(
+            matches!(&step.action, Action::None(Outcome::Skipped, m) if m.contains("revoked")),
+            "{step:?}"
+        );
+    }
+    // Any other Secret comes back.
+    let mut opaque = token.clone();
+    opaque["type"] = json!("Opaque");
+    let h = only(vec![snap(
+        1,
+        Operation::Delete,
+        "worker-token-flxtl",
+        Some(&opaque),
+        None,
+    )]);
+    assert!(matches!(decide(&h, None, false).action, Action::Create(_)));
+}
+
+#[test]
+fn a_recreated_volume_and_claim_are_bound_anew() {
+    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "pv-data", "uid": "v1", "annotations": {"pv.kubernetes.io/bound-by-controller": "yes"}},
+        "spec": {"capacity": {"storage": "1Gi"}, "hostPath": {"path": "/data"},
+                 "persistentVolumeReclaimPolicy": "Retain",
+                 "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "st", "name": "data-db-0",
+                              "uid": "old-claim", "resourceVersion": "42", "apiVersion": "v1"}}});
+    let body = for_create(&pv);
+    assert_eq!(
+        body["spec"]["claimRef"],
+        json!({"kind": "PersistentVolumeClaim", "namespace": "st", "name": "data-db-0", "apiVersion": "v1"})
+    );
+    assert_eq!(body["spec"]["hostPath"]["path"], "/data");
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-db-0", "namespace": "st", "uid": "old-claim",
+                     "annotations": {"pv.kubernetes.io/bind-completed": "yes", "pv.kubernetes.io/bound-by-controller": "yes", "team": "db"}},
+        "spec": {"volumeName": "pv-data", "resources": {"requests": {"storage": "1Gi"}}}});
+    let body = for_create(&pvc);
+    assert_eq!(body["metadata"]["annotations"], json!({"team": "db"}));
+    assert_eq!(body["spec"]["volumeName"], "pv-data");
+}
