@@ -798,6 +798,75 @@ async fn node_cordon_taint_and_label_are_undone() {
     c.kubectl_ok(&["delete", "node", &node]);
 }
 
+/// One object changed through two API versions in one action (an Ingress
+/// applied as v1beta1, then labelled through v1, kubectl's preferred
+/// version) is not a conflict to the action's rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_changed_through_two_api_versions_rolls_back_without_a_conflict() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user5";
+    c.grant_api(user);
+    let ns = c.namespace("versions", &[user]);
+    let token = c.token(user);
+    let ingress = |note: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1beta1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: {ns}\n  annotations: {{note: {note}}}\nspec:\n  backend: {{serviceName: web, servicePort: 80}}\n"
+        )
+    };
+    c.apply_as("admin", &ingress("before"));
+    let read = || -> Value {
+        serde_json::from_str(&c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "ingresses.v1.networking.k8s.io",
+            "web",
+            "-o",
+            "json",
+        ]))
+        .unwrap()
+    };
+    let before = read();
+    let id = format!("versions-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.apply_as(user, &ingress("after"));
+    c.kubectl_as_ok(user, &["-n", &ns, "label", "ingress", "web", "team=x"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let versions: std::collections::BTreeSet<&str> = detail["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ch| ch["version"].as_str())
+        .collect();
+    assert_eq!(versions.len(), 2, "{detail:#}");
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let after = read();
+    assert_eq!(
+        after["metadata"]["annotations"]["note"], "before",
+        "{after:#}"
+    );
+    assert_eq!(
+        after["metadata"]["labels"], before["metadata"]["labels"],
+        "{after:#}"
+    );
+    assert_eq!(after["spec"], before["spec"]);
+}
+
 /// An object restored before its owner (a ConfigMap owned by a Deployment:
 /// config maps come back in an earlier wave) gets its owner reference back,
 /// pointing at the owner's new uid, once the owner is restored.

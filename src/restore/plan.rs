@@ -52,6 +52,10 @@ pub struct ObjectHistory {
     pub rank: u8,
     /// Names of the snapshots, oldest first (for messages).
     pub snapshots: Vec<String>,
+    /// The API versions the action's changes to the object went through,
+    /// other than `object.version` (an Ingress changed through v1beta1 and
+    /// v1): their fingerprints are of those versions' forms.
+    pub other_versions: Vec<String>,
 }
 
 impl ObjectHistory {
@@ -129,6 +133,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             target,
             accepted,
             snapshots: names,
+            other_versions: Vec::new(),
         };
     };
     fingerprints(&mut accepted, &main);
@@ -175,12 +180,20 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
     } {
         object.kind = kind;
     }
+    let mut other_versions: Vec<String> = main
+        .iter()
+        .map(|l| l.meta.object.version.clone())
+        .filter(|v| *v != object.version)
+        .collect();
+    other_versions.sort();
+    other_versions.dedup();
     ObjectHistory {
         rank: rank(&object.group, &object.resource),
         object,
         target,
         accepted,
         snapshots: names,
+        other_versions,
     }
 }
 

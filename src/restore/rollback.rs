@@ -483,6 +483,7 @@ impl Restorer {
             self.accept_earlier_rollbacks(&record, &mut histories).await;
         }
         let current = self.current_states(&client, &histories).await;
+        accept_other_versions(&client, &mut histories, &current).await;
         let mut steps = Self::decide_all(&histories, &current, params.force);
         self.leave_refused_namespace_deletions(&record, &histories, &mut steps)
             .await;
@@ -1764,6 +1765,35 @@ pub fn strip_for_diff(v: &Value) -> Value {
         }
     }
     s
+}
+
+/// An object the action changed through several API versions (an Ingress
+/// applied as v1beta1, then labelled through v1): its fingerprints are of
+/// each version's form, the current object is read in one. Read in the
+/// others too; if it is, in one of them, a state the action produced or
+/// started from, its form in the version read is accepted as well.
+async fn accept_other_versions(
+    client: &kube::Client,
+    histories: &mut [ObjectHistory],
+    current: &[Result<Option<Value>, String>],
+) {
+    for (h, c) in histories.iter_mut().zip(current) {
+        let Ok(Some(c)) = c else { continue };
+        let here = crate::store::codec::fingerprint(c);
+        if h.accepted.contains(&here) {
+            continue;
+        }
+        for version in h.other_versions.clone() {
+            let mut other = h.object.clone();
+            other.version = version;
+            if let Ok(Some(o)) = dynamic::get(client, &other).await
+                && h.accepted.contains(&crate::store::codec::fingerprint(&o))
+            {
+                h.accepted.insert(here);
+                break;
+            }
+        }
+    }
 }
 
 /// Extra attempts at an object the API server refused for now.
