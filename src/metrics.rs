@@ -266,7 +266,14 @@ impl Metrics {
         for outcome in ["healthy", "failed"] {
             self.guards.with_label_values(&[outcome]);
         }
-        for outcome in ["resolved", "no-action", "duplicate", "failed"] {
+        for outcome in [
+            "resolved",
+            "no-action",
+            "duplicate",
+            "error",
+            "rolled-back",
+            "rollback-failed",
+        ] {
             self.alerts.with_label_values(&[outcome]);
         }
     }

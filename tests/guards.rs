@@ -397,6 +397,34 @@ async fn a_namespace_alert_rolls_back_the_newest_completed_action_there() {
         c.kubectl_ok(&["-n", &ns, "get", "cm", "cm", "-o", "jsonpath={.data.v}"]),
         "2"
     );
+    // Alertmanager delivers a firing alert again every repeat_interval: the
+    // same alert, not a reason to roll back the next older action.
+    for _ in 0..2 {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/api/v1/hooks/alertmanager",
+                Some(&token),
+                Some(&payload),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["alerts"][0]["outcome"], "duplicate", "{body}");
+        assert_eq!(body["alerts"][0]["action"], ids[1].as_str(), "{body}");
+    }
+    assert_eq!(
+        c.kubectl_ok(&["-n", &ns, "get", "cm", "cm", "-o", "jsonpath={.data.v}"]),
+        "2"
+    );
+    let metrics = sb.metrics();
+    assert!(
+        metric(&metrics, "snapback_alerts_total{outcome=\"duplicate\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "snapback_alerts_total{outcome=\"rolled-back\"}") >= 1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -126,7 +126,8 @@ pub async fn alertmanager(
             ));
             continue;
         }
-        let target = match find_action(&state, alert).await {
+        let key = format!("{}@{}", alert.fingerprint, alert.starts_at);
+        let target = match find_action(&state, alert, &key).await {
             Ok(Some(id)) => id,
             Ok(None) => {
                 state.metrics.alerts.with_label_values(&["no-action"]).inc();
@@ -134,13 +135,13 @@ pub async fn alertmanager(
                 continue;
             }
             Err(e) => {
+                state.metrics.alerts.with_label_values(&["error"]).inc();
                 outcomes.push(outcome(None, "error", e.message));
                 continue;
             }
         };
         // Remember the alert on the action first, so duplicates (retries,
         // repeat_interval, other replicas) find it and do nothing.
-        let key = format!("{}@{}", alert.fingerprint, alert.starts_at);
         let mut duplicate = false;
         let remembered = modify(state.restorer.store(), &target, |r| {
             let seen = r
@@ -157,6 +158,7 @@ pub async fn alertmanager(
         })
         .await;
         if let Err(e) = remembered {
+            state.metrics.alerts.with_label_values(&["error"]).inc();
             outcomes.push(outcome(Some(&target), "error", e.to_string()));
             continue;
         }
@@ -165,7 +167,7 @@ pub async fn alertmanager(
             outcomes.push(outcome(
                 Some(&target),
                 "duplicate",
-                "already rolled back for this alert".into(),
+                "this alert was handled before, or the action is already rolled back or rolling back (its rollback reports say how)".into(),
             ));
             continue;
         }
@@ -208,7 +210,7 @@ pub async fn alertmanager(
                 ));
             }
             Err(e) => {
-                state.metrics.alerts.with_label_values(&["failed"]).inc();
+                state.metrics.alerts.with_label_values(&["error"]).inc();
                 outcomes.push(outcome(Some(&target), "error", e.to_string()));
             }
         }
@@ -216,7 +218,16 @@ pub async fn alertmanager(
     Ok(Json(AlertResponse { alerts: outcomes }))
 }
 
-async fn find_action(state: &ApiState, alert: &Alert) -> Result<Option<ActionId>, ApiError> {
+/// The action an alert is about: the one its `snapback_action` label
+/// names, the one that already handled this very alert (`key`: a
+/// re-delivery, every `repeat_interval`, must not move on to the next older
+/// action once the first was rolled back), or the newest completed action
+/// that changed the alert's `namespace` within the window.
+async fn find_action(
+    state: &ApiState,
+    alert: &Alert,
+    key: &str,
+) -> Result<Option<ActionId>, ApiError> {
     crate::api::handlers::settle(state, None).await;
     if let Some(id) = alert.labels.get("snapback_action") {
         let id = ActionId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -231,9 +242,21 @@ async fn find_action(state: &ApiState, alert: &Alert) -> Result<Option<ActionId>
     };
     let records = state
         .store
-        .list_actions(Some(ActionState::Completed))
+        .list_actions(None)
         .await
         .map_err(|e| ApiError::from_store("listing actions", &e))?;
+    if let Some((handled, _)) = records.iter().find(|(r, _)| {
+        r.extensions
+            .get(ALERTS_KEY)
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|seen| seen.iter().any(|k| k == key))
+    }) {
+        return Ok(Some(handled.id.clone()));
+    }
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|(r, _)| r.state == ActionState::Completed)
+        .collect();
     // Candidates from metadata alone (no batch is read): completed actions
     // that touched the namespace and whose latest change, anywhere, is in
     // the window. Only their snapshots are read, for the latest change in
