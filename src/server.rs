@@ -141,6 +141,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         servers.spawn(async move { server.await.context("webhook server") });
     }
 
+    let mut draining: Option<Arc<Restorer>> = None;
     if cfg.role.snapshotter() {
         let restorer = Arc::new(
             Restorer::new(
@@ -153,6 +154,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_events(client.clone()),
         );
         spawn_resumer(restorer.clone());
+        draining = Some(restorer.clone());
         let leader = Arc::new(AtomicBool::new(false));
         let identity = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
@@ -231,6 +233,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        // Running rollbacks stop after the objects in flight (resumed by
+        // the next snapshotter) while the webhook still answers their
+        // writes; then the servers stop.
+        if let Some(restorer) = draining
+            && !restorer.drain(SHUTDOWN_GRACE).await
+        {
+            tracing::warn!(
+                "rollbacks still running at shutdown; they are resumed from their last saved progress"
+            );
+        }
         shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
         let _ = stop_tx.send(true);
     });

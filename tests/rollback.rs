@@ -1113,6 +1113,90 @@ async fn a_thousand_object_action_rolls_back_correctly() {
     assert!(items.iter().all(|i| i["data"]["v"] == "before"));
 }
 
+/// SIGTERM (a pod being stopped) in the middle of a rollback: the rollback
+/// stops after the objects in flight, fails none of them, and the next
+/// snapshotter finishes it (SPEC §4 resumable, §7 graceful shutdown).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_interrupted_by_sigterm_fails_nothing_and_is_finished_after_restart() {
+    let c = cluster();
+    let tag = format!("term{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts::isolated(c, &tag);
+    let mut sb = Snapback::start(c, opts.clone());
+    let admin = c.token("admin");
+    let ns = c.namespace("term", &[]);
+    sb.adopt_namespace(c, &ns);
+    let names: Vec<String> = (0..400).map(|i| format!("cm-{i:03}")).collect();
+    create_many(c, &ns, names.clone(), "").await;
+    patch_many(c, &ns, names.clone(), "big").await;
+    let rollback = {
+        let api = sb.api(c);
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            api.call("POST", "/api/v1/actions/big/rollback", Some(&admin), None)
+                .await
+        })
+    };
+    let store = sb.store(c).await;
+    let id = snapback::store::model::ActionId::parse("big").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
+        let done = rec
+            .extensions
+            .get("rollback")
+            .and_then(|p| p["results"].as_array())
+            .map_or(0, Vec::len);
+        if rec.state.as_str() == "rolling-back" && done >= 50 {
+            break;
+        }
+        assert!(
+            rec.state.as_str() != "rolled-back",
+            "the rollback finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "no progress recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sb.terminate();
+    let (status, body) = rollback.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(error_message(&body).contains("resumed"), "{body}");
+    let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.state.as_str(),
+        "rolling-back",
+        "left for the next snapshotter"
+    );
+    let results = rec.extensions["rollback"]["results"].as_array().unwrap();
+    assert!(
+        results.iter().all(|r| r["outcome"] == "restored"),
+        "nothing failed or was skipped: {results:?}"
+    );
+
+    let sb2 = Snapback::start(c, opts);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let rec = loop {
+        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
+        if rec.state.as_str() != "rolling-back" {
+            break rec;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollback was not resumed; log:\n{}",
+            sb2.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(rec.state.as_str(), "rolled-back");
+    let report = rec.rollbacks.last().unwrap();
+    assert_eq!(
+        nonzero(&report["counts"]),
+        json!({"restored": 400}),
+        "{report}"
+    );
+    assert!(names.iter().all(|n| value_of(c, &ns, n) == "before"));
+    sb2.unregister(c);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_snapshotter_finishes_the_rollback_after_restart_and_concurrent_requests_get_409()
 {

@@ -130,6 +130,9 @@ impl From<RollbackError> for ApiError {
             | RollbackError::Damaged(_) => ApiError::conflict(e.to_string()),
             RollbackError::Store(ref s) => ApiError::from_store("rollback", s),
             RollbackError::Client(_) => ApiError::internal("rollback", &e),
+            RollbackError::Interrupted(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
         }
     }
 }

@@ -97,6 +97,10 @@ pub enum RollbackError {
     Store(#[from] StoreError),
     #[error("building the impersonating client: {0}")]
     Client(String),
+    #[error(
+        "snapback is shutting down: the rollback of action {0} stopped after the objects in flight and is resumed by the next snapshotter (GET the action for its progress)"
+    )]
+    Interrupted(ActionId),
 }
 
 pub struct Restorer {
@@ -109,6 +113,10 @@ pub struct Restorer {
     running: Mutex<HashSet<ActionId>>,
     /// snapback's own client, for Events on restored objects.
     events: Option<kube::Client>,
+    /// Set on shutdown: running rollbacks stop after the objects in flight
+    /// and stay `rolling-back`, with their progress, for the next
+    /// snapshotter to finish (as after a crash, without failing anything).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 struct RunningGuard<'a>(&'a Restorer, ActionId);
@@ -142,7 +150,23 @@ impl Restorer {
             instance: format!("{:016x}", rand::random::<u64>()),
             running: Mutex::default(),
             events: None,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Shutting down: rollbacks stop taking new objects (see `draining`).
+    /// Waits, at most `limit`, until none is running, and says whether
+    /// that happened.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + limit;
+        while !lock(&self.running).is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     /// Record Events on restored objects with this (snapback's own) client.
@@ -574,7 +598,7 @@ impl Restorer {
         }
         let report = self
             .execute(id, &record, progress, histories, steps, &client)
-            .await;
+            .await?;
         self.observe(&report, started.elapsed());
         tracing::Span::current().record("outcome", report.state.as_str());
         Ok(report)
@@ -633,7 +657,7 @@ impl Restorer {
         histories: Vec<ObjectHistory>,
         steps: Vec<Step>,
         client: &kube::Client,
-    ) -> Report {
+    ) -> Result<Report, RollbackError> {
         let mut rollback_record = ActionRecord::new(
             progress.rollback_action.clone(),
             "rollback",
@@ -713,7 +737,7 @@ impl Restorer {
         for wave in plan::waves(&histories, &steps) {
             for batch in wave.chunks(PROGRESS_BATCH) {
                 let recreated = &recreated_namespaces;
-                let outcomes: Vec<(usize, ObjectResult)> = futures::stream::iter(batch.iter().copied())
+                let outcomes: Vec<(usize, Option<ObjectResult>)> = futures::stream::iter(batch.iter().copied())
                     .map(|i| {
                         let (h, s, stop, progress) = (&histories[i], &steps[i], &stop, &progress);
                         let in_recreated = h
@@ -722,9 +746,12 @@ impl Restorer {
                             .as_ref()
                             .is_some_and(|n| recreated.contains(n));
                         async move {
+                            if self.draining.load(Ordering::SeqCst) {
+                                return (i, None);
+                            }
                             if stop.load(Ordering::SeqCst) {
-                                return (i, ObjectResult::new(h, s.operation, Outcome::Skipped,
-                                    "not attempted: the rollback stopped after a failure (failurePolicy)".into()));
+                                return (i, Some(ObjectResult::new(h, s.operation, Outcome::Skipped,
+                                    "not attempted: the rollback stopped after a failure (failurePolicy)".into())));
                             }
                             let r = self
                                 .restore_one(client, h, s, progress, retries, id, in_recreated)
@@ -734,12 +761,27 @@ impl Restorer {
                             {
                                 stop.store(true, Ordering::SeqCst);
                             }
-                            (i, r)
+                            (i, Some(r))
                         }
                     })
                     .buffer_unordered(self.cfg.parallelism.max(1))
                     .collect()
                     .await;
+                let outcomes: Vec<(usize, ObjectResult)> = outcomes
+                    .into_iter()
+                    .filter_map(|(i, r)| Some((i, r?)))
+                    .collect();
+                if self.draining.load(Ordering::SeqCst) {
+                    // Shutting down: what is done so far is saved; the
+                    // action stays rolling-back for the next snapshotter.
+                    for (i, r) in outcomes {
+                        results[i] = Some(r);
+                    }
+                    self.save_progress(id, &results).await;
+                    drop(heartbeat);
+                    tracing::warn!(action = %id, "rollback interrupted by shutdown; the next snapshotter resumes it");
+                    return Err(RollbackError::Interrupted(id.clone()));
+                }
                 for (i, r) in outcomes {
                     let h = &histories[i];
                     if r.outcome == Outcome::Restored
@@ -835,7 +877,7 @@ impl Restorer {
             r.updated_at = finished;
         })
         .await;
-        report
+        Ok(report)
     }
 
     /// Restore one object, retrying per the policy (and transient refusals
@@ -1284,6 +1326,9 @@ impl Restorer {
     /// idempotent; what was already restored is found unchanged).
     pub async fn resume_stale(&self) -> Result<usize, StoreError> {
         let mut resumed = 0;
+        if self.draining.load(Ordering::SeqCst) {
+            return Ok(resumed);
+        }
         for (record, rv) in self
             .store
             .list_actions_cached(Some(ActionState::RollingBack))
@@ -1339,16 +1384,25 @@ impl Restorer {
                     continue;
                 }
             };
+            let mut histories = histories;
             let current = self.current_states(&client, &histories).await;
+            accept_other_versions(&client, &mut histories, &current).await;
             let steps = Self::decide_all(&histories, &current, progress.params.force);
             let mut original = record.clone();
             original.state = match progress.trigger {
                 Trigger::Cancel => ActionState::Open,
                 _ => ActionState::Completed,
             };
-            let report = self
+            let report = match self
                 .execute(&record.id, &original, progress, histories, steps, &client)
-                .await;
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(action = %record.id, error = %e, "resumed rollback stopped");
+                    continue;
+                }
+            };
             self.observe(&report, started.elapsed());
             resumed += 1;
         }

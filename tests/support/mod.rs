@@ -808,6 +808,17 @@ impl Snapback {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stop with SIGTERM (graceful shutdown, as Kubernetes stops a pod) and
+    /// wait until the process is gone.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
 }
 
 /// Assert the SPEC error shape and return the message.
