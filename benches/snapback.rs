@@ -261,6 +261,7 @@ fn storage(corpus: &str, kubeconfig: &str) {
                 payload_sha256: None,
                 after_fingerprint: Some(snapback::store::codec::fingerprint(obj)),
                 before_fingerprint: Some(snapback::store::codec::fingerprint(obj)),
+                after_replicas: None,
                 chunks: 0,
                 secret: false,
                 guard: None,

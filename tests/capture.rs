@@ -1040,6 +1040,7 @@ async fn activity_of_batched_actions_comes_from_batch_metadata() {
                         payload_sha256: None,
                         after_fingerprint: None,
                         before_fingerprint: None,
+                        after_replicas: None,
                         chunks: 0,
                         secret: false,
                         guard: None,

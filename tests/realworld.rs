@@ -867,6 +867,50 @@ async fn an_object_changed_through_two_api_versions_rolls_back_without_a_conflic
     assert_eq!(after["spec"], before["spec"]);
 }
 
+/// A Deployment scaled by someone else after the action (an autoscaler,
+/// another operator) keeps that scale when the action (which changed its
+/// image) is rolled back; the image comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scale_since_the_action_is_kept_by_its_rollback() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user6";
+    c.grant_api(user);
+    let ns = c.namespace("scaled", &[user]);
+    let token = c.token(user);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "hp",
+        "--image=app:1",
+        "--replicas=2",
+    ]);
+    let id = format!("img-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "set", "image", "deployment/hp", "app=app:2"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    c.kubectl_ok(&["-n", &ns, "scale", "deployment", "hp", "--replicas=9"]);
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let dep: Value =
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "deployment", "hp", "-o", "json"]))
+            .unwrap();
+    assert_eq!(dep["spec"]["replicas"], 9, "{dep:#}");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"], "app:1",
+        "{dep:#}"
+    );
+}
+
 /// An object restored before its owner (a ConfigMap owned by a Deployment:
 /// config maps come back in an earlier wave) gets its owner reference back,
 /// pointing at the owner's new uid, once the owner is restored.

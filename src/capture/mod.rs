@@ -532,6 +532,13 @@ impl CaptureService {
             after_fingerprint: after.map(codec::fingerprint),
             // Computed from the stored prior object when a rollback plans.
             before_fingerprint: None,
+            // What the rollback compares the current replicas with: a
+            // scale since the action (an autoscaler) is kept.
+            after_replicas: after
+                .filter(|_| matches!(req.sub_resource.as_deref(), None | Some("scale")))
+                .and_then(|o| o.get("spec")?.get("replicas"))
+                .filter(|r| r.is_u64())
+                .map(|r| r.to_string()),
             chunks: 0,
             secret,
             guard: after
@@ -721,6 +728,7 @@ fn contents_snapshot(
         payload_sha256: None,
         after_fingerprint: None,
         before_fingerprint: None,
+        after_replicas: None,
         chunks: 0,
         secret: false,
         guard: None,

@@ -56,6 +56,8 @@ pub struct ObjectHistory {
     /// other than `object.version` (an Ingress changed through v1beta1 and
     /// v1): their fingerprints are of those versions' forms.
     pub other_versions: Vec<String>,
+    /// `spec.replicas` the action's last change left, when recorded.
+    pub last_after_replicas: Option<String>,
 }
 
 impl ObjectHistory {
@@ -134,6 +136,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             accepted,
             snapshots: names,
             other_versions: Vec::new(),
+            last_after_replicas: None,
         };
     };
     fingerprints(&mut accepted, &main);
@@ -194,6 +197,11 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         accepted,
         snapshots: names,
         other_versions,
+        // Scale subresource writes included: they change replicas too.
+        last_after_replicas: snaps
+            .iter()
+            .rev()
+            .find_map(|l| l.meta.after_replicas.clone()),
     }
 }
 
@@ -353,7 +361,21 @@ fn conflict_fp(current: Option<&Value>) -> String {
 /// Decide the step for one object. `current` is the object now (for a Scale
 /// target: its scale subresource), None when it does not exist.
 pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
-    let op = match (&h.target, current) {
+    // Scaled by someone else since the action (an autoscaler, `kubectl
+    // scale`): the prior content, at the current replicas.
+    let at_current_scale;
+    let target = match (&h.target, current) {
+        (Target::Present(t), Some(c)) if scaled_since(h, c) => {
+            let mut t = t.clone();
+            if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("replicas".into(), c["spec"]["replicas"].clone());
+            }
+            at_current_scale = Target::Present(t);
+            &at_current_scale
+        }
+        _ => &h.target,
+    };
+    let op = match (target, current) {
         (Target::Absent { .. }, _) => RestoreOp::Delete,
         (Target::Present(_), None) => RestoreOp::Create,
         _ => RestoreOp::Replace,
@@ -369,7 +391,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
             .and_then(|m| m.get("deletionTimestamp"))
             .is_some_and(|d| !d.is_null())
     });
-    match (&h.target, terminating) {
+    match (target, terminating) {
         (Target::Absent { .. }, true) => {
             return none(Outcome::Unchanged, "already being deleted".into());
         }
@@ -399,7 +421,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
     }
     // Already in the target state: idempotence, and phantom snapshots of
     // changes a later admission step rejected.
-    match (&h.target, current) {
+    match (target, current) {
         (Target::Unreadable(reason), _) => {
             return none(Outcome::Failed, format!("snapshot refused: {reason}"));
         }
@@ -461,7 +483,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
     // A deleted service account token is a revoked credential: recreating
     // its Secret would make the token valid again (the token controller
     // makes new ones for the account).
-    if let (Target::Present(t), None) = (&h.target, current)
+    if let (Target::Present(t), None) = (target, current)
         && t.get("kind").and_then(Value::as_str) == Some("Secret")
         && t.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
     {
@@ -482,7 +504,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
             format!("{what} (use force=true to overwrite)"),
         );
     }
-    let action = match (&h.target, current) {
+    let action = match (target, current) {
         (Target::Absent { .. }, Some(c)) => Action::Delete {
             uid: uid_of(c).unwrap_or_default().to_string(),
             resource_version: c
@@ -519,6 +541,15 @@ fn made_for_every_namespace(h: &ObjectHistory) -> bool {
             ("serviceaccounts", "default") | ("configmaps", "kube-root-ca.crt")
         )
         && h.accepted.contains(ABSENT)
+}
+
+/// Whether the object's replicas are not those the action's last change
+/// left (the fingerprint does not look at them): changed since by someone
+/// else. Unknown (snapshots from before this was recorded): no.
+fn scaled_since(h: &ObjectHistory, current: &Value) -> bool {
+    h.last_after_replicas.as_deref().is_some_and(|after| {
+        replicas(current).is_some_and(|now| now.as_u64() != after.parse::<u64>().ok())
+    })
 }
 
 fn replicas(v: &Value) -> Option<&Value> {

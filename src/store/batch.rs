@@ -281,6 +281,7 @@ mod tests {
                 payload_sha256: None,
                 after_fingerprint: None,
                 before_fingerprint: None,
+                after_replicas: None,
                 chunks: 0,
                 secret: false,
                 guard: (i == 1).then(|| "5m".into()),

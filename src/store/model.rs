@@ -50,6 +50,8 @@ pub const ANN_RESOURCE_VERSION: &str = "snapback.io/resource-version";
 pub const ANN_UID: &str = "snapback.io/uid";
 pub const ANN_PAYLOAD_SHA256: &str = "snapback.io/payload-sha256";
 pub const ANN_AFTER_FINGERPRINT: &str = "snapback.io/after-fingerprint";
+/// `spec.replicas` of the object after the change, when it has one.
+pub const ANN_AFTER_REPLICAS: &str = "snapback.io/after-replicas";
 pub const ANN_BEFORE_FINGERPRINT: &str = "snapback.io/before-fingerprint";
 pub const ANN_CHUNKS: &str = "snapback.io/chunks";
 pub const ANN_CHUNK_INDEX: &str = "snapback.io/chunk-index";
@@ -340,6 +342,11 @@ pub struct SnapshotMeta {
     pub after_fingerprint: Option<String>,
     /// Fingerprint of the object before the change (none for CREATE).
     pub before_fingerprint: Option<String>,
+    /// `spec.replicas` after the change, when the object has one (the
+    /// fingerprint leaves replicas out): a later scale by someone else
+    /// (an autoscaler) is told from the action's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_replicas: Option<String>,
     pub chunks: u32,
     /// Stored as a Secret rather than a ConfigMap.
     pub secret: bool,
@@ -395,6 +402,7 @@ impl SnapshotMeta {
             (ANN_PAYLOAD_SHA256, &self.payload_sha256),
             (ANN_AFTER_FINGERPRINT, &self.after_fingerprint),
             (ANN_BEFORE_FINGERPRINT, &self.before_fingerprint),
+            (ANN_AFTER_REPLICAS, &self.after_replicas),
         ];
         for (key, value) in optional {
             if let Some(v) = value {
@@ -449,6 +457,7 @@ impl SnapshotMeta {
             payload_sha256: ann(ANN_PAYLOAD_SHA256),
             after_fingerprint: ann(ANN_AFTER_FINGERPRINT),
             before_fingerprint: ann(ANN_BEFORE_FINGERPRINT),
+            after_replicas: ann(ANN_AFTER_REPLICAS),
             chunks,
             secret,
             guard: labels.get(LABEL_GUARD).cloned(),
@@ -615,6 +624,7 @@ mod tests {
             payload_sha256: Some("ab".into()),
             after_fingerprint: Some("cd".into()),
             before_fingerprint: Some("ef".into()),
+            after_replicas: Some("3".into()),
             chunks: 1,
             secret: false,
             guard: None,

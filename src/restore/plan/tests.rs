@@ -67,6 +67,9 @@ fn snap_sub(
             after_fingerprint: after.map(codec::fingerprint),
             // As captured now: derived from the prior object when planning.
             before_fingerprint: None,
+            after_replicas: after
+                .and_then(|a| a.pointer("/spec/replicas"))
+                .map(|r| r.to_string()),
             chunks: u32::from(before.is_some()),
             secret: false,
             guard: None,
@@ -841,4 +844,54 @@ fn a_recreated_volume_and_claim_are_bound_anew() {
     let body = for_create(&pvc);
     assert_eq!(body["metadata"]["annotations"], json!({"team": "db"}));
     assert_eq!(body["spec"]["volumeName"], "pv-data");
+}
+
+#[test]
+fn a_scale_by_someone_else_since_the_action_is_kept() {
+    let dep = |replicas: u32, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
+    };
+    let body = |step: &Step| match &step.action {
+        Action::Replace(b) => b.clone(),
+        other => panic!("{other:?}"),
+    };
+    // The action changed the image only; an autoscaler went to 9 since.
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "web",
+        Some(&dep(2, "a")),
+        Some(&dep(2, "b")),
+    )]);
+    let b = body(&decide(&h, Some(&dep(9, "b")), false));
+    assert_eq!(b["spec"]["replicas"], 9);
+    assert_eq!(b["spec"]["template"]["spec"]["containers"][0]["image"], "a");
+    // Not scaled since: the prior replicas.
+    let b = body(&decide(&h, Some(&dep(2, "b")), false));
+    assert_eq!(b["spec"]["replicas"], 2);
+    // The action scaled it itself (2 → 5) and nobody since: back to 2.
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "web",
+        Some(&dep(2, "a")),
+        Some(&dep(5, "b")),
+    )]);
+    let b = body(&decide(&h, Some(&dep(5, "b")), false));
+    assert_eq!(b["spec"]["replicas"], 2);
+    // Only the image differs from the prior state at the current scale, and
+    // that is restored; at the prior image already, it is unchanged.
+    let h = only(vec![snap(
+        1,
+        Operation::Update,
+        "web",
+        Some(&dep(2, "a")),
+        Some(&dep(2, "b")),
+    )]);
+    assert!(matches!(
+        decide(&h, Some(&dep(9, "a")), false).action,
+        Action::None(Outcome::Unchanged, _)
+    ));
 }
