@@ -448,6 +448,19 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     assert_eq!(rb["origin"], "rollback");
     assert_eq!(rb["rollbackOf"], id.as_str());
     assert_eq!(rb["owner"], user);
+
+    // Undo again after the redo: what the redo made again (new uids) is the
+    // action's own, not someone else's later change (no 409).
+    let again = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(again["state"], "rolled-back", "{again:#}");
+    finalize_namespace(c, &ns2);
+    assert_eq!(
+        snapshot_all(c),
+        before,
+        "rolled back again to the prior state"
+    );
 }
 
 /// An action of one ConfigMap change, attributed by annotation.

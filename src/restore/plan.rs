@@ -451,12 +451,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
             // after): deleted and created again by someone else since, a
             // change after the action. Made before: the action's create
             // was refused because it existed (a phantom), nothing to undo.
-            let made_since = last_create.is_some_and(|at| {
-                c.pointer("/metadata/creationTimestamp")
-                    .and_then(Value::as_str)
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .is_some_and(|created| created > at)
-            });
+            let made_since = created_after(c, *last_create);
             if made_since && !force {
                 return none(
                     Outcome::Conflict,
@@ -541,6 +536,17 @@ fn made_for_every_namespace(h: &ObjectHistory) -> bool {
             ("serviceaccounts", "default") | ("configmaps", "kube-root-ca.crt")
         )
         && h.accepted.contains(ABSENT)
+}
+
+/// Whether the object was created after `at` (its creationTimestamp has
+/// whole seconds, so this is sure).
+fn created_after(c: &Value, at: Option<jiff::Timestamp>) -> bool {
+    at.is_some_and(|at| {
+        c.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|created| created > at)
+    })
 }
 
 /// Whether the object's replicas are not those the action's last change

@@ -310,12 +310,27 @@ impl Restorer {
         record: &ActionRecord,
         histories: &mut [ObjectHistory],
     ) {
-        let earlier = record
-            .rollbacks
-            .iter()
-            .filter_map(|r| r.get("rollbackAction")?.as_str())
-            .filter_map(|id| ActionId::parse(id).ok());
-        for rollback in earlier {
+        let rollbacks_of = |r: &ActionRecord| -> Vec<ActionId> {
+            r.rollbacks
+                .iter()
+                .filter_map(|r| r.get("rollbackAction")?.as_str())
+                .filter_map(|id| ActionId::parse(id).ok())
+                .collect()
+        };
+        let earlier = rollbacks_of(record);
+        // Redos (rollbacks of those rollbacks) made the action's objects
+        // again: what they created is the action's object under a new uid.
+        let mut redos = Vec::new();
+        for rollback in &earlier {
+            if let Ok(Some((r, _))) = self.store.get_action(rollback).await {
+                redos.extend(rollbacks_of(&r));
+            }
+        }
+        for (rollback, redo) in earlier
+            .into_iter()
+            .map(|id| (id, false))
+            .chain(redos.into_iter().map(|id| (id, true)))
+        {
             let Ok(loaded) = self.store.load_action(&rollback).await else {
                 continue;
             };
@@ -330,6 +345,13 @@ impl Restorer {
                 }) else {
                     continue;
                 };
+                if redo
+                    && l.meta.operation == crate::store::model::Operation::Create
+                    && let Target::Absent { created_uids, .. } = &mut h.target
+                    && let Some(uid) = &l.meta.uid
+                {
+                    created_uids.push(uid.clone());
+                }
                 match (l.meta.operation, &l.meta.after_fingerprint) {
                     (crate::store::model::Operation::Delete, _) => {
                         h.accepted.insert(plan::ABSENT.to_string());
