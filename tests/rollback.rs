@@ -1126,6 +1126,54 @@ async fn a_thousand_object_action_rolls_back_correctly() {
     assert!(items.iter().all(|i| i["data"]["v"] == "before"));
 }
 
+/// Wait until the action is rolling back with at least `done` objects in
+/// its recorded progress.
+async fn wait_for_progress(
+    store: &snapback::store::kube_store::KubeStore,
+    id: &snapback::store::model::ActionId,
+    done: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rec, _) = store.get_action(id).await.unwrap().unwrap();
+        let recorded = rec
+            .extensions
+            .get("rollback")
+            .and_then(|p| p["results"].as_array())
+            .map_or(0, Vec::len);
+        if rec.state.as_str() == "rolling-back" && recorded >= done {
+            return;
+        }
+        assert!(
+            rec.state.as_str() != "rolled-back",
+            "the rollback finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "no progress recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Wait until a restarted snapback has finished the interrupted rollback.
+async fn wait_until_resumed(
+    store: &snapback::store::kube_store::KubeStore,
+    id: &snapback::store::model::ActionId,
+    sb: &Snapback,
+) -> snapback::store::actions::ActionRecord {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (rec, _) = store.get_action(id).await.unwrap().unwrap();
+        if rec.state.as_str() != "rolling-back" {
+            return rec;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollback was not resumed; log:\n{}",
+            sb.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// SIGTERM (a pod being stopped) in the middle of a rollback: the rollback
 /// stops after the objects in flight, fails none of them, and the next
 /// snapshotter finishes it (SPEC §4 resumable, §7 graceful shutdown).
@@ -1151,24 +1199,7 @@ async fn a_rollback_interrupted_by_sigterm_fails_nothing_and_is_finished_after_r
     };
     let store = sb.store(c).await;
     let id = snapback::store::model::ActionId::parse("big").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
-        let done = rec
-            .extensions
-            .get("rollback")
-            .and_then(|p| p["results"].as_array())
-            .map_or(0, Vec::len);
-        if rec.state.as_str() == "rolling-back" && done >= 50 {
-            break;
-        }
-        assert!(
-            rec.state.as_str() != "rolled-back",
-            "the rollback finished before it could be interrupted"
-        );
-        assert!(Instant::now() < deadline, "no progress recorded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_progress(&store, &id, 50).await;
     sb.terminate();
     let (status, body) = rollback.await.unwrap();
     assert_eq!(status, 503, "{body}");
@@ -1186,19 +1217,7 @@ async fn a_rollback_interrupted_by_sigterm_fails_nothing_and_is_finished_after_r
     );
 
     let sb2 = Snapback::start(c, opts);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let rec = loop {
-        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
-        if rec.state.as_str() != "rolling-back" {
-            break rec;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rollback was not resumed; log:\n{}",
-            sb2.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let rec = wait_until_resumed(&store, &id, &sb2).await;
     assert_eq!(rec.state.as_str(), "rolled-back");
     let report = rec.rollbacks.last().unwrap();
     assert_eq!(
@@ -1236,24 +1255,7 @@ async fn a_killed_snapshotter_finishes_the_rollback_after_restart_and_concurrent
     // Wait until the rollback has recorded progress, then check single flight and kill it.
     let store = sb.store(c).await;
     let id = snapback::store::model::ActionId::parse("big").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
-        let done = rec
-            .extensions
-            .get("rollback")
-            .and_then(|p| p["results"].as_array())
-            .map_or(0, Vec::len);
-        if rec.state.as_str() == "rolling-back" && done >= 50 {
-            break;
-        }
-        assert!(
-            rec.state.as_str() != "rolled-back",
-            "the rollback finished before it could be interrupted"
-        );
-        assert!(Instant::now() < deadline, "no progress recorded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_progress(&store, &id, 50).await;
     let (status, body) = api
         .call("POST", "/api/v1/actions/big/rollback", Some(&admin), None)
         .await;
@@ -1271,19 +1273,7 @@ async fn a_killed_snapshotter_finishes_the_rollback_after_restart_and_concurrent
 
     // Restart: the new process finds the stale rollback and finishes it.
     let sb2 = Snapback::start(c, opts);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let rec = loop {
-        let (rec, _) = store.get_action(&id).await.unwrap().unwrap();
-        if rec.state.as_str() != "rolling-back" {
-            break rec;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rollback was not resumed; log:\n{}",
-            sb2.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let rec = wait_until_resumed(&store, &id, &sb2).await;
     assert_eq!(rec.state.as_str(), "rolled-back");
     let report = rec.rollbacks.last().unwrap();
     assert_eq!(
