@@ -226,19 +226,21 @@ mod tests {
         }
     }
 
+    /// The documents `snapback webhook-config` prints with these flags.
+    fn docs(extra: &[&str]) -> Vec<Value> {
+        let mut argv = vec!["x", "--url", "https://127.0.0.1:8443", "--ca", "ca.crt"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::parse_from(argv);
+        render(&cli.args, b"-----BEGIN CERTIFICATE-----")
+            .unwrap()
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect()
+    }
+
     #[test]
     fn match_conditions_are_added_only_when_asked_for() {
-        let docs = |extra: &[&str]| -> Vec<Value> {
-            let mut argv = vec!["x", "--url", "https://127.0.0.1:8443", "--ca", "ca.crt"];
-            argv.extend_from_slice(extra);
-            let cli = Cli::parse_from(argv);
-            render(&cli.args, b"-----BEGIN CERTIFICATE-----")
-                .unwrap()
-                .split("---\n")
-                .filter(|d| !d.trim().is_empty())
-                .map(|d| serde_yaml::from_str(d).unwrap())
-                .collect()
-        };
         for doc in docs(&[]) {
             assert!(doc["webhooks"][0].get("matchConditions").is_none(), "{doc}");
         }
@@ -265,13 +267,7 @@ mod tests {
 
     #[test]
     fn the_mutating_webhook_is_not_called_for_deletes() {
-        let cli = Cli::parse_from(["x", "--url", "https://127.0.0.1:8443", "--ca", "ca.crt"]);
-        let yaml = render(&cli.args, b"-----BEGIN CERTIFICATE-----").unwrap();
-        let docs: Vec<Value> = yaml
-            .split("---\n")
-            .filter(|d| !d.trim().is_empty())
-            .map(|d| serde_yaml::from_str(d).unwrap())
-            .collect();
+        let docs = docs(&[]);
         let operations = |doc: &Value| doc["webhooks"][0]["rules"][0]["operations"].clone();
         assert_eq!(docs[0]["kind"], "MutatingWebhookConfiguration");
         assert_eq!(operations(&docs[0]), json!(["CREATE", "UPDATE"]));

@@ -260,6 +260,20 @@ fn alert_payload(labels: Value, fingerprint: &str) -> String {
     .to_string()
 }
 
+/// Deliver an Alertmanager notification to the hook; it must answer 200.
+async fn deliver(api: &ApiClient, token: &str, payload: &str) -> Value {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/hooks/alertmanager",
+            Some(token),
+            Some(payload),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_rolls_back_its_action_once_even_when_delivered_three_times() {
     let c = cluster();
@@ -286,15 +300,7 @@ async fn an_alert_rolls_back_its_action_once_even_when_delivered_three_times() {
     );
     let mut outcomes = vec![];
     for _ in 0..3 {
-        let (status, body) = api
-            .call(
-                "POST",
-                "/api/v1/hooks/alertmanager",
-                Some(&token),
-                Some(&payload),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        let body = deliver(&api, &token, &payload).await;
         outcomes.push(body["alerts"][0]["outcome"].as_str().unwrap().to_string());
     }
     assert_eq!(outcomes, vec!["rolled-back", "duplicate", "duplicate"]);
@@ -383,15 +389,7 @@ async fn a_namespace_alert_rolls_back_the_newest_completed_action_there() {
         json!({"alertname": "PodCrashLooping", "namespace": ns}),
         "beef",
     );
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/hooks/alertmanager",
-            Some(&token),
-            Some(&payload),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = deliver(&api, &token, &payload).await;
     assert_eq!(body["alerts"][0]["action"], ids[1].as_str(), "{body}");
     assert_eq!(
         c.kubectl_ok(&["-n", &ns, "get", "cm", "cm", "-o", "jsonpath={.data.v}"]),
@@ -400,15 +398,7 @@ async fn a_namespace_alert_rolls_back_the_newest_completed_action_there() {
     // Alertmanager delivers a firing alert again every repeat_interval: the
     // same alert, not a reason to roll back the next older action.
     for _ in 0..2 {
-        let (status, body) = api
-            .call(
-                "POST",
-                "/api/v1/hooks/alertmanager",
-                Some(&token),
-                Some(&payload),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        let body = deliver(&api, &token, &payload).await;
         assert_eq!(body["alerts"][0]["outcome"], "duplicate", "{body}");
         assert_eq!(body["alerts"][0]["action"], ids[1].as_str(), "{body}");
     }

@@ -228,6 +228,20 @@ impl Restorer {
             .await
     }
 
+    /// Each object's current state (as the caller sees it) and the step
+    /// that restores it: what a rollback and a resumed one both plan from.
+    async fn plan_steps(
+        &self,
+        client: &kube::Client,
+        histories: &mut [ObjectHistory],
+        force: bool,
+    ) -> (Vec<Result<Option<Value>, String>>, Vec<Step>) {
+        let current = self.current_states(client, histories).await;
+        accept_other_versions(client, histories, &current).await;
+        let steps = Self::decide_all(histories, &current, force);
+        (current, steps)
+    }
+
     fn decide_all(
         histories: &[ObjectHistory],
         current: &[Result<Option<Value>, String>],
@@ -528,9 +542,7 @@ impl Restorer {
             histories = plan::histories(snapshots);
             self.accept_earlier_rollbacks(&record, &mut histories).await;
         }
-        let current = self.current_states(&client, &histories).await;
-        accept_other_versions(&client, &mut histories, &current).await;
-        let mut steps = Self::decide_all(&histories, &current, params.force);
+        let (current, mut steps) = self.plan_steps(&client, &mut histories, params.force).await;
         self.leave_refused_namespace_deletions(&record, &histories, &mut steps)
             .await;
         let conflicts: Vec<String> = histories
@@ -1407,9 +1419,9 @@ impl Restorer {
                 }
             };
             let mut histories = histories;
-            let current = self.current_states(&client, &histories).await;
-            accept_other_versions(&client, &mut histories, &current).await;
-            let steps = Self::decide_all(&histories, &current, progress.params.force);
+            let (_, steps) = self
+                .plan_steps(&client, &mut histories, progress.params.force)
+                .await;
             let mut original = record.clone();
             original.state = match progress.trigger {
                 Trigger::Cancel => ActionState::Open,
@@ -1855,6 +1867,9 @@ async fn accept_other_versions(
 ) {
     for (h, c) in histories.iter_mut().zip(current) {
         let Ok(Some(c)) = c else { continue };
+        if h.other_versions.is_empty() {
+            continue;
+        }
         let here = crate::store::codec::fingerprint(c);
         if h.accepted.contains(&here) {
             continue;
