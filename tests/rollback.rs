@@ -461,6 +461,28 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
         before,
         "rolled back again to the prior state"
     );
+
+    // And redo again through the same rollback: what the second undo made
+    // again (the deleted Service and ConfigMap, new uids) is what the first
+    // rollback made, not someone else's later change (no 409).
+    let (status, again) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{rollback_id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{again:#}");
+    assert_eq!(again["state"], "rolled-back", "{again:#}");
+    let mut redone_again = snapshot_all(c);
+    redone_again.iter_mut().flatten().for_each(|r| {
+        r.as_object_mut().unwrap().remove("status");
+    });
+    assert_eq!(
+        redone_again, expected,
+        "redone again to the post-action state"
+    );
 }
 
 /// An action of one ConfigMap change, attributed by annotation.
@@ -845,18 +867,34 @@ async fn nobody_undoes_what_they_could_not_have_done() {
     c.apply_as("alice", &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: after}}\n"));
 
-    // bob may use the API but may not write in alice's namespace.
-    let report = api
-        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &bob)
+    // bob may use the API but may not even read alice's namespace: 403,
+    // dry run or not, and nothing is written or recorded (the action stays
+    // as it was, no rollback action is made).
+    for query in ["?dryRun=true", ""] {
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/api/v1/actions/{id}/rollback{query}"),
+                Some(&bob),
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], "Forbidden", "{body}");
+        assert!(error_message(&body).contains("bob"), "{body}");
+        assert!(
+            body["error"]["objects"][0]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("configmaps/cm in namespace {ns}")),
+            "{body}"
+        );
+    }
+    let (_, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&alice), None)
         .await;
-    assert_eq!(report["results"][0]["outcome"], "failed", "{report}");
-    assert!(
-        report["results"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("bob"),
-        "{report}"
-    );
+    assert_eq!(detail["rollbacks"], 0, "{detail:#}");
+    assert_ne!(detail["state"], "rollback-failed", "{detail:#}");
     assert_eq!(value_of(c, &ns, "cm"), "after");
     // user5 has no right on the API at all.
     let (status, body) = api
@@ -904,11 +942,11 @@ async fn nobody_undoes_what_they_could_not_have_done() {
         .find(|e| e["impersonatedUser"]["username"] == "alice")
         .expect("an impersonated update in the audit log");
     assert_eq!(write["user"]["username"], "snapback");
-    // bob's failed attempt was rollback 1; alice's is 2.
-    assert_eq!(report["rollbackAction"], format!("{id}-rollback-2"));
+    // bob's refused attempt recorded nothing: alice's is rollback 1.
+    assert_eq!(report["rollbackAction"], format!("{id}-rollback-1"));
     assert_eq!(
         write["impersonatedUser"]["extra"]["snapback.io/action"][0],
-        format!("{id}-rollback-2")
+        format!("{id}-rollback-1")
     );
 }
 

@@ -84,6 +84,11 @@ pub enum RollbackError {
     },
     #[error("{} object(s) changed after the action: {}; use force=true to overwrite", .0.len(), .0.join(", "))]
     Conflict(Vec<String>),
+    #[error(
+        "{} may not read any of this action's {} object(s), so cannot restore them: {}; nothing was changed",
+        .user, .objects.len(), .objects.join("; ")
+    )]
+    Forbidden { user: String, objects: Vec<String> },
     #[error("a rollback of action {0} is already running")]
     Running(ActionId),
     #[error("action {id} is {state}; only an open action can be cancelled")]
@@ -340,6 +345,19 @@ impl Restorer {
                 redos.extend(rollbacks_of(&r));
             }
         }
+        // When this action is itself a rollback (undoing it is a redo), the
+        // other rollbacks of the same action restored the same prior states:
+        // an object one of them created again (undo, redo, undo, then this
+        // redo again) is this action's object under a new uid.
+        if let Some(origin) = &record.rollback_of
+            && let Ok(Some((o, _))) = self.store.get_action(origin).await
+        {
+            redos.extend(
+                rollbacks_of(&o)
+                    .into_iter()
+                    .filter(|id| *id != record.id && !earlier.contains(id)),
+            );
+        }
         for (rollback, redo) in earlier
             .into_iter()
             .map(|id| (id, false))
@@ -543,6 +561,32 @@ impl Restorer {
             self.accept_earlier_rollbacks(&record, &mut histories).await;
         }
         let (current, mut steps) = self.plan_steps(&client, &mut histories, params.force).await;
+        // The caller may not even read any of the objects: the rollback is
+        // theirs to ask for, the objects are not theirs to restore. Refused
+        // before anything is written or recorded (a rollback that could
+        // only fail must not turn a rolled-back action into rollback-failed).
+        // With some readable, the rollback goes ahead and the others fail
+        // per the failure policy (best effort restores what the caller may).
+        let unreadable: Vec<String> = histories
+            .iter()
+            .zip(&current)
+            .filter_map(|(h, c)| match c {
+                Err(e) if e.contains("(Forbidden, 403)") => Some(format!(
+                    "{} ({})",
+                    ObjectResult::new(h, RestoreOp::Replace, Outcome::Failed, String::new())
+                        .display_name(),
+                    e.trim_start_matches("reading the current object: ")
+                )),
+                _ => None,
+            })
+            .collect();
+        if !unreadable.is_empty() && unreadable.len() == histories.len() {
+            tracing::Span::current().record("outcome", "forbidden");
+            return Err(RollbackError::Forbidden {
+                user: caller.user.clone(),
+                objects: unreadable,
+            });
+        }
         self.leave_refused_namespace_deletions(&record, &histories, &mut steps)
             .await;
         let conflicts: Vec<String> = histories
