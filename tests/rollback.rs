@@ -1761,3 +1761,87 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
     );
     assert_eq!(ip(c), before);
 }
+
+/// Server-side apply: which manager owns which field decides what the next
+/// apply removes. A rollback gives a deleted object back its prior field
+/// managers, so the owner's next apply of a trimmed manifest prunes as it
+/// would have without snapback (a recreated object's fields would all be
+/// "snapback"'s). (An updated object's too where the API server sends
+/// managedFields in an update's oldObject; 1.20 does not.)
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_applied_objects_get_their_field_managers_back() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "carol";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("ssa", &[user]);
+    let ssa = |name: &str, data: &str, labels: &str, manager: &str| {
+        let yaml = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}{labels}}}\ndata: {data}\n"
+        );
+        let out = c.kubectl_stdin(
+            user,
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                &format!("--field-manager={manager}"),
+                "-f",
+                "-",
+            ],
+            &yaml,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let managers = |name: &str| -> Vec<Value> {
+        let cm = get_json(c, &["-n", &ns, "configmap", name, "--show-managed-fields"])
+            .unwrap_or_else(|| panic!("configmap {name} is missing"));
+        let mut m: Vec<Value> = cm["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| json!([e["manager"], e["operation"], e["fieldsV1"]]))
+            .collect();
+        m.sort_by_key(|v| v.to_string());
+        m
+    };
+    ssa(
+        "kept",
+        r#"{a: "1", b: "2"}"#,
+        ", labels: {l: one}",
+        "gitops",
+    );
+    ssa(
+        "gone",
+        r#"{a: "1", b: "2"}"#,
+        ", labels: {l: one}",
+        "gitops",
+    );
+    let gone_before = managers("gone");
+
+    let id = format!("ssa-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    ssa("kept", r#"{a: "1", b: "3", c: "4"}"#, "", "someone-else");
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "gone"]);
+    complete(&api, &token, &id).await;
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(managers("gone"), gone_before, "{report:#}");
+    let kept = get_json(c, &["-n", &ns, "configmap", "kept"]).unwrap();
+    assert_eq!(kept["data"], json!({"a": "1", "b": "2"}), "{kept:#}");
+
+    // The owner drops `b` and the label from its manifest: they go.
+    ssa("gone", r#"{a: "1"}"#, "", "gitops");
+    let cm = get_json(c, &["-n", &ns, "configmap", "gone"]).unwrap();
+    assert_eq!(cm["data"], json!({"a": "1"}), "{cm:#}");
+    assert!(cm["metadata"].get("labels").is_none(), "{cm:#}");
+}

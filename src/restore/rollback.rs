@@ -1063,9 +1063,10 @@ impl Restorer {
             }
             Action::Create(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
-                create_restoring(client, &h.object, &body, false)
+                let written = create_restoring(client, &h.object, &body, false)
                     .await
                     .map_err(api_err)?;
+                let owners = restore_field_managers(client, h, written).await;
                 // Its custom resources come in a later wave; the API server
                 // serves them only once the definition is established.
                 let established = if is_crd(&h.object) {
@@ -1074,17 +1075,18 @@ impl Restorer {
                     String::new()
                 };
                 Ok(ok(&format!(
-                    "recreated from its prior state{note}{established}"
+                    "recreated from its prior state{note}{established}{owners}"
                 )))
             }
             Action::CreateWhenGone { body, uid } => {
                 wait_gone(client, &h.object, uid).await?;
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
-                create_restoring(client, &h.object, &body, false)
+                let written = create_restoring(client, &h.object, &body, false)
                     .await
                     .map_err(api_err)?;
+                let owners = restore_field_managers(client, h, written).await;
                 Ok(ok(&format!(
-                    "recreated from its prior state once its deletion finished{note}"
+                    "recreated from its prior state once its deletion finished{note}{owners}"
                 )))
             }
             Action::ReplaceScale(body) => {
@@ -1096,7 +1098,10 @@ impl Restorer {
             Action::Replace(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
                 match dynamic::replace(client, &h.object, &body).await {
-                    Ok(_) => Ok(ok(&format!("replaced with its prior state{note}"))),
+                    Ok(written) => {
+                        let owners = restore_field_managers(client, h, written).await;
+                        Ok(ok(&format!("replaced with its prior state{note}{owners}")))
+                    }
                     Err(kube::Error::Api(s))
                         if s.code == 422 && recreate && immutable_refusal(&s.message) =>
                     {
@@ -1126,29 +1131,39 @@ impl Restorer {
                             )
                         })?;
                         let fresh = plan::for_create(&body);
-                        if let Err(e) = dynamic::create(client, &h.object, &fresh).await {
-                            let failed = format!(
-                                "deleted to recreate (immutable field: {}), but creating it failed: {}",
-                                s.message,
-                                describe_kube_error(&e)
-                            );
-                            // Neither version left: put back the one deleted.
-                            return Err(
-                                match dynamic::create(client, &h.object, &plan::for_create(&was))
+                        let written = match dynamic::create(client, &h.object, &fresh).await {
+                            Ok(written) => written,
+                            Err(e) => {
+                                let failed = format!(
+                                    "deleted to recreate (immutable field: {}), but creating it failed: {}",
+                                    s.message,
+                                    describe_kube_error(&e)
+                                );
+                                // Neither version left: put back the one deleted.
+                                return Err(
+                                    match dynamic::create(
+                                        client,
+                                        &h.object,
+                                        &plan::for_create(&was),
+                                    )
                                     .await
-                                {
-                                    Ok(_) => {
-                                        format!("{failed}; put back as it was before the rollback")
-                                    }
-                                    Err(e2) => format!(
-                                        "{failed}; putting it back as it was failed too: {} (its state before the rollback is in the rollback action's snapshot: rolling that back brings it back)",
-                                        describe_kube_error(&e2)
-                                    ),
-                                },
-                            );
-                        }
+                                    {
+                                        Ok(_) => {
+                                            format!(
+                                                "{failed}; put back as it was before the rollback"
+                                            )
+                                        }
+                                        Err(e2) => format!(
+                                            "{failed}; putting it back as it was failed too: {} (its state before the rollback is in the rollback action's snapshot: rolling that back brings it back)",
+                                            describe_kube_error(&e2)
+                                        ),
+                                    },
+                                );
+                            }
+                        };
+                        let owners = restore_field_managers(client, h, written).await;
                         Ok(ok(&format!(
-                            "recreated (delete and create) because a field is immutable: {}",
+                            "recreated (delete and create) because a field is immutable: {}{owners}",
                             s.message
                         )))
                     }
@@ -1704,6 +1719,56 @@ async fn wait_established(client: &kube::Client, crd: &crate::store::model::Obje
 /// Whether a 422 refuses a change to a field that cannot change in place:
 /// Kubernetes says so in several ways ("field is immutable", a Service's
 /// clusterIP "may not change once set", ...).
+/// Give a restored object back the field managers of its prior state.
+/// A restore write is an update by snapback: the API server hands every
+/// field it changed to snapback (`operation: Update`) and a recreated
+/// object has no other manager. For objects managed by server-side apply
+/// (kubectl --server-side, Flux, Argo CD) that is a behaviour change: the
+/// next apply no longer removes the fields its manifest dropped, and
+/// conflicts with "snapback". A second write that changes only
+/// `metadata.managedFields` sets them exactly (the API server takes a
+/// client's managedFields as given, and the write changes no field that
+/// could be handed to anyone). Done when the prior state or the written
+/// object has an `Apply` manager; a failure leaves the restored content in
+/// place and is said in the result's message. Only possible where the
+/// captured prior state has its managedFields: a deleted object's always
+/// has; Kubernetes 1.20 leaves them out of an update's `oldObject`.
+async fn restore_field_managers(
+    client: &kube::Client,
+    h: &ObjectHistory,
+    written: Value,
+) -> String {
+    let Target::Present(prior) = &h.target else {
+        return String::new();
+    };
+    if h.object.subresource.is_some() || written.get("apiVersion") != prior.get("apiVersion") {
+        return String::new();
+    }
+    let managers = |v: &Value| v.pointer("/metadata/managedFields").cloned();
+    let Some(wanted) = managers(prior).filter(|m| m.as_array().is_some_and(|a| !a.is_empty()))
+    else {
+        return String::new();
+    };
+    let applied = |m: &Option<Value>| {
+        m.as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|e| e["operation"] == "Apply"))
+    };
+    let now = managers(&written);
+    if now.as_ref() == Some(&wanted) || !(applied(&Some(wanted.clone())) || applied(&now)) {
+        return String::new();
+    }
+    let mut body = written;
+    body["metadata"]["managedFields"] = wanted;
+    match dynamic::replace(client, &h.object, &body).await {
+        Ok(_) => String::new(),
+        Err(e) => format!(
+            "; its field managers (server-side apply ownership) could not be given back: {}",
+            describe_kube_error(&e)
+        ),
+    }
+}
+
 fn immutable_refusal(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [
