@@ -383,6 +383,54 @@ impl Config {
                     .into(),
             );
         }
+        if self.max_actions == 0 {
+            return Err(
+                "--max-actions must be at least 1 (0 would delete every finished action at the next maintenance pass)"
+                    .into(),
+            );
+        }
+        for (flag, value, why) in [
+            (
+                "--retention",
+                self.retention,
+                "every finished action would be deleted at once",
+            ),
+            (
+                "--rollback-window",
+                self.rollback.window,
+                "every rollback would need force=true",
+            ),
+            (
+                "--session-idle",
+                self.capture.session_idle,
+                "no two changes would share an implicit action",
+            ),
+            (
+                "--maintenance-interval",
+                self.maintenance_interval,
+                "the maintenance pass would never pause",
+            ),
+            (
+                "--lease-duration",
+                self.lease_duration,
+                "the maintenance Lease would expire as it is taken",
+            ),
+            (
+                "--guard-interval",
+                self.guard_interval,
+                "the guard check would never pause",
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be more than 0 ({why})"));
+            }
+        }
+        if let Err(why) = dns_label(&self.capture.snapshot_namespace) {
+            return Err(format!(
+                "--snapshot-namespace {:?} is not a namespace name: {why}",
+                self.capture.snapshot_namespace
+            ));
+        }
         if self.capture_batch_window > MAX_BATCH_WINDOW {
             return Err(format!(
                 "--capture-batch-window must be at most {MAX_BATCH_WINDOW:?} (got {:?})",
@@ -402,6 +450,25 @@ impl Config {
             CaptureAck::Written => Duration::ZERO,
         }
     }
+}
+
+/// A Kubernetes namespace name (RFC 1123 label): at most 63 characters,
+/// lower-case letters, digits and `-`, starting and ending with a letter or
+/// digit.
+fn dns_label(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("it must be 1 to 63 characters long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("it may contain only lower-case letters, digits and '-'");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("it must start and end with a letter or digit");
+    }
+    Ok(())
 }
 
 /// Longest `--capture-batch-window`: a queued snapshot is not durable until
@@ -640,6 +707,38 @@ mod tests {
                 "system:kube-controller-manager".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn zero_limits_and_bad_namespace_names_are_refused() {
+        let check = |extra: &[&str]| {
+            let mut argv = vec!["snapback", "serve", "--tls-cert", "c", "--tls-key", "k"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("expected serve")
+            };
+            Config::from(*args).check()
+        };
+        for (flag, value) in [
+            ("--max-actions", "0"),
+            ("--retention", "0s"),
+            ("--rollback-window", "0s"),
+            ("--session-idle", "0s"),
+            ("--maintenance-interval", "0s"),
+            ("--lease-duration", "0s"),
+            ("--guard-interval", "0s"),
+        ] {
+            let err = check(&[flag, value]).unwrap_err();
+            assert!(err.starts_with(flag), "{flag}: {err}");
+        }
+        for bad in ["Bad_NS", "-x", "x-", &"a".repeat(64), ""] {
+            let err = check(&[&format!("--snapshot-namespace={bad}")]).unwrap_err();
+            assert!(err.contains("not a namespace name"), "{bad}: {err}");
+        }
+        for good in ["snapback-system", "a", "ns-1", &"a".repeat(63)] {
+            assert_eq!(check(&["--snapshot-namespace", good]), Ok(()), "{good}");
+        }
+        assert_eq!(check(&["--max-actions", "1", "--retention", "1s"]), Ok(()));
     }
 
     #[test]

@@ -16,7 +16,21 @@ async fn main() -> ExitCode {
     snapback::tls::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => snapback::server::run((*args).into()).await,
+        Command::Serve(mut args) => {
+            // The client's --context (a global flag, so `serve --help` lists
+            // it) names a kubeconfig context too: the same as --kube-context.
+            match (cli.client.connect.context, &args.kube_context) {
+                (Some(context), Some(kube_context)) if context != *kube_context => {
+                    eprintln!(
+                        "snapback: --context {context} and --kube-context {kube_context} name different kubeconfig contexts"
+                    );
+                    return ExitCode::from(2);
+                }
+                (Some(context), None) => args.kube_context = Some(context),
+                _ => {}
+            }
+            snapback::server::run((*args).into()).await
+        }
         Command::Certs(args) => snapback::certs::generate(&args.out, &args.hosts)
             .map(|()| eprintln!("wrote ca.crt, tls.crt, tls.key to {}", args.out.display()))
             .map_err(Into::into),

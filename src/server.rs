@@ -50,11 +50,19 @@ pub fn print_webhook_config(args: &WebhookConfigArgs) -> anyhow::Result<()> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::telemetry::init(cfg.log_format);
     cfg.check().map_err(anyhow::Error::msg)?;
-    if cfg.role.snapshotter() && cfg.auth == AuthMode::None && !cfg.api_addr.ip().is_loopback() {
-        anyhow::bail!(
-            "--auth=none is for local development only and refuses to listen on {} (use a loopback --api-addr such as 127.0.0.1:9443)",
-            cfg.api_addr
-        );
+    if cfg.auth == AuthMode::None {
+        let mut listening = vec![("--metrics-addr", cfg.metrics_addr)];
+        if cfg.role.snapshotter() {
+            listening.push(("--api-addr", cfg.api_addr));
+        }
+        if cfg.role.webhook() {
+            listening.push(("--webhook-addr", cfg.webhook_addr));
+        }
+        if let Some((flag, addr)) = listening.iter().find(|(_, a)| !a.ip().is_loopback()) {
+            anyhow::bail!(
+                "--auth=none is for local development only and refuses to listen on {addr} ({flag}; use a loopback address such as 127.0.0.1)",
+            );
+        }
     }
     let kube_config =
         crate::kube_client::config(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
@@ -89,7 +97,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tls_loaded: tls.loaded.clone(),
         api_reachable: Arc::new(AtomicBool::new(false)),
     };
-    spawn_api_probe(client.clone(), readiness.api_reachable.clone());
+    spawn_api_probe(
+        client.clone(),
+        cfg.capture.snapshot_namespace.clone(),
+        readiness.api_reachable.clone(),
+    );
 
     let handle: Handle<SocketAddr> = Handle::new();
     let mut leases = Vec::new();
@@ -319,10 +331,37 @@ fn spawn_resumer(restorer: Arc<Restorer>) {
     });
 }
 
-fn spawn_api_probe(client: kube::Client, reachable: Arc<AtomicBool>) {
+/// Ready when the API server answers and the snapshot namespace exists
+/// (without it no snapshot can be stored, and in deny mode every captured
+/// change would be refused). Says why in the log when that changes.
+fn spawn_api_probe(client: kube::Client, namespace: String, reachable: Arc<AtomicBool>) {
     tokio::spawn(async move {
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(client.clone());
+        let mut last: Option<String> = None;
         loop {
-            let ok = client.apiserver_version().await.is_ok();
+            let problem = match namespaces.get_opt(&namespace).await {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(format!(
+                    "the snapshot namespace {namespace} does not exist: no snapshot can be stored (create it, or set --snapshot-namespace)"
+                )),
+                // Not allowed to look: the API server answers, that is all
+                // this can tell.
+                Err(kube::Error::Api(s)) if s.code == 403 => None,
+                Err(e) => Some(format!(
+                    "the Kubernetes API server cannot be reached: {}",
+                    crate::store::describe_kube_error(&e)
+                )),
+            };
+            if problem != last {
+                match &problem {
+                    Some(p) => tracing::warn!("not ready: {p}"),
+                    None if last.is_some() => tracing::info!("ready"),
+                    None => {}
+                }
+                last = problem.clone();
+            }
+            let ok = problem.is_none();
             reachable.store(ok, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 1 })).await;
         }

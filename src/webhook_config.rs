@@ -50,6 +50,7 @@ pub fn match_conditions() -> Value {
 }
 
 pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String> {
+    check_ca(ca_pem).map_err(|e| format!("--ca {}: {e}", args.ca.display()))?;
     let base = args.url.trim_end_matches('/');
     if !base.starts_with("https://") {
         return Err(format!("--url must be https:// (got {base:?})"));
@@ -125,6 +126,33 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
         out.push_str(&serde_yaml::to_string(&doc).map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+/// The caBundle must be PEM certificates, and nothing else: a private key
+/// put there by mistake would be published in a cluster-readable object,
+/// and a bundle the API server cannot use makes every captured write fail.
+fn check_ca(pem: &[u8]) -> Result<(), String> {
+    let mut anchors = rustls::RootCertStore::empty();
+    for item in rustls_pemfile::read_all(&mut &pem[..]) {
+        match item.map_err(|e| format!("not PEM: {e}"))? {
+            rustls_pemfile::Item::X509Certificate(cert) => anchors
+                .add(cert)
+                .map_err(|e| format!("not a usable certificate: {e}"))?,
+            rustls_pemfile::Item::Pkcs1Key(_)
+            | rustls_pemfile::Item::Pkcs8Key(_)
+            | rustls_pemfile::Item::Sec1Key(_) => {
+                return Err(
+                    "is a private key, not the CA certificate (it would be published in the webhook configuration)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    if anchors.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,12 +259,41 @@ mod tests {
         let mut argv = vec!["x", "--url", "https://127.0.0.1:8443", "--ca", "ca.crt"];
         argv.extend_from_slice(extra);
         let cli = Cli::parse_from(argv);
-        render(&cli.args, b"-----BEGIN CERTIFICATE-----")
+        render(&cli.args, test_ca().0.as_bytes())
             .unwrap()
             .split("---\n")
             .filter(|d| !d.trim().is_empty())
             .map(|d| serde_yaml::from_str(d).unwrap())
             .collect()
+    }
+
+    /// A self-signed certificate and its key, PEM.
+    fn test_ca() -> (String, String) {
+        let ck = rcgen::generate_simple_self_signed(vec!["snapback".into()]).unwrap();
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn the_ca_must_be_certificates_and_never_a_key() {
+        let cli = Cli::parse_from(["x", "--url", "https://127.0.0.1:8443", "--ca", "ca.crt"]);
+        let (cert, key) = test_ca();
+        assert!(render(&cli.args, cert.as_bytes()).is_ok());
+        for (bad, why) in [
+            (key.clone(), "private key"),
+            (format!("{cert}{key}"), "private key"),
+            ("hello\n".to_string(), "no PEM certificate"),
+            (String::new(), "no PEM certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n".into(),
+                "not a usable certificate",
+            ),
+        ] {
+            let err = render(&cli.args, bad.as_bytes()).unwrap_err();
+            assert!(
+                err.starts_with("--ca ca.crt: ") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

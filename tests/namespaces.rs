@@ -703,3 +703,44 @@ async fn a_restored_volume_and_claim_are_bound_again() {
     c.kubectl_ok(&["-n", &ns, "delete", "pvc", "data", "--wait=false"]);
     c.kubectl_ok(&["delete", "pv", &pv, "--wait=false"]);
 }
+
+/// Without its snapshot namespace snapback can store nothing (and in deny
+/// mode every captured change would be refused): it is not ready, and says
+/// why, until the namespace is there again.
+#[tokio::test(flavor = "multi_thread")]
+async fn not_ready_while_the_snapshot_namespace_is_missing() {
+    let c = cluster_with_controllers();
+    let tag = format!("rdy{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts {
+        register: false,
+        ..SnapbackOpts::isolated(c, &tag)
+    };
+    let ns = opts.snapshot_namespace.clone();
+    let sb = Snapback::start(c, opts);
+    let ready = || http_get(sb.metrics_port, "/readyz").is_ok();
+    assert!(ready());
+    c.kubectl_ok(&["delete", "namespace", &ns, "--timeout=60s"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready without namespace {ns}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        sb.log_tail()
+            .contains(&format!("the snapshot namespace {ns} does not exist")),
+        "{}",
+        sb.log_tail()
+    );
+    c.kubectl_ok(&["create", "namespace", &ns]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready again once {ns} was created"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -386,6 +386,47 @@ fn auth_none_refuses_non_loopback_addresses() {
         err.contains("--auth=none") && err.contains("loopback"),
         "{err}"
     );
+    // The webhook and metrics listeners too, not only the API's.
+    for (flag, loopback) in [
+        (
+            "--webhook-addr",
+            [
+                "--api-addr",
+                "127.0.0.1:9443",
+                "--metrics-addr",
+                "127.0.0.1:9090",
+            ],
+        ),
+        (
+            "--metrics-addr",
+            [
+                "--api-addr",
+                "127.0.0.1:9443",
+                "--webhook-addr",
+                "127.0.0.1:8443",
+            ],
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .args([
+                "serve",
+                "--auth",
+                "none",
+                "--tls-cert",
+                "x",
+                "--tls-key",
+                "y",
+            ])
+            .args(loopback)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--auth=none") && err.contains(flag) && err.contains("0.0.0.0"),
+            "{err}"
+        );
+    }
 }
 
 /// Snapshots whose action record is gone (the action deleted through the

@@ -526,6 +526,41 @@ async fn unknown_parameters_change_nothing_and_rollback_ids_are_reserved() {
     }
     api.ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;
+    // Nor does a POST with a body: no action is opened, no alert handled.
+    let unopened = format!("{id}-dry");
+    for (path, body) in [
+        (
+            "/api/v1/actions?dryRun=true".to_string(),
+            json!({ "id": unopened }),
+        ),
+        (
+            "/api/v1/hooks/alertmanager?bogus=1".to_string(),
+            json!({"version": "4", "status": "firing", "alerts": [
+                {"status": "firing", "labels": {"snapback_action": id}}]}),
+        ),
+    ] {
+        let (status, answer) = api
+            .call("POST", &path, Some(&token), Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "POST {path}: {answer}");
+        assert!(
+            error_message(&answer).contains("unknown query parameter"),
+            "{answer}"
+        );
+    }
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{unopened}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "?dryRun=true opened an action");
+    let record = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    assert_eq!(record["rollbacks"], 0, "the alert rolled it back: {record}");
 
     let taken = format!("{id}-rollback-1");
     let (status, body) = api

@@ -36,13 +36,13 @@ const ROLLBACK_PARAMS: &[&str] = &["dryRun", "force", "failurePolicy", "recreate
 /// endpoint does not take is refused: `?dryrun=true` must not run a real
 /// rollback because the parameter was misspelt.
 #[derive(Debug, Default)]
-struct Query {
+pub(crate) struct Query {
     values: HashMap<String, String>,
     bare: std::collections::HashSet<String>,
 }
 
 impl Query {
-    fn parse(raw: Option<&str>, known: &[&str]) -> Result<Query> {
+    pub(crate) fn parse(raw: Option<&str>, known: &[&str]) -> Result<Query> {
         let mut q = Query::default();
         for piece in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let Some((k, v)) = form_urlencoded::parse(piece.as_bytes()).next() else {
@@ -368,6 +368,7 @@ fn parse_since(s: &str) -> Result<Timestamp> {
 pub async fn create_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let body = read_body(body)?;
@@ -399,6 +400,8 @@ pub async fn create_action(
         .auth
         .check(&headers, "create", req.id.as_deref())
         .await?;
+    // It takes none (`?dryRun=true` must not open a real action).
+    Query::parse(raw.as_deref(), &[])?;
     let now = Timestamp::now();
     let id = match &req.id {
         Some(id) => ActionId::parse_chosen(id).map_err(|e| ApiError::bad_request(e.to_string()))?,

@@ -77,6 +77,7 @@ pub struct AlertResponse {
 pub async fn alertmanager(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<AlertResponse>, ApiError> {
     let body = body.map_err(|e| {
@@ -97,6 +98,7 @@ pub async fn alertmanager(
     let payload: AlertmanagerPayload = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("not an Alertmanager webhook payload: {e}")))?;
     let hook_caller = state.auth.check(&headers, "rollback", None).await?;
+    crate::api::handlers::Query::parse(raw.as_deref(), &[])?;
     let caller = match &state.alerts.rollback_as {
         Some(user) => Caller {
             user: user.clone(),
