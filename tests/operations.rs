@@ -429,6 +429,40 @@ fn auth_none_refuses_non_loopback_addresses() {
     }
 }
 
+#[test]
+fn serve_takes_the_client_context_flag_as_its_kube_context() {
+    let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args(["serve", "--context", "one", "--kube-context", "two"])
+        .args(["--tls-cert", "x", "--tls-key", "y"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--context one and --kube-context two"),
+        "{err}"
+    );
+    // Alone, it is the context used: an unknown one is refused by name.
+    let kubeconfig = cluster().kubeconfig.clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args(["serve", "--context", "no-such-context", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--api-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "x",
+            "--tls-key",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-context"), "{err}");
+}
+
 /// Snapshots whose action record is gone (the action deleted through the
 /// snapshotter while a webhook process, which caches that the action exists,
 /// kept capturing into it) get a record back from the maintenance pass: they
