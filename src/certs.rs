@@ -13,12 +13,8 @@ use rcgen::{
 pub enum CertError {
     #[error("generating certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
-    #[error("writing {path}: {source}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("writing {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error("no hosts given")]
     NoHosts,
 }
@@ -63,9 +59,9 @@ pub fn generate(out: &Path, hosts: &[String]) -> Result<(), CertError> {
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
 
-    std::fs::create_dir_all(out).map_err(|source| CertError::Write {
+    std::fs::create_dir_all(out).map_err(|error| CertError::Write {
         path: out.display().to_string(),
-        source,
+        error,
     })?;
     let files = [
         ("ca.crt", ca_cert.pem()),
@@ -75,10 +71,10 @@ pub fn generate(out: &Path, hosts: &[String]) -> Result<(), CertError> {
     ];
     for (name, pem) in files {
         let path = out.join(name);
-        write_private(&path, pem.as_bytes(), name.ends_with(".key")).map_err(|source| {
+        write_private(&path, pem.as_bytes(), name.ends_with(".key")).map_err(|error| {
             CertError::Write {
                 path: path.display().to_string(),
-                source,
+                error,
             }
         })?;
     }

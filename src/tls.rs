@@ -11,18 +11,16 @@ use axum_server::tls_rustls::RustlsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message, not also a `source` (anyhow's `{:#}`
+    // would print it twice).
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("no certificate found in {0}")]
     NoCertificate(PathBuf),
     #[error("no private key found in {0}")]
     NoKey(PathBuf),
     #[error("invalid certificate or key: {0}")]
-    Rustls(#[source] rustls::Error),
+    Rustls(rustls::Error),
     #[error("client CA: {0}")]
     ClientCa(String),
 }
@@ -42,26 +40,26 @@ pub fn server_config(
 ) -> Result<rustls::ServerConfig, TlsError> {
     install_crypto_provider();
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
+        std::fs::read(p).map_err(|error| TlsError::Read {
             path: p.to_path_buf(),
-            source,
+            error,
         })
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
+        .map_err(|error| TlsError::Read {
             path: cert.to_path_buf(),
-            source,
+            error,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
     let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Read {
+        .map_err(|error| TlsError::Read {
             path: key.to_path_buf(),
-            source,
+            error,
         })?
         .ok_or_else(|| TlsError::NoKey(key.to_path_buf()))?;
     let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
@@ -74,9 +72,9 @@ pub fn server_config(
             let pem = read(ca)?;
             let mut roots = rustls::RootCertStore::empty();
             for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let c = c.map_err(|source| TlsError::Read {
+                let c = c.map_err(|error| TlsError::Read {
                     path: ca.to_path_buf(),
-                    source,
+                    error,
                 })?;
                 roots.add(c).map_err(TlsError::Rustls)?;
             }
