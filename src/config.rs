@@ -106,6 +106,11 @@ pub enum LogFormat {
 pub const DEFAULT_NAMESPACE_CONTROLLER_USERS: &str =
     "system:serviceaccount:kube-system:namespace-controller,system:kube-controller-manager";
 
+/// The garbage collector's identity, with and without
+/// `--use-service-account-credentials`.
+pub const DEFAULT_GARBAGE_COLLECTOR_USERS: &str =
+    "system:serviceaccount:kube-system:generic-garbage-collector,system:kube-controller-manager";
+
 /// SPEC §2's list, and the API server's own writes (`system:apiserver`:
 /// the APIService it registers for each CRD group, its bootstrap RBAC and
 /// priority classes), which nobody asked for and no user should undo.
@@ -160,6 +165,13 @@ pub struct ServeArgs {
     /// turns this off.
     #[arg(long, env = "SNAPBACK_NAMESPACE_CONTROLLER_USERS", value_delimiter = ',', default_value = DEFAULT_NAMESPACE_CONTROLLER_USERS)]
     pub namespace_controller_users: Vec<String>,
+    /// Identities of the garbage collector (glob `*`), comma-separated: an
+    /// object they delete because its owner is gone is captured into the
+    /// action that deleted the owner (when a captured change did), excluded
+    /// users or not, unless a controller owns it (that controller makes it
+    /// again). Empty turns this off.
+    #[arg(long, env = "SNAPBACK_GARBAGE_COLLECTOR_USERS", value_delimiter = ',', default_value = DEFAULT_GARBAGE_COLLECTOR_USERS)]
+    pub garbage_collector_users: Vec<String>,
     /// Resources not captured: `plural` or `plural.group` (glob `*`), comma-separated.
     #[arg(long, env = "SNAPBACK_EXCLUDE_RESOURCES", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_RESOURCES)]
     pub exclude_resources: Vec<String>,
@@ -355,6 +367,7 @@ pub struct CaptureConfig {
     pub session_idle: Duration,
     pub exclude_users: Vec<String>,
     pub namespace_controller_users: Vec<String>,
+    pub garbage_collector_users: Vec<String>,
     pub exclude_resources: Vec<String>,
     pub self_users: Vec<String>,
     pub capture_secrets: bool,
@@ -483,6 +496,7 @@ impl CaptureConfig {
             session_idle: Duration::from_secs(30),
             exclude_users: split(DEFAULT_EXCLUDE_USERS),
             namespace_controller_users: split(DEFAULT_NAMESPACE_CONTROLLER_USERS),
+            garbage_collector_users: split(DEFAULT_GARBAGE_COLLECTOR_USERS),
             exclude_resources: split(DEFAULT_EXCLUDE_RESOURCES),
             self_users: vec![],
             capture_secrets: false,
@@ -537,6 +551,7 @@ impl From<ServeArgs> for Config {
                 session_idle: a.session_idle,
                 exclude_users: clean(a.exclude_users),
                 namespace_controller_users: clean(a.namespace_controller_users),
+                garbage_collector_users: clean(a.garbage_collector_users),
                 exclude_resources: clean(a.exclude_resources),
                 self_users,
                 capture_secrets: a.capture_secrets,

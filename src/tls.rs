@@ -14,7 +14,10 @@ pub enum TlsError {
     // The cause is in the message, not also a `source` (anyhow's `{:#}`
     // would print it twice).
     #[error("reading {path}: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("no certificate found in {0}")]
     NoCertificate(PathBuf),
     #[error("no private key found in {0}")]

@@ -123,7 +123,7 @@ fn namespace_snapback() -> &'static Snapback {
             ..SnapbackOpts::shared()
         };
         let sb = Snapback::start(c, opts);
-        for user in ["bob", "carol", "alice", "user1", "user2"] {
+        for user in ["bob", "carol", "alice", "user1", "user2", "user3"] {
             c.grant_api(user);
             c.kubectl_ok(&[
                 "create",
@@ -743,4 +743,104 @@ async fn not_ready_while_the_snapshot_namespace_is_missing() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The garbage collector deletes what an object owns once the object is
+/// gone, as its own (excluded) identity: those deletes join the action that
+/// deleted the owner, so its rollback brings the dependents back, pointed at
+/// the owner's new uid. What a controller owns is left to the controller.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_garbage_collector_deletes_with_an_owner_comes_back_with_it() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let user = "user3";
+    let token = c.token(user);
+    let ns = c.namespace("gc", &[]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "parent",
+        "--from-literal=a=1",
+    ]);
+    let uid_of = |name: &str| {
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "configmap",
+            name,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let parent_uid = uid_of("parent");
+    for (name, controller) in [("child", false), ("controlled", true)] {
+        c.kubectl_apply_str(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: parent, uid: {parent_uid}, controller: {controller}}}\ndata: {{important: \"yes\"}}\n"
+        ));
+    }
+    let id = format!("gc-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&serde_json::json!({ "id": id }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "parent"]);
+    let exists = |name: &str| {
+        c.kubectl("admin", &["-n", &ns, "get", "configmap", name])
+            .status
+            .success()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while exists("child") || exists("controlled") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the garbage collector did not delete the dependents"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    let changes = change_list(&detail);
+    assert!(
+        changes.iter().any(|c| c.contains("child")),
+        "the collector's delete of child is not in the action: {detail:#}"
+    );
+    assert!(
+        !changes.iter().any(|c| c.contains("controlled")),
+        "{detail:#}"
+    );
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let new_parent = uid_of("parent");
+    assert_ne!(new_parent, parent_uid);
+    let child = c.kubectl_ok(&["-n", &ns, "get", "configmap", "child", "-o", "json"]);
+    let child: Value = serde_json::from_str(&child).unwrap();
+    assert_eq!(child["data"]["important"], "yes", "{child:#}");
+    assert_eq!(
+        child["metadata"]["ownerReferences"][0]["uid"],
+        new_parent.as_str(),
+        "{child:#}"
+    );
+    assert!(!exists("controlled"));
+    // Another replica finds the owner's action through the snapshot's label.
+    let store = sb.store(c).await;
+    let found = snapback::store::SnapshotSink::deleted_by(&store, &parent_uid)
+        .await
+        .unwrap();
+    assert_eq!(found.map(|a| a.to_string()), Some(id));
 }

@@ -148,6 +148,102 @@ pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
     (!made_by_a_controller(old.get()) && !already_being_deleted(old.get())).then_some(namespace)
 }
 
+/// Which action deleted which object (by uid), as far as this replica
+/// captured it: the garbage collector's deletes of its dependents, which
+/// follow within seconds, usually reach the same replica. Others look at
+/// the snapshots' `deleted.snapback.io/<uid>` labels.
+#[derive(Debug, Default)]
+pub struct OwnerDeletions {
+    deleted: Mutex<HashMap<String, (ActionId, Instant)>>,
+}
+
+impl OwnerDeletions {
+    pub fn note(&self, uid: &str, action: &ActionId) {
+        let now = Instant::now();
+        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        bounded(&mut deleted, ACTION_TTL, now);
+        deleted.insert(uid.to_string(), (action.clone(), now));
+    }
+
+    /// The action that deleted one of `owners`, if a captured change did.
+    pub async fn action_for(
+        &self,
+        owners: &[String],
+        sink: &dyn SnapshotSink,
+    ) -> Result<Option<ActionId>, StoreError> {
+        {
+            let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((action, _)) = owners
+                .iter()
+                .filter_map(|u| deleted.get(u))
+                .find(|(_, at)| at.elapsed() < ACTION_TTL)
+            {
+                return Ok(Some(action.clone()));
+            }
+        }
+        for uid in owners {
+            if let Some(action) = sink.deleted_by(uid).await? {
+                self.note(uid, &action);
+                return Ok(Some(action));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether the review is the garbage collector deleting an object whose
+/// owners are gone (the candidates for [`OwnerDeletions::action_for`]): a
+/// DELETE, by one of `--garbage-collector-users`, of an object that no
+/// controller makes again. Its owners' uids.
+pub fn gc_candidate(review: &Review, cfg: &CaptureConfig) -> Option<Vec<String>> {
+    if review.request.operation != AdmissionOp::Delete || review.request.sub_resource.is_some() {
+        return None;
+    }
+    let user = review.username();
+    if !cfg
+        .garbage_collector_users
+        .iter()
+        .any(|p| glob_match(p, user))
+    {
+        return None;
+    }
+    let old = review.old_object.as_ref()?.get();
+    if made_by_a_controller(old) || already_being_deleted(old) {
+        return None;
+    }
+    let owners = owner_uids(old);
+    (!owners.is_empty()).then_some(owners)
+}
+
+fn owner_uids(object: &str) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Object {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        #[serde(default)]
+        owner_references: Vec<OwnerRef>,
+    }
+    #[derive(Deserialize)]
+    struct OwnerRef {
+        #[serde(default)]
+        uid: String,
+    }
+    serde_json::from_str::<Object>(object)
+        .map(|o| {
+            o.metadata
+                .owner_references
+                .into_iter()
+                .map(|r| r.uid)
+                .filter(|u| !u.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether the object was being deleted already (finalizers pending): the
 /// namespace controller deletes it again on every pass until it is gone,
 /// and its state before the first of those deletes was captured then.
@@ -238,6 +334,18 @@ mod tests {
         assert!(!already_being_deleted(
             r#"{"metadata":{"name":"w","deletionTimestamp":null}}"#
         ));
+    }
+
+    #[test]
+    fn owners_are_read_from_the_prior_object() {
+        assert_eq!(
+            owner_uids(
+                r#"{"metadata":{"name":"c","ownerReferences":[{"kind":"ConfigMap","uid":"u1"},{"kind":"X","uid":"u2"}]}}"#
+            ),
+            vec!["u1".to_string(), "u2".to_string()]
+        );
+        assert!(owner_uids(r#"{"metadata":{"name":"c"}}"#).is_empty());
+        assert!(owner_uids("not json").is_empty());
     }
 
     #[test]

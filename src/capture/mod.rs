@@ -86,6 +86,7 @@ pub struct CaptureService {
     pending: Option<Arc<PendingWrites>>,
     /// Namespaces being emptied after a captured change deleted them.
     namespace_deletions: NamespaceDeletions,
+    owner_deletions: cascade::OwnerDeletions,
     /// Reads a deleted CRD's custom resources (as the deleting user).
     crd_reader: Option<CrdReader>,
 }
@@ -188,6 +189,7 @@ impl CaptureService {
             metrics,
             pending: None,
             namespace_deletions: NamespaceDeletions::default(),
+            owner_deletions: cascade::OwnerDeletions::default(),
             crd_reader: None,
         }
     }
@@ -392,6 +394,14 @@ impl CaptureService {
     /// The action deleting the namespace of the object the namespace
     /// controller deletes, if a captured change deleted that namespace.
     async fn cascade_action(&self, review: &Review) -> Option<ActionId> {
+        if let Some(owners) = cascade::gc_candidate(review, &self.cfg) {
+            match self.owner_deletions.action_for(&owners, &*self.sink).await {
+                Ok(Some(action)) => return Some(action),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, name = %review.object_name(),
+                    "cannot tell whether a captured change deleted this object's owner; the garbage collector's delete is not captured"),
+            }
+        }
         let namespace = cascade::candidate(review, &self.cfg)?;
         match self
             .namespace_deletions
@@ -611,6 +621,12 @@ impl CaptureService {
                 },
             )
         });
+        // The garbage collector's deletes of its dependents join this action.
+        if operation == Operation::Delete
+            && let Some(uid) = &meta.uid
+        {
+            self.owner_deletions.note(uid, &action);
+        }
         let deletes_crd = deleted_crd.is_some();
         let contents_of = deleted_crd
             .is_some()

@@ -144,6 +144,9 @@ pub fn encode(entries: &[BatchEntry], effort: codec::Effort) -> Result<EncodedBa
     if let Some(g) = entries.iter().find_map(|e| e.meta.guard.as_ref()) {
         labels.insert(LABEL_GUARD.to_string(), label_safe(g));
     }
+    for key in entries.iter().filter_map(|e| e.meta.deleted_uid_label()) {
+        labels.insert(key, String::new());
+    }
     let mut annotations = BTreeMap::from([
         (ANN_ENTRIES.to_string(), entries.len().to_string()),
         (ANN_PAYLOAD_SHA256.to_string(), sha256_hex(&payload)),

@@ -1023,6 +1023,24 @@ impl SnapshotSink for KubeStore {
         })
     }
 
+    fn deleted_by<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<ActionId>>> {
+        Box::pin(async move {
+            // From the API server's cache (metadata only): the snapshot was
+            // written before the owner's deletion was admitted, long before
+            // the garbage collector sees the owner gone.
+            let selector = format!("{}{uid}", crate::store::model::LABEL_DELETED_PREFIX);
+            let list = self
+                .config_maps
+                .list_metadata(&ListParams::default().labels(&selector).match_any())
+                .await
+                .map_err(StoreError::Kube)?;
+            Ok(list.items.iter().find_map(|cm| {
+                let action = cm.metadata.labels.as_ref()?.get(LABEL_ACTION)?;
+                ActionId::parse(action).ok()
+            }))
+        })
+    }
+
     fn namespace_deleted_by<'a>(
         &'a self,
         namespace: &'a str,

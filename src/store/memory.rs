@@ -100,6 +100,20 @@ impl SnapshotSink for MemoryStore {
         })
     }
 
+    fn deleted_by<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<ActionId>>> {
+        Box::pin(async move {
+            self.check()?;
+            let snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(snapshots
+                .values()
+                .find(|s| {
+                    s.meta.operation == crate::store::model::Operation::Delete
+                        && s.meta.uid.as_deref() == Some(uid)
+                })
+                .map(|s| s.meta.action.clone()))
+        })
+    }
+
     fn node_at<'a>(
         &'a self,
         _name: &'a str,

@@ -179,6 +179,9 @@ pub trait SnapshotSink: Send + Sync + 'static {
         uid: &'a str,
         deleted_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Option<ActionId>>>;
+    /// The action whose captured change deleted the object with this uid
+    /// (recently: the stored snapshot of the DELETE is labelled with it).
+    fn deleted_by<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<ActionId>>>;
     /// The Node as it was at exactly this resourceVersion (from etcd's
     /// history; None once compacted away or when it did not exist then).
     fn node_at<'a>(

@@ -12,6 +12,9 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "snapback";
 pub const LABEL_ACTION: &str = "snapback.io/action";
 pub const LABEL_OPERATION: &str = "snapback.io/operation";
+/// Prefix of the label naming the uid of an object a snapshot's DELETE
+/// deleted (`deleted.snapback.io/<uid>`, empty value).
+pub const LABEL_DELETED_PREFIX: &str = "deleted.snapback.io/";
 pub const LABEL_RESOURCE: &str = "snapback.io/resource";
 pub const LABEL_RECORD: &str = "snapback.io/record";
 pub const LABEL_STATE: &str = "snapback.io/state";
@@ -379,7 +382,25 @@ impl SnapshotMeta {
         if let Some(g) = &self.guard {
             labels.insert(LABEL_GUARD.to_string(), label_safe(g));
         }
+        if let Some(key) = self.deleted_uid_label() {
+            labels.insert(key, String::new());
+        }
         labels
+    }
+
+    /// For a DELETE: the label `deleted.snapback.io/<uid>` that finds the
+    /// action that deleted the object with that uid (the garbage
+    /// collector's deletes of its dependents join that action, whichever
+    /// replica they reach).
+    pub fn deleted_uid_label(&self) -> Option<String> {
+        let uid = self.uid.as_deref()?;
+        let valid = !uid.is_empty()
+            && uid.len() <= 63
+            && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && uid.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && uid.ends_with(|c: char| c.is_ascii_alphanumeric());
+        (self.operation == Operation::Delete && valid)
+            .then(|| format!("{LABEL_DELETED_PREFIX}{uid}"))
     }
 
     pub fn annotations(&self) -> BTreeMap<String, String> {
