@@ -295,11 +295,55 @@ pub fn spawn(
                 was_leader = leader;
             }
             is_leader.store(leader, std::sync::atomic::Ordering::Relaxed);
+            // snapback_open_actions: the leader's count, fresh at every
+            // renewal (however many replicas serve opens and completes);
+            // the others say 0, so that max() over replicas is the count.
+            let open = if leader {
+                match store.list_actions(Some(ActionState::Open)).await {
+                    Ok(open) => Some(open.len() as i64),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "counting open actions");
+                        None
+                    }
+                }
+            } else {
+                Some(0)
+            };
+            if let Some(n) = open {
+                metrics.open_actions.set(n);
+            }
             let due = last_pass.is_none_or(|t| t.elapsed() >= cfg.interval);
             if leader && due {
                 last_pass = Some(std::time::Instant::now());
-                if let Err(e) = maintain(&store, &cfg, &metrics).await {
-                    tracing::warn!(error = %e, "maintenance pass");
+                // A pass may outlast the lease (a large store to compact or
+                // prune): renew it meanwhile, and stop the pass if another
+                // replica took it over (SPEC §3: one replica at a time). A
+                // pass stopped halfway leaves what a crash would, which the
+                // next pass finishes.
+                let pass = maintain(&store, &cfg, &metrics);
+                tokio::pin!(pass);
+                let renew_every = (cfg.lease_duration / 3).max(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        result = &mut pass => {
+                            if let Err(e) = result {
+                                tracing::warn!(error = %e, "maintenance pass");
+                            }
+                            break;
+                        }
+                        () = tokio::time::sleep(renew_every) => {
+                            let still = lease.try_acquire().await.unwrap_or_else(|e| {
+                                tracing::warn!(error = %e, "renewing the maintenance lease");
+                                false
+                            });
+                            if !still {
+                                tracing::warn!("maintenance leadership lost during a pass; the pass stops");
+                                was_leader = false;
+                                is_leader.store(false, std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             // Renew well within the lease duration.

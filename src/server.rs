@@ -340,7 +340,13 @@ fn spawn_api_probe(client: kube::Client, namespace: String, reachable: Arc<Atomi
             kube::Api::all(client.clone());
         let mut last: Option<String> = None;
         loop {
-            let problem = match namespaces.get_opt(&namespace).await {
+            // A hung API server (accepting connections, never answering)
+            // is as unavailable as one that refuses them.
+            let read = tokio::time::timeout(Duration::from_secs(5), namespaces.get_opt(&namespace));
+            let problem = match read
+                .await
+                .unwrap_or_else(|_| Err(kube::Error::Service("no answer within 5s".into())))
+            {
                 Ok(Some(_)) => None,
                 Ok(None) => Some(format!(
                     "the snapshot namespace {namespace} does not exist: no snapshot can be stored (create it, or set --snapshot-namespace)"

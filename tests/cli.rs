@@ -318,6 +318,31 @@ fn exit_codes_scripts_can_trust() {
     ]);
     c.apply_as("admin", &format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {locked}, annotations: {{snapback.io/action: {id2}}}}}\ndata: {{v: \"2\"}}\n"));
+    // 5 (403) when the caller may read none of the action's objects:
+    // nothing is tried.
+    let out = kubectl_snapback(user, &["rollback", &id2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("may not read any"), "{err}");
+    // Read, but not write: the rollback runs and fails the object.
+    c.kubectl_ok(&[
+        "-n",
+        &locked,
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &locked,
+        "create",
+        "rolebinding",
+        &format!("reader-{user}"),
+        "--role=reader",
+        &format!("--user={user}"),
+    ]);
     let out = kubectl_snapback(user, &["rollback", &id2, "-o", "json"]);
     assert_eq!(
         out.status.code(),

@@ -442,7 +442,6 @@ pub async fn create_action(
     if let Some(a) = &state.attribution {
         a.set_open(&caller.user, Some(id.clone()));
     }
-    state.metrics.open_actions.inc();
     Ok((StatusCode::CREATED, Json(ActionSummary::new(&record, &[]))).into_response())
 }
 
@@ -765,7 +764,6 @@ pub async fn complete_action(
     if let Some(a) = &state.attribution {
         a.close_if(&rec.owner, &id);
     }
-    state.metrics.open_actions.dec();
     let metas = state.store.list_snapshots(&id).await.unwrap_or_default();
     let refs: Vec<&SnapshotMeta> = metas.iter().collect();
     Ok(Json(ActionSummary::new(&rec, &refs)))
@@ -851,9 +849,6 @@ async fn run_rollback(
     let report = task
         .await
         .map_err(|e| ApiError::internal("rollback task", &e))??;
-    if trigger == Trigger::Cancel && !params.dry_run {
-        state.metrics.open_actions.dec();
-    }
     Ok(Json(report))
 }
 
@@ -887,11 +882,10 @@ pub async fn delete_action(
         .delete_action(&id)
         .await
         .map_err(|e| ApiError::from_store("deleting the action", &e))?;
-    if rec.state == ActionState::Open {
-        if let Some(a) = &state.attribution {
-            a.close_if(&rec.owner, &id);
-        }
-        state.metrics.open_actions.dec();
+    if rec.state == ActionState::Open
+        && let Some(a) = &state.attribution
+    {
+        a.close_if(&rec.owner, &id);
     }
     Ok(StatusCode::NO_CONTENT)
 }

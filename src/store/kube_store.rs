@@ -734,7 +734,9 @@ impl KubeStore {
         Ok(count)
     }
 
-    /// Delete everything stored for an action: snapshots, chunks, the record.
+    /// Delete everything stored for an action: snapshots, chunks, then the
+    /// record (last: a maintenance pass meanwhile must not find snapshots
+    /// without a record and give them one back).
     pub async fn delete_action(&self, action: &ActionId) -> Result<()> {
         let lp = ListParams::default().labels(&format!("{LABEL_ACTION}={action}"));
         let dp = DeleteParams::background();
@@ -742,10 +744,22 @@ impl KubeStore {
             .delete_collection(&dp, &lp)
             .await
             .map_err(StoreError::Kube)?;
+        let snapshots = ListParams::default().labels(&format!(
+            "{LABEL_ACTION}={action},{LABEL_RECORD}!={RECORD_ACTION}"
+        ));
         self.config_maps
-            .delete_collection(&dp, &lp)
+            .delete_collection(&dp, &snapshots)
             .await
             .map_err(StoreError::Kube)?;
+        match self
+            .config_maps
+            .delete(&action.record_name(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(StoreError::Kube(e)),
+        }
         self.known_actions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
