@@ -1759,8 +1759,25 @@ async fn restore_field_managers(
         return String::new();
     }
     let mut body = written;
-    body["metadata"]["managedFields"] = wanted;
-    match dynamic::replace(client, &h.object, &body).await {
+    body["metadata"]["managedFields"] = wanted.clone();
+    let mut result = dynamic::replace(client, &h.object, &body).await;
+    // A controller wrote the object meanwhile (its status): once more, on
+    // what it is now.
+    if let Err(kube::Error::Api(s)) = &result
+        && s.code == 409
+    {
+        result = match dynamic::get(client, &h.object).await {
+            Ok(Some(mut now)) => {
+                now["metadata"]["managedFields"] = wanted;
+                dynamic::replace(client, &h.object, &now).await
+            }
+            Ok(None) => {
+                return "; it was deleted before its field managers could be given back".into();
+            }
+            Err(e) => Err(e),
+        };
+    }
+    match result {
         Ok(_) => String::new(),
         Err(e) => format!(
             "; its field managers (server-side apply ownership) could not be given back: {}",
