@@ -298,8 +298,10 @@ pub fn spawn(
             // snapback_open_actions: the leader's count, fresh at every
             // renewal (however many replicas serve opens and completes);
             // the others say 0, so that max() over replicas is the count.
+            // From the API server's watch cache: a consistent read would
+            // make it read the whole snapshot namespace from etcd.
             let open = if leader {
-                match store.list_actions(Some(ActionState::Open)).await {
+                match store.list_actions_cached(Some(ActionState::Open)).await {
                     Ok(open) => Some(open.len() as i64),
                     Err(e) => {
                         tracing::debug!(error = %e, "counting open actions");
