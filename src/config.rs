@@ -438,6 +438,12 @@ impl Config {
                 return Err(format!("{flag} must be more than 0 ({why})"));
             }
         }
+        if self.lease_duration < Duration::from_secs(1) {
+            return Err(format!(
+                "--lease-duration must be at least 1s (got {:?}): the Lease's duration is kept in whole seconds",
+                self.lease_duration
+            ));
+        }
         if let Err(why) = dns_label(&self.capture.snapshot_namespace) {
             return Err(format!(
                 "--snapshot-namespace {:?} is not a namespace name: {why}",
@@ -741,6 +747,7 @@ mod tests {
             ("--session-idle", "0s"),
             ("--maintenance-interval", "0s"),
             ("--lease-duration", "0s"),
+            ("--lease-duration", "500ms"),
             ("--guard-interval", "0s"),
         ] {
             let err = check(&[flag, value]).unwrap_err();

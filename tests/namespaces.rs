@@ -777,11 +777,26 @@ async fn what_the_garbage_collector_deletes_with_an_owner_comes_back_with_it() {
         ])
     };
     let parent_uid = uid_of("parent");
-    for (name, controller) in [("child", false), ("controlled", true)] {
-        c.kubectl_apply_str(&format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: parent, uid: {parent_uid}, controller: {controller}}}\ndata: {{important: \"yes\"}}\n"
-        ));
-    }
+    // child: server-side applied by an operator, `op`; controlled: owned by
+    // parent as its controller; grandchild: owned by controlled.
+    let owned = |name: &str, owner: &str, uid: &str, controller: bool| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: {uid}, controller: {controller}}}\ndata: {{important: \"yes\"}}\n"
+        )
+    };
+    let out = c.kubectl_stdin(
+        "admin",
+        &["apply", "--server-side", "--field-manager=op", "-f", "-"],
+        &owned("child", "parent", &parent_uid, false),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.kubectl_apply_str(&owned("controlled", "parent", &parent_uid, true));
+    let controlled_uid = uid_of("controlled");
+    c.kubectl_apply_str(&owned("grandchild", "controlled", &controlled_uid, false));
     let id = format!("gc-{:06x}", rand::random::<u32>() & 0xffffff);
     let (status, body) = api
         .call(
@@ -800,7 +815,7 @@ async fn what_the_garbage_collector_deletes_with_an_owner_comes_back_with_it() {
             .success()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while exists("child") || exists("controlled") {
+    while exists("child") || exists("controlled") || exists("grandchild") {
         assert!(
             std::time::Instant::now() < deadline,
             "the garbage collector did not delete the dependents"
@@ -836,11 +851,103 @@ async fn what_the_garbage_collector_deletes_with_an_owner_comes_back_with_it() {
         new_parent.as_str(),
         "{child:#}"
     );
+    // Its manager is the operator's, as before, and its field set names the
+    // owner's new uid.
+    let managed = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "child",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields}",
+    ]);
+    let managed: Value = serde_json::from_str(&managed).unwrap();
+    let managers: Vec<(&str, &str)> = managed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap(),
+                m["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(managers, vec![("op", "Apply")], "{managed:#}");
+    assert!(
+        managed.to_string().contains(&new_parent) && !managed.to_string().contains(&parent_uid),
+        "{managed:#}"
+    );
     assert!(!exists("controlled"));
+    // What controlled owned without a controller is the action's: back,
+    // without its reference to the owner nobody restored.
+    let grandchild = c.kubectl_ok(&["-n", &ns, "get", "configmap", "grandchild", "-o", "json"]);
+    let grandchild: Value = serde_json::from_str(&grandchild).unwrap();
+    assert_eq!(grandchild["data"]["important"], "yes", "{grandchild:#}");
     // Another replica finds the owner's action through the snapshot's label.
     let store = sb.store(c).await;
     let found = snapback::store::SnapshotSink::deleted_by(&store, &parent_uid)
         .await
         .unwrap();
     assert_eq!(found.map(|a| a.to_string()), Some(id));
+
+    // An action deleted before the collector gets to a dependent (its owner
+    // held by a finalizer): the dependent's delete is not captured, and no
+    // action record comes back for it.
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: held, namespace: {ns}, finalizers: [example.com/hold]}}\n"
+    ));
+    let held_uid = uid_of("held");
+    c.kubectl_apply_str(&owned("late", "held", &held_uid, false));
+    let id2 = format!("gcdel-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&serde_json::json!({ "id": id2 }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "delete", "configmap", "held", "--wait=false"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id2}/complete"), &token)
+        .await;
+    let (status, _) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/actions/{id2}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while exists("late") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late was not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = api
+        .call("GET", &format!("/api/v1/actions/{id2}"), Some(&token), None)
+        .await;
+    assert_eq!(status, 404, "the deleted action came back: {body:#}");
 }

@@ -191,11 +191,20 @@ impl OwnerDeletions {
     }
 }
 
+/// The garbage collector deleting an object whose owners are gone.
+pub struct GcDelete {
+    /// The owners' uids (for [`OwnerDeletions::action_for`]).
+    pub owners: Vec<String>,
+    /// Captured when an owner's deletion was: no controller makes it again.
+    /// A controller-owned one is not (its controller does), but its own
+    /// dependents' deletes still join the action.
+    pub capture: bool,
+}
+
 /// Whether the review is the garbage collector deleting an object whose
-/// owners are gone (the candidates for [`OwnerDeletions::action_for`]): a
-/// DELETE, by one of `--garbage-collector-users`, of an object that no
-/// controller makes again. Its owners' uids.
-pub fn gc_candidate(review: &Review, cfg: &CaptureConfig) -> Option<Vec<String>> {
+/// owners are gone: a DELETE, by one of `--garbage-collector-users`, of an
+/// object with owners, not already being deleted.
+pub fn gc_candidate(review: &Review, cfg: &CaptureConfig) -> Option<GcDelete> {
     if review.request.operation != AdmissionOp::Delete || review.request.sub_resource.is_some() {
         return None;
     }
@@ -208,11 +217,14 @@ pub fn gc_candidate(review: &Review, cfg: &CaptureConfig) -> Option<Vec<String>>
         return None;
     }
     let old = review.old_object.as_ref()?.get();
-    if made_by_a_controller(old) || already_being_deleted(old) {
+    if already_being_deleted(old) {
         return None;
     }
     let owners = owner_uids(old);
-    (!owners.is_empty()).then_some(owners)
+    (!owners.is_empty()).then(|| GcDelete {
+        owners,
+        capture: !made_by_a_controller(old),
+    })
 }
 
 fn owner_uids(object: &str) -> Vec<String> {

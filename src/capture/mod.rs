@@ -394,12 +394,39 @@ impl CaptureService {
     /// The action deleting the namespace of the object the namespace
     /// controller deletes, if a captured change deleted that namespace.
     async fn cascade_action(&self, review: &Review) -> Option<ActionId> {
-        if let Some(owners) = cascade::gc_candidate(review, &self.cfg) {
-            match self.owner_deletions.action_for(&owners, &*self.sink).await {
-                Ok(Some(action)) => return Some(action),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, name = %review.object_name(),
-                    "cannot tell whether a captured change deleted this object's owner; the garbage collector's delete is not captured"),
+        if let Some(gc) = cascade::gc_candidate(review, &self.cfg) {
+            let found = match self
+                .owner_deletions
+                .action_for(&gc.owners, &*self.sink)
+                .await
+            {
+                // Only into an action that still exists (it may have been
+                // deleted since its change): never a record made for it.
+                Ok(Some(action)) => match self.sink.action_exists(&action).await {
+                    Ok(true) => Some(action),
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %action, "reading the action of an owner's deletion");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, name = %review.object_name(),
+                        "cannot tell whether a captured change deleted this object's owner; the garbage collector's delete is not captured");
+                    None
+                }
+            };
+            if let Some(action) = found {
+                if gc.capture {
+                    return Some(action);
+                }
+                // Its controller makes it again; what it owned without a
+                // controller is this action's, when the collector gets to it.
+                if let Some(uid) = &review.old_identity.uid {
+                    self.owner_deletions.note(uid, &action);
+                }
+                return None;
             }
         }
         let namespace = cascade::candidate(review, &self.cfg)?;

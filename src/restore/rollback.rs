@@ -1199,17 +1199,23 @@ impl Restorer {
             return None;
         }
         current["metadata"]["ownerReferences"] = resolved_refs;
-        if let Err(e) = dynamic::replace(client, &h.object, &current).await {
-            return Some(format!(
-                "{message}; giving the owner references back once the owners were restored failed: {}",
-                describe_kube_error(&e)
-            ));
-        }
+        let written = match dynamic::replace(client, &h.object, &current).await {
+            Ok(written) => written,
+            Err(e) => {
+                return Some(format!(
+                    "{message}; giving the owner references back once the owners were restored failed: {}",
+                    describe_kube_error(&e)
+                ));
+            }
+        };
+        // That write made snapback the manager of the references: the
+        // prior managers again, with the owners' new uids.
+        let owners = restore_field_managers(client, h, written).await;
         let base = message.split(DROPPED_OWNERS).next().unwrap_or(message);
         Some(if note.is_empty() {
-            format!("{base}; owner references given back once their owners were restored")
+            format!("{base}; owner references given back once their owners were restored{owners}")
         } else {
-            format!("{base}{note}")
+            format!("{base}{note}{owners}")
         })
     }
 
@@ -1758,6 +1764,32 @@ async fn restore_field_managers(
     if now.as_ref() == Some(&wanted) || !(applied(&Some(wanted.clone())) || applied(&now)) {
         return String::new();
     }
+    // Owner references pointed at a restored owner's new uid: the managers'
+    // field sets name them by uid (`k:{"uid":…}`), so they follow.
+    let moved: Vec<(String, String)> = prior
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|old| {
+            let new = written
+                .pointer("/metadata/ownerReferences")?
+                .as_array()?
+                .iter()
+                .find(|r| r["kind"] == old["kind"] && r["name"] == old["name"])?;
+            let (o, n) = (old["uid"].as_str()?, new["uid"].as_str()?);
+            (o != n && !o.is_empty()).then(|| (o.to_string(), n.to_string()))
+        })
+        .collect();
+    let wanted = if moved.is_empty() {
+        wanted
+    } else {
+        let mut text = wanted.to_string();
+        for (o, n) in &moved {
+            text = text.replace(o.as_str(), n);
+        }
+        serde_json::from_str(&text).unwrap_or(wanted)
+    };
     let mut body = written;
     body["metadata"]["managedFields"] = wanted.clone();
     let mut result = dynamic::replace(client, &h.object, &body).await;

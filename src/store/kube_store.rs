@@ -1037,6 +1037,10 @@ impl SnapshotSink for KubeStore {
         })
     }
 
+    fn action_exists<'a>(&'a self, action: &'a ActionId) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Ok(self.get_action(action).await?.is_some()) })
+    }
+
     fn deleted_by<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<ActionId>>> {
         Box::pin(async move {
             // From the API server's cache (metadata only): the snapshot was

@@ -100,6 +100,17 @@ impl SnapshotSink for MemoryStore {
         })
     }
 
+    fn action_exists<'a>(&'a self, action: &'a ActionId) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self
+                .actions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(action.as_str()))
+        })
+    }
+
     fn deleted_by<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<ActionId>>> {
         Box::pin(async move {
             self.check()?;

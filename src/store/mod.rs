@@ -179,6 +179,8 @@ pub trait SnapshotSink: Send + Sync + 'static {
         uid: &'a str,
         deleted_at: Option<Timestamp>,
     ) -> BoxFuture<'a, Result<Option<ActionId>>>;
+    /// Whether the action's record exists.
+    fn action_exists<'a>(&'a self, action: &'a ActionId) -> BoxFuture<'a, Result<bool>>;
     /// The action whose captured change deleted the object with this uid
     /// (recently: the stored snapshot of the DELETE is labelled with it).
     fn deleted_by<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<ActionId>>>;
