@@ -132,20 +132,22 @@ impl NamespaceDeletions {
 /// a DELETE, by one of `--namespace-controller-users`, of a namespaced
 /// object that no controller makes again.
 pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
+    let old = deleted_by_one_of(review, &cfg.namespace_controller_users)?;
+    let namespace = review.object_namespace()?;
+    (!made_by_a_controller(old) && !already_being_deleted(old)).then_some(namespace)
+}
+
+/// The prior object of a DELETE (not of a subresource) made by one of
+/// `users` (globs).
+fn deleted_by_one_of<'r>(review: &'r Review, users: &[String]) -> Option<&'r str> {
     if review.request.operation != AdmissionOp::Delete || review.request.sub_resource.is_some() {
         return None;
     }
     let user = review.username();
-    if !cfg
-        .namespace_controller_users
-        .iter()
-        .any(|p| glob_match(p, user))
-    {
+    if !users.iter().any(|p| glob_match(p, user)) {
         return None;
     }
-    let namespace = review.object_namespace()?;
-    let old = review.old_object.as_ref()?;
-    (!made_by_a_controller(old.get()) && !already_being_deleted(old.get())).then_some(namespace)
+    Some(review.old_object.as_ref()?.get())
 }
 
 /// Which action deleted which object (by uid), as far as this replica
@@ -205,18 +207,7 @@ pub struct GcDelete {
 /// owners are gone: a DELETE, by one of `--garbage-collector-users`, of an
 /// object with owners, not already being deleted.
 pub fn gc_candidate(review: &Review, cfg: &CaptureConfig) -> Option<GcDelete> {
-    if review.request.operation != AdmissionOp::Delete || review.request.sub_resource.is_some() {
-        return None;
-    }
-    let user = review.username();
-    if !cfg
-        .garbage_collector_users
-        .iter()
-        .any(|p| glob_match(p, user))
-    {
-        return None;
-    }
-    let old = review.old_object.as_ref()?.get();
+    let old = deleted_by_one_of(review, &cfg.garbage_collector_users)?;
     if already_being_deleted(old) {
         return None;
     }
