@@ -134,7 +134,8 @@ impl NamespaceDeletions {
 pub fn candidate(review: &Review, cfg: &CaptureConfig) -> Option<String> {
     let old = deleted_by_one_of(review, &cfg.namespace_controller_users)?;
     let namespace = review.object_namespace()?;
-    (!made_by_a_controller(old) && !already_being_deleted(old)).then_some(namespace)
+    let prior = Prior::of(old);
+    (!prior.made_by_a_controller() && !prior.being_deleted()).then_some(namespace)
 }
 
 /// The prior object of a DELETE (not of a subresource) made by one of
@@ -207,97 +208,93 @@ pub struct GcDelete {
 /// owners are gone: a DELETE, by one of `--garbage-collector-users`, of an
 /// object with owners, not already being deleted.
 pub fn gc_candidate(review: &Review, cfg: &CaptureConfig) -> Option<GcDelete> {
-    let old = deleted_by_one_of(review, &cfg.garbage_collector_users)?;
-    if already_being_deleted(old) {
+    let prior = Prior::of(deleted_by_one_of(review, &cfg.garbage_collector_users)?);
+    if prior.being_deleted() {
         return None;
     }
-    let owners = owner_uids(old);
-    (!owners.is_empty()).then(|| GcDelete {
-        owners,
-        capture: !made_by_a_controller(old),
-    })
+    let capture = !prior.made_by_a_controller();
+    let owners: Vec<String> = prior
+        .metadata
+        .owner_references
+        .into_iter()
+        .map(|r| r.uid)
+        .filter(|u| !u.is_empty())
+        .collect();
+    (!owners.is_empty()).then_some(GcDelete { owners, capture })
 }
 
-fn owner_uids(object: &str) -> Vec<String> {
-    #[derive(Deserialize)]
-    struct Object {
-        #[serde(default)]
-        metadata: Meta,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Meta {
-        #[serde(default)]
-        owner_references: Vec<OwnerRef>,
-    }
-    #[derive(Deserialize)]
-    struct OwnerRef {
-        #[serde(default)]
-        uid: String,
-    }
-    serde_json::from_str::<Object>(object)
-        .map(|o| {
-            o.metadata
-                .owner_references
-                .into_iter()
-                .map(|r| r.uid)
-                .filter(|u| !u.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+/// What the cascades read of a deleted object's prior state, in one parse
+/// (an object that does not parse has none of it).
+#[derive(Deserialize, Default)]
+struct Prior {
+    #[serde(default)]
+    metadata: PriorMeta,
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
 }
 
-/// Whether the object was being deleted already (finalizers pending): the
-/// namespace controller deletes it again on every pass until it is gone,
-/// and its state before the first of those deletes was captured then.
-pub fn already_being_deleted(object: &str) -> bool {
-    #[derive(Deserialize)]
-    struct Object {
-        #[serde(default)]
-        metadata: Meta,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Meta {
-        #[serde(default)]
-        deletion_timestamp: Option<String>,
-    }
-    // The key appears literally in any object that has it: most DELETEs
-    // are of objects that do not, and skip the parse.
-    object.contains("\"deletionTimestamp\"")
-        && serde_json::from_str::<Object>(object)
-            .is_ok_and(|o| o.metadata.deletion_timestamp.is_some())
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PriorMeta {
+    #[serde(default)]
+    deletion_timestamp: Option<String>,
+    #[serde(default)]
+    owner_references: Vec<OwnerRef>,
 }
 
-/// Whether a controller makes the object again once what it derives from
-/// is restored: it names a controller owner, or it is a service account
-/// token.
-fn made_by_a_controller(object: &str) -> bool {
-    #[derive(Deserialize)]
-    struct Object<'a> {
-        #[serde(default)]
-        metadata: Meta,
-        #[serde(default, borrow, rename = "type")]
-        type_: Option<std::borrow::Cow<'a, str>>,
+#[derive(Deserialize)]
+struct OwnerRef {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    controller: Option<bool>,
+}
+
+impl Prior {
+    fn of(object: &str) -> Prior {
+        serde_json::from_str(object).unwrap_or_default()
     }
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct Meta {
-        #[serde(default)]
-        owner_references: Vec<OwnerRef>,
+
+    /// Being deleted already (finalizers pending): the namespace controller
+    /// deletes it again on every pass until it is gone, and its state
+    /// before the first of those deletes was captured then.
+    fn being_deleted(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
     }
-    #[derive(Deserialize)]
-    struct OwnerRef {
-        #[serde(default)]
-        controller: Option<bool>,
-    }
-    serde_json::from_str::<Object>(object).is_ok_and(|o| {
-        o.type_.as_deref() == Some("kubernetes.io/service-account-token")
-            || o.metadata
+
+    /// A controller makes it again once what it derives from is restored:
+    /// it names a controller owner, or it is a service account token.
+    fn made_by_a_controller(&self) -> bool {
+        self.type_.as_deref() == Some("kubernetes.io/service-account-token")
+            || self
+                .metadata
                 .owner_references
                 .iter()
                 .any(|r| r.controller == Some(true))
-    })
+    }
+}
+
+/// Whether the object was being deleted already (see
+/// [`Prior::being_deleted`]). The key appears literally in any object that
+/// has it: most DELETEs are of objects that do not, and skip the parse.
+pub fn already_being_deleted(object: &str) -> bool {
+    object.contains("\"deletionTimestamp\"") && Prior::of(object).being_deleted()
+}
+
+#[cfg(test)]
+fn made_by_a_controller(object: &str) -> bool {
+    Prior::of(object).made_by_a_controller()
+}
+
+#[cfg(test)]
+fn owner_uids(object: &str) -> Vec<String> {
+    Prior::of(object)
+        .metadata
+        .owner_references
+        .into_iter()
+        .map(|r| r.uid)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Whether the review deletes a Namespace.
