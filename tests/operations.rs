@@ -323,6 +323,10 @@ fn manifests_pass_server_side_dry_run() {
                 assert!(ctr["resources"]["requests"].is_object());
             }
         }
+        if kind == "Service" && doc["metadata"]["name"] == "snapback-webhook" {
+            // Both calls of one request, and a user's session, on one replica.
+            assert_eq!(doc["spec"]["sessionAffinity"], "ClientIP");
+        }
         if kind.ends_with("WebhookConfiguration") {
             let wh = &doc["webhooks"][0];
             assert_eq!(wh["sideEffects"], "NoneOnDryRun");
