@@ -1722,9 +1722,6 @@ async fn wait_established(client: &kube::Client, crd: &crate::store::model::Obje
     }
 }
 
-/// Whether a 422 refuses a change to a field that cannot change in place:
-/// Kubernetes says so in several ways ("field is immutable", a Service's
-/// clusterIP "may not change once set", ...).
 /// Give a restored object back the field managers of its prior state.
 /// A restore write is an update by snapback: the API server hands every
 /// field it changed to snapback (`operation: Update`) and a recreated
@@ -1818,6 +1815,9 @@ async fn restore_field_managers(
     }
 }
 
+/// Whether a 422 refuses a change to a field that cannot change in place:
+/// Kubernetes says so in several ways ("field is immutable", a Service's
+/// clusterIP "may not change once set", ...).
 fn immutable_refusal(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [
