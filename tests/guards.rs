@@ -511,3 +511,127 @@ async fn a_guard_annotation_guards_an_implicit_action() {
     assert_eq!(image(c, &ns), "nginx:1.25");
     sb.unregister(c);
 }
+
+/// A guard reads and rolls back as the action's owner, so only the owner's
+/// own changes that state the annotation arm one: not someone else's change
+/// joined through the action annotation, and not the owner's change of an
+/// object that somebody else annotated (a planted trap).
+#[tokio::test(flavor = "multi_thread")]
+async fn guards_are_armed_only_by_the_owners_changes_that_state_them() {
+    let c = cluster();
+    let tag = format!("own{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = vec!["--guard-interval=1s".into(), "--lease-duration=3s".into()];
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let (owner, outsider) = ("user6", "user8");
+    let ns = c.namespace("guard-owner", &[owner, outsider]);
+    c.grant_api(owner);
+    // Planted before snapback captures here: a Deployment that never becomes
+    // available (no controller), annotated with a short guard.
+    let trap = deployment(&ns, "nginx:1.25")
+        .replace("name: web,", "name: trap,")
+        .replace(
+            "metadata: {name: trap,",
+            "metadata: {annotations: {snapback.io/guard: 1s}, name: trap,",
+        );
+    c.kubectl_apply_str(&trap);
+    for cm in ["cm-x", "cm-y"] {
+        c.kubectl_ok(&["-n", &ns, "create", "configmap", cm, "--from-literal=v=1"]);
+    }
+    sb.adopt_namespace(c, &ns);
+    let token = c.token(owner);
+    let open = |id: &str| json!({"id": id}).to_string();
+    let patch = |cm: &str| {
+        c.kubectl_as_ok(
+            owner,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "configmap",
+                cm,
+                "-p",
+                r#"{"data":{"v":"2"}}"#,
+            ],
+        );
+    };
+    let suffix = &tag[3..];
+    let (x, y, z) = (
+        format!("trap-{suffix}"),
+        format!("joined-{suffix}"),
+        format!("own-{suffix}"),
+    );
+    // X: the owner changes a ConfigMap and labels the trapped Deployment.
+    let (status, body) = api
+        .call("POST", "/api/v1/actions", Some(&token), Some(&open(&x)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    patch("cm-x");
+    c.kubectl_as_ok(owner, &["-n", &ns, "label", "deployment", "trap", "team=x"]);
+    api.ok("POST", &format!("/api/v1/actions/{x}/complete"), &token)
+        .await;
+    // Y: the owner changes a ConfigMap; someone else joins a guarded,
+    // never-available Deployment through the action annotation.
+    let (status, body) = api
+        .call("POST", "/api/v1/actions", Some(&token), Some(&open(&y)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    patch("cm-y");
+    api.ok("POST", &format!("/api/v1/actions/{y}/complete"), &token)
+        .await;
+    let bait = deployment(&ns, "nginx:1.25")
+        .replace("name: web,", "name: bait,")
+        .replace(
+            "metadata: {name: bait,",
+            &format!(
+                "metadata: {{annotations: {{snapback.io/guard: 1s, snapback.io/action: {y}}}, name: bait,"
+            ),
+        );
+    c.apply_as(outsider, &bait);
+    // Z, the control: the owner's own guarded Deployment is rolled back.
+    let (status, body) = api
+        .call("POST", "/api/v1/actions", Some(&token), Some(&open(&z)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let own = deployment(&ns, "nginx:1.25")
+        .replace("name: web,", "name: own,")
+        .replace(
+            "metadata: {name: own,",
+            "metadata: {annotations: {snapback.io/guard: 1s}, name: own,",
+        );
+    c.apply_as(owner, &own);
+    api.ok("POST", &format!("/api/v1/actions/{z}/complete"), &token)
+        .await;
+    wait_guard(&api, &token, &z, &["rolled-back"], Duration::from_secs(60)).await;
+    // Every guard pass since has seen X and Y completed: neither is guarded.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in [&x, &y] {
+        let detail = guard_of(&api, &token, id).await;
+        assert!(detail["guard"].is_null(), "{id} got a guard: {detail:#}");
+        assert_eq!(detail["state"], "completed", "{detail:#}");
+    }
+    for cm in ["cm-x", "cm-y"] {
+        let v = c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "configmap",
+            cm,
+            "-o",
+            "jsonpath={.data.v}",
+        ]);
+        assert_eq!(v, "2", "{cm} was rolled back");
+    }
+    let team = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "deployment",
+        "trap",
+        "-o",
+        "jsonpath={.metadata.labels.team}",
+    ]);
+    assert_eq!(team, "x");
+    sb.unregister(c);
+}

@@ -11,6 +11,7 @@ pub mod handler;
 pub mod open_actions;
 pub mod pending;
 pub mod review;
+pub mod stated_guard;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +32,7 @@ use crate::metrics::Metrics;
 use crate::store::actions::ActionRecord;
 use crate::store::codec;
 use crate::store::model::{
-    ACTION_ANNOTATION, ActionId, GUARD_ANNOTATION, LAST_APPLIED_ANNOTATION, ObjectRef, Operation,
-    SnapshotMeta,
+    ACTION_ANNOTATION, ActionId, LAST_APPLIED_ANNOTATION, ObjectRef, Operation, SnapshotMeta,
 };
 use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 
@@ -578,23 +578,22 @@ impl CaptureService {
                 .map(|r| r.to_string()),
             chunks: 0,
             secret,
-            guard: after
-                .and_then(|o| {
-                    o.get("metadata")?
-                        .get("annotations")?
-                        .get(GUARD_ANNOTATION)?
-                        .as_str()
-                })
-                // Only a guard the guard loop accepts (above 0, at most 168h).
-                .filter(|g| {
-                    crate::guard::GuardSpec {
-                        timeout: g.to_string(),
-                        on_failure: crate::guard::OnFailure::Rollback,
-                    }
-                    .validate()
-                    .is_ok()
-                })
-                .map(str::to_string),
+            guard: stated_guard::stated_guard(
+                operation,
+                after,
+                prior.as_deref(),
+                req.options.as_ref().map(|o| &o.0),
+            )
+            // Only a guard the guard loop accepts (above 0, at most 168h).
+            .filter(|g| {
+                crate::guard::GuardSpec {
+                    timeout: g.to_string(),
+                    on_failure: crate::guard::OnFailure::Rollback,
+                }
+                .validate()
+                .is_ok()
+            })
+            .map(str::to_string),
             batch: None,
         };
         tracing::debug!(

@@ -181,10 +181,15 @@ impl Guards {
                 continue;
             }
             let status = GuardStatus::of(&record).or_else(|| {
-                // Annotation guards: the longest timeout any change asked for.
+                // Annotation guards: the longest timeout any change asked
+                // for, of the owner's own changes only. A change by someone
+                // else (joined through the action annotation) never guards
+                // the owner's action: the guard reads and rolls back as the
+                // owner, with rights its author may not have.
                 let metas = by_action.get(record.id.as_str())?;
                 let timeout = metas
                     .iter()
+                    .filter(|m| m.user == record.owner)
                     .filter_map(|m| m.guard.as_deref())
                     .max_by_key(|g| parse_duration(g).unwrap_or_default())?;
                 Some(GuardStatus::new(GuardSpec {
