@@ -604,3 +604,66 @@ fn get_cm(c: &Cluster, ns: &str, name: &str) -> Option<Value> {
         .success()
         .then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
+
+/// A service account calls the API (a CI system, Alertmanager): snapback acts
+/// as it, which takes the impersonate right on `serviceaccounts` as well as
+/// on users and groups (`manifests/rbac.yaml`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_account_caller_rolls_back_as_itself() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let ns = c.namespace("sa-caller", &[]);
+    let user = format!("system:serviceaccount:{ns}:robot");
+    c.kubectl_ok(&["-n", &ns, "create", "serviceaccount", "robot"]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "robot-edit",
+        "--clusterrole=test-editor",
+        &format!("--serviceaccount={ns}:robot"),
+    ]);
+    c.grant_api(&user);
+    let token = c
+        .kubectl_ok(&["-n", &ns, "create", "token", "robot"])
+        .trim()
+        .to_string();
+    let out = Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .args(["--kubeconfig=/dev/null", "--server", &c.url])
+        .arg("--certificate-authority")
+        .arg(c.apiserver_ca())
+        .args(["--token", &token, "-n", &ns])
+        .args(["create", "configmap", "robo", "--from-literal=v=1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, list) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions?namespace={ns}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let id = list["actions"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["actions"][0]["owner"], user.as_str(), "{list}");
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["state"], "rolled-back", "{report}");
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report}");
+    assert!(get_cm(c, &ns, "robo").is_none(), "robo is still there");
+}

@@ -120,7 +120,8 @@ impl From<RollbackError> for ApiError {
         match e {
             RollbackError::NotFound(_) => ApiError::not_found(e.to_string()),
             RollbackError::TooOld { .. } => ApiError::bad_request(e.to_string()),
-            RollbackError::Forbidden { ref objects, .. } => ApiError {
+            RollbackError::Forbidden { ref objects, .. }
+            | RollbackError::CannotImpersonate { ref objects, .. } => ApiError {
                 status: StatusCode::FORBIDDEN,
                 objects: Some(objects.clone()),
                 message: e.to_string(),

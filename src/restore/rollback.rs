@@ -89,6 +89,13 @@ pub enum RollbackError {
         .user, .objects.len(), .objects.join("; ")
     )]
     Forbidden { user: String, objects: Vec<String> },
+    /// The API server refused snapback itself the right to act as the
+    /// caller (its ClusterRole lacks `impersonate` on what the caller is).
+    #[error(
+        "snapback may not act as {} (its own ClusterRole needs the impersonate verb on users, groups and serviceaccounts): {}; nothing was changed",
+        .user, .objects.join("; ")
+    )]
+    CannotImpersonate { user: String, objects: Vec<String> },
     #[error("a rollback of action {0} is already running")]
     Running(ActionId),
     #[error("action {id} is {state}; only an open action can be cancelled")]
@@ -582,6 +589,12 @@ impl Restorer {
             .collect();
         if !unreadable.is_empty() && unreadable.len() == histories.len() {
             tracing::Span::current().record("outcome", "forbidden");
+            if unreadable.iter().all(|e| e.contains("cannot impersonate")) {
+                return Err(RollbackError::CannotImpersonate {
+                    user: caller.user.clone(),
+                    objects: unreadable,
+                });
+            }
             return Err(RollbackError::Forbidden {
                 user: caller.user.clone(),
                 objects: unreadable,
