@@ -475,17 +475,24 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         }
         _ => {}
     }
-    // A deleted service account token is a revoked credential: recreating
-    // its Secret would make the token valid again (the token controller
-    // makes new ones for the account).
+    // A deleted token Secret is a revoked credential: recreating it would
+    // make the token valid again. A service account's (the token controller
+    // makes new ones for the account) or a bootstrap token (`kubeadm token
+    // delete`, or its expiry by the token cleaner).
     if let (Target::Present(t), None) = (target, current)
         && t.get("kind").and_then(Value::as_str) == Some("Secret")
-        && t.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
     {
-        return none(
-            Outcome::Skipped,
-            "not brought back: a service account token Secret's deletion revoked the token; the token controller makes new ones".into(),
-        );
+        match t.get("type").and_then(Value::as_str) {
+            Some("kubernetes.io/service-account-token") => return none(
+                Outcome::Skipped,
+                "not brought back: a service account token Secret's deletion revoked the token; the token controller makes new ones".into(),
+            ),
+            Some("bootstrap.kubernetes.io/token") => return none(
+                Outcome::Skipped,
+                "not brought back: a bootstrap token Secret's deletion revoked the token; make a new one (kubeadm token create)".into(),
+            ),
+            _ => {}
+        }
     }
     let force = force || made_for_every_namespace(h);
     if !force && !h.accepted.contains(&conflict_fp(current)) {

@@ -810,6 +810,22 @@ fn a_deleted_service_account_token_stays_revoked() {
             "{step:?}"
         );
     }
+    // Nor does a bootstrap token.
+    let mut bootstrap = token.clone();
+    bootstrap["type"] = json!("bootstrap.kubernetes.io/token");
+    bootstrap["metadata"]["namespace"] = json!("kube-system");
+    let h = only(vec![snap(
+        1,
+        Operation::Delete,
+        "bootstrap-token-abcdef",
+        Some(&bootstrap),
+        None,
+    )]);
+    let step = decide(&h, None, true);
+    assert!(
+        matches!(&step.action, Action::None(Outcome::Skipped, m) if m.contains("bootstrap token")),
+        "{step:?}"
+    );
     // Any other Secret comes back.
     let mut opaque = token.clone();
     opaque["type"] = json!("Opaque");
