@@ -283,6 +283,34 @@ mod tests {
         Decision::Skip(Skip::ExcludedResource)
     )]
     #[case(
+        "CREATE",
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
+    // Custom resources named like reviews are objects like any other.
+    #[case(
+        "UPDATE",
+        "bookinfo.example.com",
+        "reviews",
+        "ns",
+        "alice",
+        false,
+        Decision::Capture { operation: Operation::Update, secret: false }
+    )]
+    #[case(
+        "DELETE",
+        "reviews.acme.io",
+        "codereviews",
+        "ns",
+        "alice",
+        false,
+        Decision::Capture { operation: Operation::Delete, secret: false }
+    )]
+    #[case(
         "UPDATE",
         "",
         "secrets",
