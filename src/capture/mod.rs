@@ -60,6 +60,11 @@ pub enum CaptureError {
     Join(String),
     #[error("reading what the deletion deletes with it: {0}")]
     Contents(String),
+    /// A controller's delete of what a captured change deleted with it (a
+    /// namespace's contents, an owner's dependents) could not be told apart
+    /// from any other of its deletes.
+    #[error("cannot tell whether a captured change deleted this object's {0}")]
+    Cascade(String),
 }
 
 impl CaptureError {
@@ -72,6 +77,7 @@ impl CaptureError {
             CaptureError::Timeout(_) => "timeout",
             CaptureError::Join(_) => "internal",
             CaptureError::Contents(_) => "contents",
+            CaptureError::Cascade(_) => "cascade",
         }
     }
 }
@@ -322,11 +328,17 @@ impl CaptureService {
         // The namespace controller emptying a namespace a captured change
         // deleted: its deletes belong to that change's action.
         let mut cascade = None;
-        if decision == Decision::Skip(Skip::ExcludedUser)
-            && let Some(action) = self.cascade_action(&review).await
-        {
-            decision = classify_cascade(&review, &self.cfg);
-            cascade = Some(action);
+        if decision == Decision::Skip(Skip::ExcludedUser) {
+            match self.cascade_action(&review).await {
+                Ok(Some(action)) => {
+                    decision = classify_cascade(&review, &self.cfg);
+                    cascade = Some(action);
+                }
+                Ok(None) => {}
+                // The controller retries a denied delete: in deny mode none
+                // of a captured deletion's cascade goes by unrecorded.
+                Err(e) => return self.not_recorded(resp, op, started, &span, e),
+            }
         }
         // A DELETE of an object already being deleted changes nothing the
         // first one did not: the API server admits some deletes twice in
@@ -364,87 +376,84 @@ impl CaptureService {
                 self.record("validate", op, "captured", started);
                 Answer::from_response(resp)
             }
-            Err(e) => {
-                count_failed(&self.metrics, &e);
-                match self.cfg.capture_failure {
-                    CaptureFailure::Deny => {
-                        span.record("outcome", "denied");
-                        tracing::warn!(error = %e, "denying change: snapshot not stored");
-                        self.record("validate", op, "denied", started);
-                        Answer::from_response(
-                            resp.deny(format!("snapback could not record the prior state: {e}")),
-                        )
-                    }
-                    CaptureFailure::Allow => {
-                        span.record("outcome", "uncaptured");
-                        tracing::error!(error = %e, "admitting change without snapshot (--capture-failure=allow)");
-                        self.metrics.uncaptured_admitted.inc();
-                        self.record("validate", op, "uncaptured", started);
-                        let mut resp = resp;
-                        resp.warnings = Some(vec![format!(
-                            "snapback could not record the prior state: {e}"
-                        )]);
-                        Answer::from_response(resp)
-                    }
-                }
+            Err(e) => self.not_recorded(resp, op, started, &span, e),
+        }
+    }
+
+    /// A change whose prior state could not be recorded: denied, or with
+    /// `--capture-failure=allow` admitted, counted and warned about.
+    fn not_recorded(
+        &self,
+        resp: AdmissionResponse,
+        op: &'static str,
+        started: Instant,
+        span: &tracing::Span,
+        e: CaptureError,
+    ) -> Answer {
+        count_failed(&self.metrics, &e);
+        match self.cfg.capture_failure {
+            CaptureFailure::Deny => {
+                span.record("outcome", "denied");
+                tracing::warn!(error = %e, "denying change: snapshot not stored");
+                self.record("validate", op, "denied", started);
+                Answer::from_response(
+                    resp.deny(format!("snapback could not record the prior state: {e}")),
+                )
+            }
+            CaptureFailure::Allow => {
+                span.record("outcome", "uncaptured");
+                tracing::error!(error = %e, "admitting change without snapshot (--capture-failure=allow)");
+                self.metrics.uncaptured_admitted.inc();
+                self.record("validate", op, "uncaptured", started);
+                let mut resp = resp;
+                resp.warnings = Some(vec![format!(
+                    "snapback could not record the prior state: {e}"
+                )]);
+                Answer::from_response(resp)
             }
         }
     }
 
     /// The action deleting the namespace of the object the namespace
     /// controller deletes, if a captured change deleted that namespace.
-    async fn cascade_action(&self, review: &Review) -> Option<ActionId> {
+    async fn cascade_action(&self, review: &Review) -> Result<Option<ActionId>, CaptureError> {
         if let Some(gc) = cascade::gc_candidate(review, &self.cfg) {
+            let owner_error = |e: StoreError| CaptureError::Cascade(format!("owner: {e}"));
             let found = match self
                 .owner_deletions
                 .action_for(&gc.owners, &*self.sink)
                 .await
+                .map_err(owner_error)?
             {
                 // Only into an action that still exists (it may have been
                 // deleted since its change): never a record made for it.
-                Ok(Some(action)) => match self.sink.action_exists(&action).await {
-                    Ok(true) => Some(action),
-                    Ok(false) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %action, "reading the action of an owner's deletion");
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, name = %review.object_name(),
-                        "cannot tell whether a captured change deleted this object's owner; the garbage collector's delete is not captured");
-                    None
-                }
+                Some(action) => self
+                    .sink
+                    .action_exists(&action)
+                    .await
+                    .map_err(owner_error)?
+                    .then_some(action),
+                None => None,
             };
             if let Some(action) = found {
                 if gc.capture {
-                    return Some(action);
+                    return Ok(Some(action));
                 }
                 // Its controller makes it again; what it owned without a
                 // controller is this action's, when the collector gets to it.
                 if let Some(uid) = &review.old_identity.uid {
                     self.owner_deletions.note(uid, &action);
                 }
-                return None;
+                return Ok(None);
             }
         }
-        let namespace = cascade::candidate(review, &self.cfg)?;
-        match self
-            .namespace_deletions
+        let Some(namespace) = cascade::candidate(review, &self.cfg) else {
+            return Ok(None);
+        };
+        self.namespace_deletions
             .action_for(&namespace, &*self.sink)
             .await
-        {
-            Ok(action) => action,
-            Err(e) => {
-                // Not captured before this existed either: let the
-                // namespace controller go on rather than block every
-                // namespace deletion of the cluster.
-                tracing::warn!(error = %e, %namespace,
-                    "cannot tell whether a captured change deleted this namespace; its contents' deletes are not captured");
-                None
-            }
-        }
+            .map_err(|e| CaptureError::Cascade(format!("namespace {namespace}: {e}")))
     }
 
     /// Capture the change; takes the prior object out of `review`. `cascade`:

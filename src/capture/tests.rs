@@ -688,3 +688,53 @@ async fn a_delete_of_an_object_already_being_deleted_is_not_captured_again() {
         metrics.render()
     );
 }
+
+#[tokio::test]
+async fn a_cascade_that_cannot_be_looked_up_is_denied_or_counted_never_silently_let_by() {
+    let gc_user = "system:serviceaccount:kube-system:generic-garbage-collector";
+    let mut owned = object("ConfigMap", "shop", "dependent", "cm-9");
+    owned["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": "owner-uid"}]);
+    let reviews = [
+        delete_review(
+            NAMESPACE_CONTROLLER,
+            "configmaps",
+            Some("shop"),
+            "settings",
+            object("ConfigMap", "shop", "settings", "cm-1"),
+        ),
+        delete_review(gc_user, "configmaps", Some("shop"), "dependent", owned),
+    ];
+    for failure in [CaptureFailure::Deny, CaptureFailure::Allow] {
+        let store = Arc::new(MemoryStore::default());
+        let (svc, metrics) = service(store.clone(), failure);
+        // The API server cannot be read: is the namespace being deleted by
+        // a captured change, was the owner?
+        *store.fail_with.lock().unwrap() = Some("the API server is unavailable".into());
+        for body in &reviews {
+            let answer = svc.validate(body).await;
+            let message = &response(&answer).result.message;
+            match failure {
+                CaptureFailure::Deny => {
+                    assert!(!answer.allowed());
+                    assert!(
+                        message.contains("cannot tell whether a captured change deleted"),
+                        "{message}"
+                    );
+                }
+                CaptureFailure::Allow => assert!(answer.allowed()),
+            }
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("snapback_snapshot_failures_total{reason=\"cascade\"} 2"),
+            "{text}"
+        );
+        if failure == CaptureFailure::Allow {
+            assert!(
+                text.contains("snapback_uncaptured_changes_admitted_total 2"),
+                "{text}"
+            );
+        }
+    }
+}
