@@ -116,7 +116,7 @@ pub const DEFAULT_GARBAGE_COLLECTOR_USERS: &str =
 /// priority classes), which nobody asked for and no user should undo.
 pub const DEFAULT_EXCLUDE_USERS: &str =
     "system:node:*,system:kube-*,system:serviceaccount:kube-system:*,system:apiserver";
-pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events,events.events.k8s.io,leases.coordination.k8s.io,endpoints,endpointslices.discovery.k8s.io,*.authentication.k8s.io,*.authorization.k8s.io,imagereviews.imagepolicy.k8s.io";
+pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events,events.events.k8s.io,leases.coordination.k8s.io,endpoints,endpointslices.discovery.k8s.io,tokenreviews.authentication.k8s.io,selfsubjectreviews.authentication.k8s.io,subjectaccessreviews.authorization.k8s.io,selfsubjectaccessreviews.authorization.k8s.io,localsubjectaccessreviews.authorization.k8s.io,selfsubjectrulesreviews.authorization.k8s.io,imagereviews.imagepolicy.k8s.io";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

@@ -291,6 +291,25 @@ mod tests {
         false,
         Decision::Skip(Skip::ExcludedResource)
     )]
+    // RBAC's group ends like authorization's: captured.
+    #[case(
+        "DELETE",
+        "rbac.authorization.k8s.io",
+        "roles",
+        "ns",
+        "alice",
+        false,
+        Decision::Capture { operation: Operation::Delete, secret: false }
+    )]
+    #[case(
+        "CREATE",
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "ns",
+        "alice",
+        false,
+        Decision::Skip(Skip::ExcludedResource)
+    )]
     // Custom resources named like reviews are objects like any other.
     #[case(
         "UPDATE",

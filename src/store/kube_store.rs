@@ -976,8 +976,14 @@ impl SnapshotSink for KubeStore {
         deleted: &'a DeletedNamespace,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            // Read-modify-write of the record; others update it too.
-            for _ in 0..10 {
+            // Read-modify-write of the record; others update it too (a loop
+            // of `kubectl delete ns` in parallel, one action): back off a
+            // random few milliseconds between tries so they spread out.
+            for attempt in 0..10u64 {
+                if attempt > 0 {
+                    let jitter = rand::random::<u64>() % (5 * attempt);
+                    tokio::time::sleep(Duration::from_millis(attempt * 5 + jitter)).await;
+                }
                 let (mut record, rv) = self
                     .get_action(action)
                     .await?
@@ -1000,14 +1006,24 @@ impl SnapshotSink for KubeStore {
     ) -> BoxFuture<'a, Result<Option<crate::store::TerminatingNamespace>>> {
         Box::pin(async move {
             // From the watch cache: the namespace controller only deletes in
-            // a namespace whose deletion was committed before.
-            match self.namespaces.get_with(namespace, &GetParams::any()).await {
-                Ok(ns) => {
-                    let meta = ns.metadata;
-                    Ok(meta
-                        .deletion_timestamp
-                        .and_then(|at| meta.uid.map(|uid| (uid, Some(at.0)))))
-                }
+            // a namespace whose deletion was committed before. A cache that
+            // does not show it yet lags (several API servers, each with its
+            // own): read again from etcd.
+            let terminating = |ns: k8s_openapi::api::core::v1::Namespace| {
+                let meta = ns.metadata;
+                meta.deletion_timestamp
+                    .and_then(|at| meta.uid.map(|uid| (uid, Some(at.0))))
+            };
+            let cached = match self.namespaces.get_with(namespace, &GetParams::any()).await {
+                Ok(ns) => terminating(ns),
+                Err(e) if is_status(&e, 404) => None,
+                Err(e) => return Err(StoreError::Kube(e)),
+            };
+            if cached.is_some() {
+                return Ok(cached);
+            }
+            match self.namespaces.get(namespace).await {
+                Ok(ns) => Ok(terminating(ns)),
                 Err(e) if is_status(&e, 404) => Ok(None),
                 Err(e) => Err(StoreError::Kube(e)),
             }
