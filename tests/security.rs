@@ -626,10 +626,25 @@ async fn a_service_account_caller_rolls_back_as_itself() {
         &format!("--serviceaccount={ns}:robot"),
     ]);
     c.grant_api(&user);
-    let token = c
-        .kubectl_ok(&["-n", &ns, "create", "token", "robot"])
-        .trim()
-        .to_string();
+    // TokenRequest (what `kubectl create token` does, in any kubectl).
+    let out = c.kubectl_stdin(
+        "admin",
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts/robot/token"),
+            "-f",
+            "-",
+        ],
+        r#"{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requested: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = requested["status"]["token"].as_str().unwrap().to_string();
     let out = Command::new("kubectl")
         .env_remove("KUBECONFIG")
         .args(["--kubeconfig=/dev/null", "--server", &c.url])
