@@ -257,8 +257,11 @@ pub struct ServeArgs {
     pub rollback_parallelism: u16,
     #[arg(long, env = "SNAPBACK_AUTH", value_enum, default_value = "kubernetes")]
     pub auth: AuthMode,
-    /// Largest AdmissionReview body accepted.
-    #[arg(long, env = "SNAPBACK_MAX_REVIEW_BYTES", default_value_t = 8 * 1024 * 1024)]
+    /// Largest AdmissionReview body accepted. The default takes the largest
+    /// review the API server can send: an UPDATE of an object at etcd's
+    /// 1.5 MiB limit, object and oldObject, every byte JSON-escaped (`<`,
+    /// `>`, `&` and control characters become six bytes each).
+    #[arg(long, env = "SNAPBACK_MAX_REVIEW_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub max_review_bytes: usize,
     #[arg(long, env = "SNAPBACK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

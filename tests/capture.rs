@@ -398,6 +398,24 @@ async fn large_objects_round_trip_including_chunked_ones() {
     )]));
     cms.replace("big", &Default::default(), &cm).await.unwrap();
 
+    // A ~1 MiB ConfigMap of characters the API server's JSON escapes (`<`
+    // is sent as `\u003c`), changed but still as large: object and
+    // oldObject make a review of about 12 MiB.
+    let escaped = "<&>".repeat(1024 * 1024 / 3);
+    let mut html: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "html", "annotations": {"snapback.io/action": action}},
+        "data": {"page": escaped}
+    }))
+    .unwrap();
+    cms.create(&Default::default(), &html).await.unwrap();
+    html.data = Some(BTreeMap::from([(
+        "page".to_string(),
+        format!("{escaped}!"),
+    )]));
+    cms.replace("html", &Default::default(), &html)
+        .await
+        .unwrap();
+
     // A custom resource near the API server's request size limit (etcd's
     // 1.5 MiB), whose compressed form does not fit one ConfigMap.
     let widgets: Api<kube::core::DynamicObject> = Api::namespaced_with(
@@ -434,9 +452,14 @@ async fn large_objects_round_trip_including_chunked_ones() {
     let snaps = snapshots(&store, &action).await;
     let update = snaps
         .iter()
-        .find(|(m, _)| m.operation == Operation::Update && m.object.resource == "configmaps")
+        .find(|(m, _)| m.operation == Operation::Update && m.object.name == "big")
         .expect("configmap update snapshot");
     assert_eq!(update.1.as_ref().unwrap()["data"]["blob"], big);
+    let page = snaps
+        .iter()
+        .find(|(m, _)| m.operation == Operation::Update && m.object.name == "html")
+        .expect("escaped configmap update snapshot");
+    assert_eq!(page.1.as_ref().unwrap()["data"]["page"], escaped);
     let deleted = snaps
         .iter()
         .find(|(m, _)| m.operation == Operation::Update && m.object.resource == "widgets")
