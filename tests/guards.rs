@@ -635,3 +635,95 @@ async fn guards_are_armed_only_by_the_owners_changes_that_state_them() {
     assert_eq!(team, "x");
     sb.unregister(c);
 }
+
+/// A guard written in the manifests a team applies guards every release
+/// applied from them, client-side and server-side alike (the annotation's
+/// value does not change from one release to the next).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guard_in_the_applied_manifest_guards_every_release() {
+    let c = cluster();
+    let tag = format!("rel{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = vec![
+        "--session-idle=2s".into(),
+        "--guard-interval=1s".into(),
+        "--lease-duration=3s".into(),
+    ];
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let user = "user7";
+    let ns = c.namespace("guard-release", &[user]);
+    c.grant_api(user);
+    sb.adopt_namespace(c, &ns);
+    let token = c.token(user);
+    let release = |image: &str| {
+        deployment(&ns, image).replace(
+            "metadata: {name: web, namespace:",
+            "metadata: {annotations: {snapback.io/guard: 3s}, name: web, namespace:",
+        )
+    };
+    let newest = || async {
+        let (_, list) = api
+            .call(
+                "GET",
+                &format!("/api/v1/actions?user={user}&limit=1"),
+                Some(&token),
+                None,
+            )
+            .await;
+        list["actions"][0]["id"].as_str().unwrap().to_string()
+    };
+    // Release 1 comes up healthy.
+    c.apply_as(user, &release("nginx:1.25"));
+    report_status(c, &ns, 1);
+    let first = newest().await;
+    wait_guard(&api, &token, &first, &["healthy"], Duration::from_secs(60)).await;
+    // Release 2, client-side apply of the same manifest with a new image:
+    // never available, rolled back.
+    c.apply_as(user, &release("nginx:1.26"));
+    report_status(c, &ns, 0);
+    let second = newest().await;
+    assert_ne!(first, second);
+    let detail = wait_guard(
+        &api,
+        &token,
+        &second,
+        &["rolled-back"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(detail["guard"]["timeout"], "3s");
+    assert_eq!(image(c, &ns), "nginx:1.25");
+    // Release 3 by server-side apply: the same.
+    tokio::time::sleep(Duration::from_secs(3)).await; // a session of its own
+    let out = c.kubectl_stdin(
+        user,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=release-bot",
+            "-f",
+            "-",
+        ],
+        &release("nginx:1.27"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report_status(c, &ns, 0);
+    let third = newest().await;
+    assert_ne!(third, second);
+    wait_guard(
+        &api,
+        &token,
+        &third,
+        &["rolled-back"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(image(c, &ns), "nginx:1.25");
+    sb.unregister(c);
+}

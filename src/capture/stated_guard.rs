@@ -71,10 +71,10 @@ fn client_side_apply_states(prior: &Value, after: &Value) -> bool {
 /// This change is a server-side apply by a field manager whose applied
 /// configuration owns the guard annotation.
 fn server_side_apply_states(after: &Value, options: Option<&Value>) -> bool {
-    let Some(manager) = options
-        .filter(|o| o.get("kind").and_then(Value::as_str) == Some("PatchOptions"))
-        .and_then(|o| o.get("fieldManager")?.as_str())
-    else {
+    // The API server hands admission an apply's options as `UpdateOptions`
+    // (the patch has become an update by then): the field manager it names
+    // is what tells.
+    let Some(manager) = options.and_then(|o| o.get("fieldManager")?.as_str()) else {
         return false;
     };
     let field = format!("f:{GUARD_ANNOTATION}");
@@ -186,15 +186,13 @@ mod tests {
             {"manager": "kubectl-label", "operation": "Update",
              "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}
         ]);
-        let options = |m: &str| json!({"kind": "PatchOptions", "fieldManager": m});
+        // As a 1.20 API server sends an apply's options to admission.
+        let options = |m: &str| json!({"kind": "UpdateOptions", "fieldManager": m});
         let stated =
             |o: &Value| stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), Some(o));
         assert_eq!(stated(&options("release-bot")), Some("5m"));
         assert_eq!(stated(&options("kubectl-label")), None);
-        assert_eq!(
-            stated(&json!({"kind": "UpdateOptions", "fieldManager": "release-bot"})),
-            None
-        );
+        assert_eq!(stated(&json!({"kind": "UpdateOptions"})), None);
     }
 
     #[test]
