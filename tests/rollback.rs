@@ -1845,3 +1845,147 @@ async fn server_side_applied_objects_get_their_field_managers_back() {
     assert_eq!(cm["data"], json!({"a": "1"}), "{cm:#}");
     assert!(cm["metadata"].get("labels").is_none(), "{cm:#}");
 }
+
+/// SPEC §4's conflicts inside an action: a change by someone else between
+/// two of the action's changes is not undone silently with them, and a
+/// scale by someone else of what the action scaled is not silently kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_by_others_during_the_action_or_to_its_scale_are_conflicts() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("interleave", &["bob"]);
+    let suffix = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    let (x, y) = (format!("during-{suffix}"), format!("scaled-{suffix}"));
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "configmap",
+        "cm",
+        "--from-literal=v=base",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.21",
+        "--replicas=3",
+    ]);
+    let patch = |who: &str, kind: &str, action: Option<&str>, body: Value| {
+        let mut body = body;
+        if let Some(a) = action {
+            body["metadata"] = json!({"annotations": {"snapback.io/action": a}});
+        }
+        c.kubectl_as_ok(
+            who,
+            &[
+                "-n",
+                &ns,
+                "patch",
+                kind,
+                if kind == "configmap" { "cm" } else { "web" },
+                "-p",
+                &body.to_string(),
+            ],
+        );
+    };
+    // X: admin, bob in between, admin again.
+    patch(
+        "admin",
+        "configmap",
+        Some(&x),
+        json!({"data": {"admin1": "x"}}),
+    );
+    patch(
+        "bob",
+        "configmap",
+        None,
+        json!({"data": {"bob": "on-call fix"}}),
+    );
+    patch(
+        "admin",
+        "configmap",
+        Some(&x),
+        json!({"data": {"admin2": "y"}}),
+    );
+    // Y: admin changes the image and scales 3 → 4; bob scales to 9 since.
+    patch(
+        "admin",
+        "deployment",
+        Some(&y),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1.25"}]}}}}),
+    );
+    patch(
+        "admin",
+        "deployment",
+        Some(&y),
+        json!({"spec": {"replicas": 4}}),
+    );
+    patch("bob", "deployment", None, json!({"spec": {"replicas": 9}}));
+
+    for (id, why) in [
+        (&x, "changed by someone else during the action"),
+        (&y, "scaled by someone else since the action scaled it"),
+    ] {
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/api/v1/actions/{id}/rollback"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "{body}");
+        let named = body["error"]["objects"][0].as_str().unwrap_or_default();
+        assert!(named.contains(why), "{body}");
+    }
+    let cm = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "cm",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    assert!(cm.contains("on-call fix") && cm.contains("admin2"), "{cm}");
+    let replicas = |c: &Cluster| {
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+    assert_eq!(replicas(c), "9");
+
+    // Forced: the state before each action, bob's changes included.
+    for id in [&x, &y] {
+        let report = api
+            .ok(
+                "POST",
+                &format!("/api/v1/actions/{id}/rollback?force=true"),
+                &admin,
+            )
+            .await;
+        assert_eq!(report["state"], "rolled-back", "{report}");
+    }
+    let cm = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "cm",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    assert_eq!(cm, r#"{"v":"base"}"#);
+    assert_eq!(replicas(c), "3");
+}

@@ -58,6 +58,10 @@ pub struct ObjectHistory {
     pub other_versions: Vec<String>,
     /// `spec.replicas` the action's last change left, when recorded.
     pub last_after_replicas: Option<String>,
+    /// The first of the action's changes that started from a state the
+    /// action neither produced nor started from: someone else changed the
+    /// object between two of the action's changes.
+    pub interleaved: Option<String>,
 }
 
 impl ObjectHistory {
@@ -99,23 +103,13 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
     let mut accepted = HashSet::new();
     let fingerprints = |set: &mut HashSet<String>, list: &[&Loaded]| {
         for l in list {
-            let m = &l.meta;
-            set.insert(match (&m.before_fingerprint, m.operation, &l.prior) {
-                (_, Operation::Create, _) => ABSENT.to_string(),
-                (Some(fp), _, _) => fp.clone(),
-                // Not recorded at capture (it costs the admission path a
-                // second fingerprint): the stored prior object gives it.
-                (None, _, Ok(Some(prior))) => crate::store::codec::fingerprint(prior),
-                (None, _, _) => continue,
-            });
-            set.insert(match (&m.after_fingerprint, m.operation) {
-                (_, Operation::Delete) => ABSENT.to_string(),
-                (Some(fp), _) => fp.clone(),
-                (None, _) => continue,
-            });
+            let Some(before) = before_fp(l) else { continue };
+            set.insert(before);
+            let Some(after) = after_fp(l) else { continue };
+            set.insert(after);
         }
     };
-    let Some(first_main) = main.first() else {
+    if main.is_empty() {
         // Only subresource writes (scale): restore through the subresource.
         let first = subs[0];
         fingerprints(&mut accepted, &subs);
@@ -137,10 +131,14 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             snapshots: names,
             other_versions: Vec::new(),
             last_after_replicas: None,
+            interleaved: None,
         };
     };
     fingerprints(&mut accepted, &main);
-    let first_main = first_real(&main).unwrap_or(first_main);
+    let start = first_real(&main)
+        .and_then(|real| main.iter().position(|l| std::ptr::eq(*l, real)))
+        .unwrap_or(0);
+    let first_main = main[start];
     let mut object = first_main.meta.object.clone();
     object.subresource = None;
     let target = match (first_main.meta.operation, &first_main.prior) {
@@ -196,13 +194,59 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         target,
         accepted,
         snapshots: names,
-        other_versions,
         // Scale subresource writes included: they change replicas too.
         last_after_replicas: snaps
             .iter()
             .rev()
             .find_map(|l| l.meta.after_replicas.clone()),
+        interleaved: if other_versions.is_empty() {
+            interleaved(&main, start)
+        } else {
+            // Fingerprints are per API version: not comparable.
+            None
+        },
+        other_versions,
     }
+}
+
+/// Conflict fingerprint of the state a change started from (`ABSENT` for a
+/// create); None when it cannot be known.
+fn before_fp(l: &Loaded) -> Option<String> {
+    match (&l.meta.before_fingerprint, l.meta.operation, &l.prior) {
+        (_, Operation::Create, _) => Some(ABSENT.to_string()),
+        (Some(fp), _, _) => Some(fp.clone()),
+        // Not recorded at capture (it costs the admission path a second
+        // fingerprint): the stored prior object gives it.
+        (None, _, Ok(Some(prior))) => Some(crate::store::codec::fingerprint(prior)),
+        (None, _, _) => None,
+    }
+}
+
+/// Conflict fingerprint of the state a change left (`ABSENT` for a delete).
+fn after_fp(l: &Loaded) -> Option<String> {
+    match (&l.meta.after_fingerprint, l.meta.operation) {
+        (_, Operation::Delete) => Some(ABSENT.to_string()),
+        (Some(fp), _) => Some(fp.clone()),
+        (None, _) => None,
+    }
+}
+
+/// Whether someone else changed the object between two of the action's
+/// changes (`main`, oldest first, the action's real history from `start`):
+/// each change must start from a state the action produced or started from
+/// (a change a later admission step refused leaves the state as it was, so
+/// both count). Unknown when a fingerprint is missing.
+fn interleaved(main: &[&Loaded], start: usize) -> Option<String> {
+    let mut seen = HashSet::new();
+    for (i, l) in main.iter().enumerate().skip(start) {
+        let (before, after) = (before_fp(l)?, after_fp(l)?);
+        if i > start && !seen.contains(&before) {
+            return Some(l.meta.snapshot_name.clone());
+        }
+        seen.insert(before);
+        seen.insert(after);
+    }
+    None
 }
 
 /// The snapshot whose prior state is the object's before the action, when
@@ -365,7 +409,10 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
     // scale`): the prior content, at the current replicas.
     let at_current_scale;
     let target = match (&h.target, current) {
-        (Target::Present(t), Some(c)) if scaled_since(h, c) => {
+        // Unless the action scaled it itself: then a scale since is someone
+        // else's change to what the action did (a conflict, below), and
+        // with force the prior replicas come back too.
+        (Target::Present(t), Some(c)) if scaled_since(h, c) && !scaled_by_action(h) => {
             let mut t = t.clone();
             if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("replicas".into(), c["spec"]["replicas"].clone());
@@ -506,6 +553,28 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
             format!("{what} (use force=true to overwrite)"),
         );
     }
+    if !force && let Some(snapshot) = &h.interleaved {
+        return none(
+            Outcome::Conflict,
+            format!(
+                "changed by someone else during the action, before its change {snapshot}; restoring the prior state would undo that change too (use force=true to overwrite)"
+            ),
+        );
+    }
+    if !force
+        && scaled_by_action(h)
+        && let Some(c) = current
+        && scaled_since(h, c)
+    {
+        return none(
+            Outcome::Conflict,
+            format!(
+                "scaled to {} replicas since the action, which scaled it to {} (use force=true to overwrite)",
+                replicas(c).map(Value::to_string).unwrap_or_default(),
+                h.last_after_replicas.as_deref().unwrap_or("?")
+            ),
+        );
+    }
     let action = match (target, current) {
         (Target::Absent { .. }, Some(c)) => Action::Delete {
             uid: uid_of(c).unwrap_or_default().to_string(),
@@ -563,6 +632,23 @@ fn scaled_since(h: &ObjectHistory, current: &Value) -> bool {
     h.last_after_replicas.as_deref().is_some_and(|after| {
         replicas(current).is_some_and(|now| now.as_u64() != after.parse::<u64>().ok())
     })
+}
+
+/// The action changed `spec.replicas` itself (a scale, or a manifest with
+/// other replicas): it left other replicas than it found.
+fn scaled_by_action(h: &ObjectHistory) -> bool {
+    let Target::Present(prior) = &h.target else {
+        return false;
+    };
+    match (
+        replicas(prior).and_then(Value::as_u64),
+        h.last_after_replicas
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok()),
+    ) {
+        (Some(before), Some(after)) => before != after,
+        _ => false,
+    }
 }
 
 fn replicas(v: &Value) -> Option<&Value> {

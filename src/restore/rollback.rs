@@ -605,10 +605,22 @@ impl Restorer {
         let conflicts: Vec<String> = histories
             .iter()
             .zip(&steps)
-            .filter(|(_, s)| matches!(s.action, Action::None(Outcome::Conflict, _)))
-            .map(|(h, _)| {
-                ObjectResult::new(h, RestoreOp::Replace, Outcome::Conflict, String::new())
-                    .display_name()
+            .filter_map(|(h, s)| match &s.action {
+                Action::None(Outcome::Conflict, message) => Some((h, message)),
+                _ => None,
+            })
+            .map(|(h, message)| {
+                let name =
+                    ObjectResult::new(h, RestoreOp::Replace, Outcome::Conflict, String::new())
+                        .display_name();
+                // Not "after the action": say what it was.
+                if message.contains("during the action") {
+                    format!("{name} (changed by someone else during the action)")
+                } else if message.contains("which scaled it") {
+                    format!("{name} (scaled by someone else since the action scaled it)")
+                } else {
+                    name
+                }
             })
             .collect();
         if !conflicts.is_empty() {
@@ -1110,10 +1122,13 @@ impl Restorer {
             }
             Action::Replace(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
+                let scale = kept_scale(h, &body);
                 match dynamic::replace(client, &h.object, &body).await {
                     Ok(written) => {
                         let owners = restore_field_managers(client, h, written).await;
-                        Ok(ok(&format!("replaced with its prior state{note}{owners}")))
+                        Ok(ok(&format!(
+                            "replaced with its prior state{scale}{note}{owners}"
+                        )))
                     }
                     Err(kube::Error::Api(s))
                         if s.code == 422 && recreate && immutable_refusal(&s.message) =>
@@ -1825,6 +1840,20 @@ async fn restore_field_managers(
             "; its field managers (server-side apply ownership) could not be given back: {}",
             describe_kube_error(&e)
         ),
+    }
+}
+
+/// Said of a replace that keeps the replicas someone else (an autoscaler)
+/// scaled the object to since the action, instead of the prior ones.
+fn kept_scale(h: &ObjectHistory, body: &Value) -> String {
+    let replicas = |v: &Value| v.pointer("/spec/replicas").cloned();
+    match &h.target {
+        Target::Present(prior) if replicas(prior) != replicas(body) => format!(
+            ", at the {} replicas it was scaled to since the action (the prior state had {})",
+            replicas(body).unwrap_or_default(),
+            replicas(prior).unwrap_or_default()
+        ),
+        _ => String::new(),
     }
 }
 

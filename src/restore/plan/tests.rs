@@ -897,6 +897,16 @@ fn a_scale_by_someone_else_since_the_action_is_kept() {
     )]);
     let b = body(&decide(&h, Some(&dep(5, "b")), false));
     assert_eq!(b["spec"]["replicas"], 2);
+    // ... and someone scaled it since (2 → 5 by the action, 9 since): their
+    // change to what the action did is a conflict; forced, back to 2.
+    let step = decide(&h, Some(&dep(9, "b")), false);
+    assert!(
+        matches!(&step.action, Action::None(Outcome::Conflict, m) if m.contains("scaled to 9 replicas since the action, which scaled it to 5")),
+        "{step:?}"
+    );
+    let b = body(&decide(&h, Some(&dep(9, "b")), true));
+    assert_eq!(b["spec"]["replicas"], 2);
+    assert_eq!(b["spec"]["template"]["spec"]["containers"][0]["image"], "a");
     // Only the image differs from the prior state at the current scale, and
     // that is restored; at the prior image already, it is unchanged.
     let h = only(vec![snap(
@@ -910,4 +920,49 @@ fn a_scale_by_someone_else_since_the_action_is_kept() {
         decide(&h, Some(&dep(9, "a")), false).action,
         Action::None(Outcome::Unchanged, _)
     ));
+}
+
+#[test]
+fn a_change_by_someone_else_between_two_of_the_actions_is_a_conflict_unless_forced() {
+    // The action: v1 → v2; bob: v2 → b; the action again: b → v3.
+    let (v1, v2, b, v3) = (
+        obj("c", "1", "u1"),
+        obj("c", "2", "u1"),
+        obj("c", "bob", "u1"),
+        obj("c", "3", "u1"),
+    );
+    let h = only(vec![
+        snap(1, Operation::Update, "c", Some(&v1), Some(&v2)),
+        snap(2, Operation::Update, "c", Some(&b), Some(&v3)),
+    ]);
+    assert_eq!(h.interleaved.as_deref(), Some("snap-2"));
+    let step = decide(&h, Some(&v3), false);
+    assert!(
+        matches!(&step.action, Action::None(Outcome::Conflict, m) if m.contains("during the action") && m.contains("snap-2")),
+        "{step:?}"
+    );
+    let Action::Replace(body) = decide(&h, Some(&v3), true).action else {
+        panic!("forced: a replace")
+    };
+    assert_eq!(body["data"]["v"], "1");
+    // Without anyone in between (and with a change a later admission step
+    // refused: its successor starts from the state before it), no conflict.
+    let h = only(vec![
+        snap(1, Operation::Update, "c", Some(&v1), Some(&v2)),
+        snap(2, Operation::Update, "c", Some(&v2), Some(&b)),
+        snap(3, Operation::Update, "c", Some(&v2), Some(&v3)),
+    ]);
+    assert_eq!(h.interleaved, None);
+    assert!(matches!(
+        decide(&h, Some(&v3), false).action,
+        Action::Replace(_)
+    ));
+    // Deleted and created again by the action: the create starts from "did
+    // not exist", which the delete left.
+    let again = obj("c", "1", "u2");
+    let h = only(vec![
+        snap(1, Operation::Delete, "c", Some(&v1), None),
+        snap(2, Operation::Create, "c", None, Some(&again)),
+    ]);
+    assert_eq!(h.interleaved, None);
 }
