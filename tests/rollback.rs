@@ -1989,3 +1989,79 @@ async fn changes_by_others_during_the_action_or_to_its_scale_are_conflicts() {
     assert_eq!(cm, r#"{"v":"base"}"#);
     assert_eq!(replicas(c), "3");
 }
+
+/// `manifests` are for committing and applying again: a deleted Service's
+/// manifest leaves out the cluster IP the cluster allocated, so applying it
+/// does not pin that IP into `last-applied-configuration`, and the team's
+/// own manifest (without one) still applies afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_of_a_deleted_service_apply_and_leave_the_teams_manifest_appliable() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("gitsvc", &[]);
+    let own = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
+    );
+    c.kubectl_apply_str(&own);
+    // Deleted by a service account of this test alone: its implicit
+    // session holds nothing else.
+    c.kubectl_ok(&["-n", &ns, "create", "serviceaccount", "deployer"]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "deployer-edit",
+        "--clusterrole=test-editor",
+        &format!("--serviceaccount={ns}:deployer"),
+    ]);
+    let out = c.kubectl_stdin(
+        "admin",
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts/deployer/token"),
+            "-f",
+            "-",
+        ],
+        r#"{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requested: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = requested["status"]["token"].as_str().unwrap();
+    let out = std::process::Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .args(["--kubeconfig=/dev/null", "--server", &c.url])
+        .arg("--certificate-authority")
+        .arg(c.apiserver_ca())
+        .args(["--token", token, "-n", &ns, "delete", "service", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user = format!("system:serviceaccount:{ns}:deployer");
+    let list = api
+        .ok("GET", &format!("/api/v1/actions?user={user}"), &admin)
+        .await;
+    let id = list["actions"][0]["id"].as_str().unwrap().to_string();
+    let text = reqwest_text(&api, &format!("/api/v1/actions/{id}/manifests"), &admin).await;
+    assert!(text.contains("name: web"), "{text}");
+    assert!(!text.contains("clusterIP"), "{text}");
+    for manifest in [text.as_str(), own.as_str()] {
+        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], manifest);
+        assert!(
+            out.status.success(),
+            "{manifest}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

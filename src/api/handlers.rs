@@ -631,7 +631,7 @@ pub async fn manifests(
     let mut docs = Vec::new();
     let yaml = |v: &Value| -> Result<String> {
         Ok(crate::yaml::to_string(&redact(
-            &crate::restore::plan::for_create(v),
+            &crate::restore::plan::for_git(v),
         )))
     };
     let mut client = None;

@@ -689,6 +689,75 @@ pub fn for_create(target: &Value) -> Value {
     body
 }
 
+/// The prior object as a manifest to commit and apply again (`GET
+/// …/manifests`): [`for_create`]'s body without what the cluster filled in
+/// that a manifest must not pin. A Service's allocated cluster IPs (kept by
+/// a restore, which brings the same Service back; in a manifest they make
+/// the team's own manifest, without them, unappliable: "primary clusterIP
+/// can not be unset"), the annotations and finalizers controllers add
+/// (`deployment.kubernetes.io/revision`, the volume controller's marks and
+/// protection finalizers), a claim template's status.
+pub fn for_git(target: &Value) -> Value {
+    let mut body = for_create(target);
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.retain(|k, _| {
+                !CONTROLLER_ANNOTATION_PREFIXES
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            });
+            if annotations.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+        if let Some(finalizers) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
+            finalizers.retain(|f| {
+                !matches!(
+                    f.as_str(),
+                    Some("kubernetes.io/pv-protection" | "kubernetes.io/pvc-protection")
+                )
+            });
+            if finalizers.is_empty() {
+                meta.remove("finalizers");
+            }
+        }
+    }
+    let kind = body
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let core = body.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    if core
+        && kind == "Service"
+        && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
+        && spec.get("clusterIP").and_then(Value::as_str) != Some("None")
+    {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    if kind == "StatefulSet"
+        && let Some(templates) = body
+            .pointer_mut("/spec/volumeClaimTemplates")
+            .and_then(Value::as_array_mut)
+    {
+        for t in templates.iter_mut().filter_map(Value::as_object_mut) {
+            t.remove("status");
+        }
+    }
+    body
+}
+
+/// Annotations controllers write on objects people made.
+const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &[
+    "deployment.kubernetes.io/",
+    "pv.kubernetes.io/",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+    "control-plane.alpha.kubernetes.io/leader",
+];
+
 /// A PersistentVolume or claim created again is bound anew by the volume
 /// controller: a volume keeps its claim's name and namespace (pre-bound to
 /// it) but not the uid of the claim that went away, and a claim loses the

@@ -966,3 +966,38 @@ fn a_change_by_someone_else_between_two_of_the_actions_is_a_conflict_unless_forc
     ]);
     assert_eq!(h.interleaved, None);
 }
+
+#[test]
+fn manifests_for_git_leave_out_what_the_cluster_filled_in() {
+    let svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "s1", "resourceVersion": "3",
+                     "annotations": {"team": "shop"}},
+        "spec": {"clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"], "ports": [{"port": 80}]}});
+    let git = for_git(&svc);
+    assert_eq!(git["spec"], json!({"ports": [{"port": 80}]}));
+    assert_eq!(git["metadata"]["annotations"], json!({"team": "shop"}));
+    assert!(git["metadata"].get("uid").is_none());
+    // A headless Service keeps its "None"; a restore keeps the IP.
+    let mut headless = svc.clone();
+    headless["spec"]["clusterIP"] = json!("None");
+    assert_eq!(for_git(&headless)["spec"]["clusterIP"], "None");
+    assert_eq!(for_create(&svc)["spec"]["clusterIP"], "10.0.0.7");
+    let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"deployment.kubernetes.io/revision": "4"}},
+        "spec": {"replicas": 2}});
+    assert!(for_git(&dep)["metadata"].get("annotations").is_none());
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "finalizers": ["kubernetes.io/pvc-protection", "example.com/keep"],
+                     "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+        "spec": {"resources": {"requests": {"storage": "1Gi"}}}});
+    let git = for_git(&pvc);
+    assert_eq!(git["metadata"]["finalizers"], json!(["example.com/keep"]));
+    assert!(git["metadata"].get("annotations").is_none());
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}, "status": {"phase": "Pending"}}]}});
+    assert!(
+        for_git(&sts)["spec"]["volumeClaimTemplates"][0]
+            .get("status")
+            .is_none()
+    );
+}
