@@ -1019,6 +1019,15 @@ async fn cancel_closes_an_open_action_and_rolls_it_back() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
+    // A rollback of it afterwards finds everything restored: still cancelled.
+    let again = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(again["state"], "cancelled", "{again}");
+    let (_, detail) = api
+        .call("GET", &format!("/api/v1/actions/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(detail["state"], "cancelled", "{detail}");
     // The user's next change is no longer in the cancelled action.
     c.kubectl_as_ok(
         user,

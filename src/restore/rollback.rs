@@ -68,6 +68,10 @@ struct Progress {
     total: usize,
     #[serde(default)]
     results: Vec<ObjectResult>,
+    /// The action was cancelled before this rollback: a rollback that
+    /// finds it restored leaves it `cancelled`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    was_cancelled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -686,6 +690,7 @@ impl Restorer {
             reason,
             total: histories.len(),
             results: vec![],
+            was_cancelled: record.state == ActionState::Cancelled,
         };
         let mut claimed = record.clone();
         claimed.state = ActionState::RollingBack;
@@ -946,6 +951,7 @@ impl Restorer {
         let state = match (failed, progress.trigger) {
             (true, _) => ActionState::RollbackFailed,
             (false, Trigger::Cancel) => ActionState::Cancelled,
+            (false, _) if progress.was_cancelled => ActionState::Cancelled,
             (false, _) => ActionState::RolledBack,
         };
         let report = Report {
