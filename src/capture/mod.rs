@@ -592,6 +592,7 @@ impl CaptureService {
                 after,
                 prior.as_deref(),
                 req.options.as_ref().map(|o| &o.0),
+                now,
             )
             // Only a guard the guard loop accepts (above 0, at most 168h).
             .filter(|g| {

@@ -37,6 +37,7 @@ pub fn stated_guard<'a>(
     after: Option<&'a Value>,
     prior: Option<&RawValue>,
     options: Option<&Value>,
+    now: jiff::Timestamp,
 ) -> Option<&'a str> {
     let after = after?;
     let guard = annotation(after, GUARD_ANNOTATION)?;
@@ -48,7 +49,7 @@ pub fn stated_guard<'a>(
             let prior: Value = serde_json::from_str(prior?.get()).ok()?;
             let stated = annotation(&prior, GUARD_ANNOTATION) != Some(guard)
                 || client_side_apply_states(&prior, after)
-                || server_side_apply_states(after, options);
+                || server_side_apply_states(after, options, now);
             stated.then_some(guard)
         }
     }
@@ -68,9 +69,16 @@ fn client_side_apply_states(prior: &Value, after: &Value) -> bool {
         .is_some_and(|config| annotation(&config, GUARD_ANNOTATION).is_some())
 }
 
+/// An `Apply` entry stamped longer ago than this is an earlier apply's.
+const APPLIED_NOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
 /// This change is a server-side apply by a field manager whose applied
-/// configuration owns the guard annotation.
-fn server_side_apply_states(after: &Value, options: Option<&Value>) -> bool {
+/// configuration owns the guard annotation: that manager's `Apply` entry
+/// owns it and was stamped by this request (the API server stamps the
+/// entry of the request's manager; an entry left by an earlier apply under
+/// the same manager name, say someone's apply as `kubectl-edit`, keeps its
+/// old time when this request is an ordinary update).
+fn server_side_apply_states(after: &Value, options: Option<&Value>, now: jiff::Timestamp) -> bool {
     // The API server hands admission an apply's options as `UpdateOptions`
     // (the patch has become an update by then): the field manager it names
     // is what tells.
@@ -84,6 +92,12 @@ fn server_side_apply_states(after: &Value, options: Option<&Value>) -> bool {
         .into_iter()
         .flatten()
         .filter(|m| m["manager"] == manager && m["operation"] == "Apply")
+        .filter(|m| {
+            m["time"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| now.duration_since(t).abs() <= APPLIED_NOW)
+        })
         .any(|m| {
             m.pointer("/fieldsV1/f:metadata/f:annotations")
                 .and_then(Value::as_object)
@@ -95,6 +109,10 @@ fn server_side_apply_states(after: &Value, options: Option<&Value>) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn now() -> jiff::Timestamp {
+        "2026-11-24T06:00:00Z".parse().unwrap()
+    }
 
     fn raw(v: &Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(v).unwrap()
@@ -118,12 +136,12 @@ mod tests {
     fn a_create_with_the_annotation_states_it() {
         let after = object(Some("5m"), "a");
         assert_eq!(
-            stated_guard(Operation::Create, Some(&after), None, None),
+            stated_guard(Operation::Create, Some(&after), None, None, now()),
             Some("5m")
         );
         let plain = object(None, "a");
         assert_eq!(
-            stated_guard(Operation::Create, Some(&plain), None, None),
+            stated_guard(Operation::Create, Some(&plain), None, None, now()),
             None
         );
     }
@@ -133,7 +151,13 @@ mod tests {
         let after = object(Some("5m"), "b");
         for prior in [object(None, "a"), object(Some("1m"), "a")] {
             assert_eq!(
-                stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), None),
+                stated_guard(
+                    Operation::Update,
+                    Some(&after),
+                    Some(&raw(&prior)),
+                    None,
+                    now()
+                ),
                 Some("5m")
             );
         }
@@ -146,7 +170,13 @@ mod tests {
         let prior = object(Some("1s"), "a");
         let after = object(Some("1s"), "b");
         assert_eq!(
-            stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), None),
+            stated_guard(
+                Operation::Update,
+                Some(&after),
+                Some(&raw(&prior)),
+                None,
+                now()
+            ),
             None
         );
         // Not even when the object was applied once with it (the old
@@ -154,7 +184,13 @@ mod tests {
         let config = object(Some("1s"), "a");
         let (prior, after) = (applied(prior, &config), applied(after, &config));
         assert_eq!(
-            stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), None),
+            stated_guard(
+                Operation::Update,
+                Some(&after),
+                Some(&raw(&prior)),
+                None,
+                now()
+            ),
             None
         );
     }
@@ -164,14 +200,26 @@ mod tests {
         let prior = applied(object(Some("5m"), "a"), &object(Some("5m"), "a"));
         let after = applied(object(Some("5m"), "b"), &object(Some("5m"), "b"));
         assert_eq!(
-            stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), None),
+            stated_guard(
+                Operation::Update,
+                Some(&after),
+                Some(&raw(&prior)),
+                None,
+                now()
+            ),
             Some("5m")
         );
         // An apply of a manifest without it (a 3-way merge keeps what it
         // never managed): not stated.
         let after = applied(object(Some("5m"), "b"), &object(None, "b"));
         assert_eq!(
-            stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), None),
+            stated_guard(
+                Operation::Update,
+                Some(&after),
+                Some(&raw(&prior)),
+                None,
+                now()
+            ),
             None
         );
     }
@@ -181,33 +229,58 @@ mod tests {
         let prior = object(Some("5m"), "a");
         let mut after = object(Some("5m"), "b");
         after["metadata"]["managedFields"] = json!([
-            {"manager": "release-bot", "operation": "Apply",
+            {"manager": "release-bot", "operation": "Apply", "time": "2026-11-24T05:59:59Z",
              "fieldsV1": {"f:metadata": {"f:annotations": {"f:snapback.io/guard": {}}}}},
             {"manager": "kubectl-label", "operation": "Update",
              "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}
         ]);
         // As a 1.20 API server sends an apply's options to admission.
         let options = |m: &str| json!({"kind": "UpdateOptions", "fieldManager": m});
-        let stated =
-            |o: &Value| stated_guard(Operation::Update, Some(&after), Some(&raw(&prior)), Some(o));
+        let stated = |o: &Value| {
+            stated_guard(
+                Operation::Update,
+                Some(&after),
+                Some(&raw(&prior)),
+                Some(o),
+                now(),
+            )
+        };
         assert_eq!(stated(&options("release-bot")), Some("5m"));
         assert_eq!(stated(&options("kubectl-label")), None);
         assert_eq!(stated(&json!({"kind": "UpdateOptions"})), None);
+        // An Apply entry left by someone's earlier apply under the name of
+        // the manager this request uses for an ordinary update (planted as
+        // `kubectl-client-side-apply`, say): not this request's apply.
+        let mut planted = after.clone();
+        planted["metadata"]["managedFields"][0]["time"] = json!("2026-11-24T05:40:00Z");
+        assert_eq!(
+            stated_guard(
+                Operation::Update,
+                Some(&planted),
+                Some(&raw(&prior)),
+                Some(&options("release-bot")),
+                now()
+            ),
+            None
+        );
     }
 
     #[test]
     fn deletes_and_unreadable_priors_never_state_it() {
         let o = object(Some("5m"), "a");
-        assert_eq!(stated_guard(Operation::Delete, Some(&o), None, None), None);
+        assert_eq!(
+            stated_guard(Operation::Delete, Some(&o), None, None, now()),
+            None
+        );
         let junk = RawValue::from_string("[1]".into()).unwrap();
         let after = object(Some("5m"), "b");
         // A prior that is no object: the annotation differs, so it is stated.
         assert_eq!(
-            stated_guard(Operation::Update, Some(&after), Some(&junk), None),
+            stated_guard(Operation::Update, Some(&after), Some(&junk), None, now()),
             Some("5m")
         );
         assert_eq!(
-            stated_guard(Operation::Update, Some(&after), None, None),
+            stated_guard(Operation::Update, Some(&after), None, None, now()),
             None
         );
     }

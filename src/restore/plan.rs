@@ -58,6 +58,9 @@ pub struct ObjectHistory {
     pub other_versions: Vec<String>,
     /// `spec.replicas` the action's last change left, when recorded.
     pub last_after_replicas: Option<String>,
+    /// Every `spec.replicas` the action started from or produced (a change
+    /// a later admission step refused included).
+    pub replica_states: Vec<u64>,
     /// The first of the action's changes that started from a state the
     /// action neither produced nor started from: someone else changed the
     /// object between two of the action's changes.
@@ -131,6 +134,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             snapshots: names,
             other_versions: Vec::new(),
             last_after_replicas: None,
+            replica_states: Vec::new(),
             interleaved: None,
         };
     };
@@ -199,6 +203,22 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             .iter()
             .rev()
             .find_map(|l| l.meta.after_replicas.clone()),
+        replica_states: snaps
+            .iter()
+            .flat_map(|l| {
+                let before = match &l.prior {
+                    Ok(Some(p)) => replicas(p).and_then(Value::as_u64),
+                    _ => None,
+                };
+                let after = l
+                    .meta
+                    .after_replicas
+                    .as_deref()
+                    .and_then(|r| r.parse().ok());
+                [before, after]
+            })
+            .flatten()
+            .collect(),
         interleaved: if other_versions.is_empty() {
             interleaved(&main, start)
         } else {
@@ -238,15 +258,33 @@ fn after_fp(l: &Loaded) -> Option<String> {
 /// both count). Unknown when a fingerprint is missing.
 fn interleaved(main: &[&Loaded], start: usize) -> Option<String> {
     let mut seen = HashSet::new();
+    let mut deleted = false;
     for (i, l) in main.iter().enumerate().skip(start) {
         let (before, after) = (before_fp(l)?, after_fp(l)?);
         if i > start && !seen.contains(&before) {
-            return Some(l.meta.snapshot_name.clone());
+            match l.meta.operation {
+                // A create of an object that exists (`kubectl create … ||
+                // true` run again) is refused after admission: a phantom.
+                // A create that follows someone else's delete is no change
+                // of theirs to undo either.
+                Operation::Create => continue,
+                // After the action's own delete, an object its finalizers
+                // hold (deletionTimestamp set, finalizers being removed) is
+                // in the state that delete made.
+                _ if deleted && being_deleted(l) => {}
+                _ => return Some(l.meta.snapshot_name.clone()),
+            }
         }
+        deleted |= l.meta.operation == Operation::Delete;
         seen.insert(before);
         seen.insert(after);
     }
     None
+}
+
+/// The change's prior state is an object whose deletion has begun.
+fn being_deleted(l: &Loaded) -> bool {
+    matches!(&l.prior, Ok(Some(p)) if p.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()))
 }
 
 /// The snapshot whose prior state is the object's before the action, when
@@ -629,9 +667,10 @@ fn created_after(c: &Value, at: Option<jiff::Timestamp>) -> bool {
 /// left (the fingerprint does not look at them): changed since by someone
 /// else. Unknown (snapshots from before this was recorded): no.
 fn scaled_since(h: &ObjectHistory, current: &Value) -> bool {
-    h.last_after_replicas.as_deref().is_some_and(|after| {
-        replicas(current).is_some_and(|now| now.as_u64() != after.parse::<u64>().ok())
-    })
+    h.last_after_replicas.is_some()
+        && replicas(current)
+            .and_then(Value::as_u64)
+            .is_some_and(|now| !h.replica_states.contains(&now))
 }
 
 /// The action changed `spec.replicas` itself (a scale, or a manifest with
@@ -728,13 +767,36 @@ pub fn for_git(target: &Value) -> Value {
         .unwrap_or_default()
         .to_string();
     let core = body.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    // What the user's own applied manifest states stays (a pinned cluster
+    // IP such as kube-dns's).
+    let applied = last_applied(target);
+    let stated = |pointer: &str| {
+        applied
+            .as_ref()
+            .is_some_and(|a| a.pointer(pointer).is_some())
+    };
     if core
         && kind == "Service"
+        && !stated("/spec/clusterIP")
         && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
         && spec.get("clusterIP").and_then(Value::as_str) != Some("None")
     {
         spec.remove("clusterIP");
         spec.remove("clusterIPs");
+    }
+    // A claim's binding (the volume controller's) and the class the
+    // default-class admission plugin filled in: immutable, so a team's
+    // manifest without them could not be applied over the export.
+    if core
+        && kind == "PersistentVolumeClaim"
+        && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        if !stated("/spec/volumeName") {
+            spec.remove("volumeName");
+        }
+        if !stated("/spec/storageClassName") {
+            spec.remove("storageClassName");
+        }
     }
     if kind == "StatefulSet"
         && let Some(templates) = body
@@ -746,6 +808,15 @@ pub fn for_git(target: &Value) -> Value {
         }
     }
     body
+}
+
+/// The manifest `kubectl apply` last applied to the object, if any.
+fn last_applied(target: &Value) -> Option<Value> {
+    let text = target
+        .pointer("/metadata/annotations")?
+        .get(crate::store::model::LAST_APPLIED_ANNOTATION)?
+        .as_str()?;
+    serde_json::from_str(text).ok()
 }
 
 /// Annotations controllers write on objects people made.

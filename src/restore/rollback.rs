@@ -1852,13 +1852,14 @@ async fn restore_field_managers(
 /// Said of a replace that keeps the replicas someone else (an autoscaler)
 /// scaled the object to since the action, instead of the prior ones.
 fn kept_scale(h: &ObjectHistory, body: &Value) -> String {
-    let replicas = |v: &Value| v.pointer("/spec/replicas").cloned();
+    let replicas = |v: &Value| v.pointer("/spec/replicas").and_then(Value::as_u64);
     match &h.target {
-        Target::Present(prior) if replicas(prior) != replicas(body) => format!(
-            ", at the {} replicas it was scaled to since the action (the prior state had {})",
-            replicas(body).unwrap_or_default(),
-            replicas(prior).unwrap_or_default()
-        ),
+        Target::Present(prior) => match (replicas(prior), replicas(body)) {
+            (Some(before), Some(now)) if before != now => format!(
+                ", at the {now} replicas it was scaled to since the action (the prior state had {before})"
+            ),
+            _ => String::new(),
+        },
         _ => String::new(),
     }
 }

@@ -993,11 +993,96 @@ fn manifests_for_git_leave_out_what_the_cluster_filled_in() {
     let git = for_git(&pvc);
     assert_eq!(git["metadata"]["finalizers"], json!(["example.com/keep"]));
     assert!(git["metadata"].get("annotations").is_none());
+    // Bound by the volume controller, classed by the admission plugin.
+    let mut bound = pvc.clone();
+    bound["spec"]["volumeName"] = json!("pv-1");
+    bound["spec"]["storageClassName"] = json!("standard");
+    let git = for_git(&bound);
+    assert!(
+        git["spec"].get("volumeName").is_none() && git["spec"].get("storageClassName").is_none()
+    );
+    // What the user's applied manifest states stays.
+    let mut pinned = svc.clone();
+    pinned["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!(r#"{"spec":{"clusterIP":"10.0.0.7"}}"#);
+    assert_eq!(for_git(&pinned)["spec"]["clusterIP"], "10.0.0.7");
     let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
         "spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}, "status": {"phase": "Pending"}}]}});
     assert!(
         for_git(&sts)["spec"]["volumeClaimTemplates"][0]
             .get("status")
             .is_none()
+    );
+}
+
+#[test]
+fn changes_the_action_made_itself_are_no_conflict_of_someone_elses() {
+    // `kubectl create ns foo || true; kubectl label ns foo …`, twice in one
+    // action, foo there before: the creates were refused (phantoms).
+    let (v1, v2, v3) = (
+        obj("c", "1", "old"),
+        obj("c", "2", "old"),
+        obj("c", "3", "old"),
+    );
+    let (p1, p2) = (obj("c", "x", "fresh1"), obj("c", "x", "fresh2"));
+    let h = only(vec![
+        snap(1, Operation::Create, "c", None, Some(&p1)),
+        snap(2, Operation::Update, "c", Some(&v1), Some(&v2)),
+        snap(3, Operation::Create, "c", None, Some(&p2)),
+        snap(4, Operation::Update, "c", Some(&v2), Some(&v3)),
+    ]);
+    assert_eq!(h.interleaved, None);
+    // Deleted by the action, held by a finalizer, and the finalizer taken off
+    // by the user: that update starts from the state the delete made.
+    let mut held = obj("c", "1", "old");
+    held["metadata"]["finalizers"] = json!(["example.com/cleanup"]);
+    let mut terminating = held.clone();
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+    let mut released = terminating.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let h = only(vec![
+        snap(1, Operation::Delete, "c", Some(&held), None),
+        snap(
+            2,
+            Operation::Update,
+            "c",
+            Some(&terminating),
+            Some(&released),
+        ),
+    ]);
+    assert_eq!(h.interleaved, None);
+}
+
+#[test]
+fn a_scale_in_a_change_a_later_admission_step_refused_is_no_conflict() {
+    let dep = |replicas: u32, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
+    };
+    // The image changed at 3 replicas; then an apply to 50 was refused.
+    let h = only(vec![
+        snap(
+            1,
+            Operation::Update,
+            "web",
+            Some(&dep(3, "a")),
+            Some(&dep(3, "b")),
+        ),
+        snap(
+            2,
+            Operation::Update,
+            "web",
+            Some(&dep(3, "b")),
+            Some(&dep(50, "b")),
+        ),
+    ]);
+    let Action::Replace(body) = decide(&h, Some(&dep(3, "b")), false).action else {
+        panic!("a replace")
+    };
+    assert_eq!(body["spec"]["replicas"], 3);
+    assert_eq!(
+        body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "a"
     );
 }
