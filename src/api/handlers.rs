@@ -654,11 +654,12 @@ pub async fn manifests(
             Target::Scale(scale) => {
                 // Only its scale changed: the object as it is now, with the
                 // replicas it had before the action.
+                // A Scale leaves out a zero (omitempty).
                 let replicas = scale
                     .get("spec")
                     .and_then(|s| s.get("replicas"))
                     .cloned()
-                    .unwrap_or(Value::Null);
+                    .unwrap_or(Value::from(0));
                 let client = match &client {
                     Some(c) => c,
                     None => client.insert(state.restorer.client_for(&caller, None)?),

@@ -48,16 +48,24 @@ pub fn stated_guard<'a>(
             // Parsed only for objects that carry the annotation.
             let prior: Value = serde_json::from_str(prior?.get()).ok()?;
             let stated = annotation(&prior, GUARD_ANNOTATION) != Some(guard)
-                || client_side_apply_states(&prior, after)
+                || client_side_apply_states(&prior, after, options)
                 || server_side_apply_states(after, options, now);
             stated.then_some(guard)
         }
     }
 }
 
-/// This change is a client-side apply (it wrote a new
-/// `last-applied-configuration`) of a configuration that has the guard.
-fn client_side_apply_states(prior: &Value, after: &Value) -> bool {
+/// The field manager `kubectl apply` (client-side) writes as.
+const CLIENT_SIDE_APPLY: &str = "kubectl-client-side-apply";
+
+/// This change is a client-side `kubectl apply` (its field manager; it
+/// wrote a new `last-applied-configuration`) of a configuration that has
+/// the guard. Not another kubectl verb that carries the annotation along
+/// (`kubectl edit` rewrites one somebody may have planted).
+fn client_side_apply_states(prior: &Value, after: &Value, options: Option<&Value>) -> bool {
+    if options.and_then(|o| o.get("fieldManager")?.as_str()) != Some(CLIENT_SIDE_APPLY) {
+        return false;
+    }
     let Some(applied) = annotation(after, LAST_APPLIED_ANNOTATION) else {
         return false;
     };
@@ -70,7 +78,7 @@ fn client_side_apply_states(prior: &Value, after: &Value) -> bool {
 }
 
 /// An `Apply` entry stamped longer ago than this is an earlier apply's.
-const APPLIED_NOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+const APPLIED_NOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
 
 /// This change is a server-side apply by a field manager whose applied
 /// configuration owns the guard annotation: that manager's `Apply` entry
@@ -86,17 +94,32 @@ fn server_side_apply_states(after: &Value, options: Option<&Value>, now: jiff::T
         return false;
     };
     let field = format!("f:{GUARD_ANNOTATION}");
-    after
+    let entries: Vec<&Value> = after
         .pointer("/metadata/managedFields")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|m| m["manager"] == manager && m["operation"] == "Apply")
+        .filter(|m| m["manager"] == manager)
+        .collect();
+    let time = |m: &Value| {
+        m["time"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    // An ordinary update by this manager stamps its `Update` entry: then
+    // the `Apply` entry is not this request's, however recent.
+    let updated = entries
+        .iter()
+        .filter(|m| m["operation"] == "Update")
+        .filter_map(|m| time(m))
+        .max();
+    entries
+        .iter()
+        .filter(|m| m["operation"] == "Apply")
         .filter(|m| {
-            m["time"]
-                .as_str()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .is_some_and(|t| now.duration_since(t).abs() <= APPLIED_NOW)
+            time(m).is_some_and(|t| {
+                now.duration_since(t).abs() <= APPLIED_NOW && updated.is_none_or(|u| t > u)
+            })
         })
         .any(|m| {
             m.pointer("/fieldsV1/f:metadata/f:annotations")
@@ -197,31 +220,30 @@ mod tests {
 
     #[test]
     fn a_client_side_apply_of_a_manifest_with_it_states_it() {
+        let by = |m: &str| json!({"kind": "UpdateOptions", "fieldManager": m});
+        let stated = |prior: &Value, after: &Value, manager: &str| {
+            stated_guard(
+                Operation::Update,
+                Some(after),
+                Some(&raw(prior)),
+                Some(&by(manager)),
+                now(),
+            )
+            .map(str::to_string)
+        };
         let prior = applied(object(Some("5m"), "a"), &object(Some("5m"), "a"));
         let after = applied(object(Some("5m"), "b"), &object(Some("5m"), "b"));
         assert_eq!(
-            stated_guard(
-                Operation::Update,
-                Some(&after),
-                Some(&raw(&prior)),
-                None,
-                now()
-            ),
+            stated(&prior, &after, "kubectl-client-side-apply").as_deref(),
             Some("5m")
         );
+        // `kubectl edit` rewrites a last-applied-configuration somebody may
+        // have planted the guard into: not an apply of it.
+        assert_eq!(stated(&prior, &after, "kubectl-edit"), None);
         // An apply of a manifest without it (a 3-way merge keeps what it
         // never managed): not stated.
         let after = applied(object(Some("5m"), "b"), &object(None, "b"));
-        assert_eq!(
-            stated_guard(
-                Operation::Update,
-                Some(&after),
-                Some(&raw(&prior)),
-                None,
-                now()
-            ),
-            None
-        );
+        assert_eq!(stated(&prior, &after, "kubectl-client-side-apply"), None);
     }
 
     #[test]
@@ -248,6 +270,24 @@ mod tests {
         assert_eq!(stated(&options("release-bot")), Some("5m"));
         assert_eq!(stated(&options("kubectl-label")), None);
         assert_eq!(stated(&json!({"kind": "UpdateOptions"})), None);
+        // An ordinary update by the manager that once applied the guard
+        // (its Update entry stamped now): not this request's apply.
+        let mut updated = after.clone();
+        updated["metadata"]["managedFields"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"manager": "release-bot", "operation": "Update",
+                         "time": "2026-11-24T06:00:00Z", "fieldsV1": {}}));
+        assert_eq!(
+            stated_guard(
+                Operation::Update,
+                Some(&updated),
+                Some(&raw(&prior)),
+                Some(&options("release-bot")),
+                now()
+            ),
+            None
+        );
         // An Apply entry left by someone's earlier apply under the name of
         // the manager this request uses for an ordinary update (planted as
         // `kubectl-client-side-apply`, say): not this request's apply.

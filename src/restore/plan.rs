@@ -61,6 +61,9 @@ pub struct ObjectHistory {
     /// Every `spec.replicas` the action started from or produced (a change
     /// a later admission step refused included).
     pub replica_states: Vec<u64>,
+    /// One of the action's changes changed `spec.replicas` itself (a scale,
+    /// or a manifest with other replicas).
+    pub action_scaled: bool,
     /// The first of the action's changes that started from a state the
     /// action neither produced nor started from: someone else changed the
     /// object between two of the action's changes.
@@ -135,6 +138,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             other_versions: Vec::new(),
             last_after_replicas: None,
             replica_states: Vec::new(),
+            action_scaled: false,
             interleaved: None,
         };
     };
@@ -206,19 +210,15 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         replica_states: snaps
             .iter()
             .flat_map(|l| {
-                let before = match &l.prior {
-                    Ok(Some(p)) => replicas(p).and_then(Value::as_u64),
-                    _ => None,
-                };
-                let after = l
-                    .meta
-                    .after_replicas
-                    .as_deref()
-                    .and_then(|r| r.parse().ok());
+                let (before, after) = replica_change(l);
                 [before, after]
             })
             .flatten()
             .collect(),
+        action_scaled: snaps.iter().any(|l| match replica_change(l) {
+            (Some(before), Some(after)) => before != after,
+            _ => false,
+        }),
         interleaved: if other_versions.is_empty() {
             interleaved(&main, start)
         } else {
@@ -227,6 +227,23 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         },
         other_versions,
     }
+}
+
+/// `spec.replicas` before and after one change, where known (a Scale's
+/// prior omits zero).
+fn replica_change(l: &Loaded) -> (Option<u64>, Option<u64>) {
+    let before = match &l.prior {
+        Ok(Some(p)) => replicas(p)
+            .and_then(Value::as_u64)
+            .or_else(|| (l.meta.object.subresource.as_deref() == Some("scale")).then_some(0)),
+        _ => None,
+    };
+    let after = l
+        .meta
+        .after_replicas
+        .as_deref()
+        .and_then(|r| r.parse().ok());
+    (before, after)
 }
 
 /// Conflict fingerprint of the state a change started from (`ABSENT` for a
@@ -443,14 +460,20 @@ fn conflict_fp(current: Option<&Value>) -> String {
 /// Decide the step for one object. `current` is the object now (for a Scale
 /// target: its scale subresource), None when it does not exist.
 pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
-    // Scaled by someone else since the action (an autoscaler, `kubectl
-    // scale`): the prior content, at the current replicas.
+    // The action never changed the replicas: whatever scaled the object
+    // since it began (an autoscaler, `kubectl scale`, during the action or
+    // after it) is kept: the prior content, at the current replicas.
     let at_current_scale;
     let target = match (&h.target, current) {
-        // Unless the action scaled it itself: then a scale since is someone
-        // else's change to what the action did (a conflict, below), and
-        // with force the prior replicas come back too.
-        (Target::Present(t), Some(c)) if scaled_since(h, c) && !scaled_by_action(h) => {
+        // If the action scaled it itself, a scale by someone else is a
+        // change to what the action did (a conflict, below), and with force
+        // the prior replicas come back too.
+        (Target::Present(t), Some(c))
+            if h.last_after_replicas.is_some()
+                && !h.action_scaled
+                && replicas(c).is_some()
+                && replicas(c) != replicas(t) =>
+        {
             let mut t = t.clone();
             if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("replicas".into(), c["spec"]["replicas"].clone());
@@ -600,7 +623,7 @@ pub fn decide(h: &ObjectHistory, current: Option<&Value>, force: bool) -> Step {
         );
     }
     if !force
-        && scaled_by_action(h)
+        && h.action_scaled
         && let Some(c) = current
         && scaled_since(h, c)
     {
@@ -671,23 +694,6 @@ fn scaled_since(h: &ObjectHistory, current: &Value) -> bool {
         && replicas(current)
             .and_then(Value::as_u64)
             .is_some_and(|now| !h.replica_states.contains(&now))
-}
-
-/// The action changed `spec.replicas` itself (a scale, or a manifest with
-/// other replicas): it left other replicas than it found.
-fn scaled_by_action(h: &ObjectHistory) -> bool {
-    let Target::Present(prior) = &h.target else {
-        return false;
-    };
-    match (
-        replicas(prior).and_then(Value::as_u64),
-        h.last_after_replicas
-            .as_deref()
-            .and_then(|r| r.parse::<u64>().ok()),
-    ) {
-        (Some(before), Some(after)) => before != after,
-        _ => false,
-    }
 }
 
 fn replicas(v: &Value) -> Option<&Value> {
@@ -783,6 +789,36 @@ pub fn for_git(target: &Value) -> Value {
     {
         spec.remove("clusterIP");
         spec.remove("clusterIPs");
+    }
+    // Allocated ports: the health check port of a LoadBalancer with
+    // externalTrafficPolicy Local, and node ports no manifest asked for.
+    if core
+        && kind == "Service"
+        && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        if !stated("/spec/healthCheckNodePort") {
+            spec.remove("healthCheckNodePort");
+        }
+        let asked: Vec<Value> = applied
+            .as_ref()
+            .and_then(|a| a.pointer("/spec/ports"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("nodePort").is_some())
+            .map(|p| p["port"].clone())
+            .collect();
+        for port in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            if !port.get("port").is_some_and(|p| asked.contains(p)) {
+                port.remove("nodePort");
+            }
+        }
     }
     // A claim's binding (the volume controller's) and the class the
     // default-class admission plugin filled in: immutable, so a team's

@@ -1006,6 +1006,22 @@ fn manifests_for_git_leave_out_what_the_cluster_filled_in() {
     pinned["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
         json!(r#"{"spec":{"clusterIP":"10.0.0.7"}}"#);
     assert_eq!(for_git(&pinned)["spec"]["clusterIP"], "10.0.0.7");
+    // Node ports: the one a manifest asked for stays, allocated ones go;
+    // so does an allocated health check port.
+    let lb = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "lb", "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+            r#"{"spec":{"type":"LoadBalancer","ports":[{"port":80,"nodePort":30080},{"port":443}]}}"#}},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.9", "healthCheckNodePort": 31000,
+                 "externalTrafficPolicy": "Local",
+                 "ports": [{"port": 80, "nodePort": 30080}, {"port": 443, "nodePort": 31443}]}});
+    let git = for_git(&lb);
+    assert_eq!(
+        git["spec"]["ports"],
+        json!([{"port": 80, "nodePort": 30080}, {"port": 443}])
+    );
+    assert!(
+        git["spec"].get("healthCheckNodePort").is_none() && git["spec"].get("clusterIP").is_none()
+    );
     let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
         "spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {}, "status": {"phase": "Pending"}}]}});
     assert!(
@@ -1078,6 +1094,41 @@ fn a_scale_in_a_change_a_later_admission_step_refused_is_no_conflict() {
         ),
     ]);
     let Action::Replace(body) = decide(&h, Some(&dep(3, "b")), false).action else {
+        panic!("a replace")
+    };
+    assert_eq!(body["spec"]["replicas"], 3);
+    assert_eq!(
+        body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "a"
+    );
+}
+
+#[test]
+fn a_scale_by_someone_else_during_an_action_that_never_scaled_is_kept() {
+    let dep = |replicas: u32, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
+    };
+    // set image at 1 replica; an autoscaler goes to 3; rollout restart at 3.
+    let h = only(vec![
+        snap(
+            1,
+            Operation::Update,
+            "web",
+            Some(&dep(1, "a")),
+            Some(&dep(1, "b")),
+        ),
+        snap(
+            2,
+            Operation::Update,
+            "web",
+            Some(&dep(3, "b")),
+            Some(&dep(3, "c")),
+        ),
+    ]);
+    assert!(!h.action_scaled);
+    let Action::Replace(body) = decide(&h, Some(&dep(3, "c")), false).action else {
         panic!("a replace")
     };
     assert_eq!(body["spec"]["replicas"], 3);
