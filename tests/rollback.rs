@@ -2016,47 +2016,8 @@ async fn manifests_of_a_deleted_service_apply_and_leave_the_teams_manifest_appli
     c.kubectl_apply_str(&own);
     // Deleted by a service account of this test alone: its implicit
     // session holds nothing else.
-    c.kubectl_ok(&["-n", &ns, "create", "serviceaccount", "deployer"]);
-    c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "create",
-        "rolebinding",
-        "deployer-edit",
-        "--clusterrole=test-editor",
-        &format!("--serviceaccount={ns}:deployer"),
-    ]);
-    let out = c.kubectl_stdin(
-        "admin",
-        &[
-            "create",
-            "--raw",
-            &format!("/api/v1/namespaces/{ns}/serviceaccounts/deployer/token"),
-            "-f",
-            "-",
-        ],
-        r#"{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}"#,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let requested: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = requested["status"]["token"].as_str().unwrap();
-    let out = std::process::Command::new("kubectl")
-        .env_remove("KUBECONFIG")
-        .args(["--kubeconfig=/dev/null", "--server", &c.url])
-        .arg("--certificate-authority")
-        .arg(c.apiserver_ca())
-        .args(["--token", token, "-n", &ns, "delete", "service", "web"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let token = c.service_account(&ns, "deployer");
+    c.kubectl_with_token_ok(&token, &["-n", &ns, "delete", "service", "web"]);
     let user = format!("system:serviceaccount:{ns}:deployer");
     let list = api
         .ok("GET", &format!("/api/v1/actions?user={user}"), &admin)

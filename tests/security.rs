@@ -615,49 +615,18 @@ async fn a_service_account_caller_rolls_back_as_itself() {
     let api = sb.api(c);
     let ns = c.namespace("sa-caller", &[]);
     let user = format!("system:serviceaccount:{ns}:robot");
-    c.kubectl_ok(&["-n", &ns, "create", "serviceaccount", "robot"]);
-    c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "create",
-        "rolebinding",
-        "robot-edit",
-        "--clusterrole=test-editor",
-        &format!("--serviceaccount={ns}:robot"),
-    ]);
+    let token = c.service_account(&ns, "robot");
     c.grant_api(&user);
-    // TokenRequest (what `kubectl create token` does, in any kubectl).
-    let out = c.kubectl_stdin(
-        "admin",
+    c.kubectl_with_token_ok(
+        &token,
         &[
+            "-n",
+            &ns,
             "create",
-            "--raw",
-            &format!("/api/v1/namespaces/{ns}/serviceaccounts/robot/token"),
-            "-f",
-            "-",
+            "configmap",
+            "robo",
+            "--from-literal=v=1",
         ],
-        r#"{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}"#,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let requested: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = requested["status"]["token"].as_str().unwrap().to_string();
-    let out = Command::new("kubectl")
-        .env_remove("KUBECONFIG")
-        .args(["--kubeconfig=/dev/null", "--server", &c.url])
-        .arg("--certificate-authority")
-        .arg(c.apiserver_ca())
-        .args(["--token", &token, "-n", &ns])
-        .args(["create", "configmap", "robo", "--from-literal=v=1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let (_, list) = api
         .call(

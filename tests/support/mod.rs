@@ -651,6 +651,65 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no token for {user}"))
     }
 
+    /// A service account `ns/name` that may edit in `ns` (the
+    /// `test-editor` role), and a token for it from a TokenRequest (what
+    /// `kubectl create token` does, sent so that any kubectl can).
+    pub fn service_account(&self, ns: &str, name: &str) -> String {
+        self.kubectl_ok(&["-n", ns, "create", "serviceaccount", name]);
+        self.kubectl_ok(&[
+            "-n",
+            ns,
+            "create",
+            "rolebinding",
+            &format!("{name}-edit"),
+            "--clusterrole=test-editor",
+            &format!("--serviceaccount={ns}:{name}"),
+        ]);
+        let out = self.kubectl_stdin(
+            "admin",
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"),
+                "-f",
+                "-",
+            ],
+            r#"{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}"#,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let requested: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("a TokenRequest");
+        requested["status"]["token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
+    }
+
+    /// kubectl authenticated by `token` alone (no kubeconfig user); panics
+    /// with its output on failure.
+    pub fn kubectl_with_token_ok(&self, token: &str, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .env_remove("KUBECONFIG")
+            .args(["--kubeconfig=/dev/null", "--server", &self.url])
+            .arg("--certificate-authority")
+            .arg(self.apiserver_ca())
+            .args(["--token", token])
+            .args(args)
+            .output()
+            .expect("running kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl --token … {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Let `user` call every verb of the rollback API.
     pub fn grant_api(&self, user: &str) {
         // Once per binary: concurrent applies of one new object race.

@@ -79,6 +79,13 @@ fn snap_sub(
     }
 }
 
+/// A Deployment `web` at `replicas` running `image`.
+fn dep(replicas: u32, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
+           "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
+}
+
 fn only(loaded: Vec<Loaded>) -> ObjectHistory {
     let mut h = histories(loaded);
     assert_eq!(h.len(), 1);
@@ -864,11 +871,6 @@ fn a_recreated_volume_and_claim_are_bound_anew() {
 
 #[test]
 fn a_scale_by_someone_else_since_the_action_is_kept() {
-    let dep = |replicas: u32, image: &str| {
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
-               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
-    };
     let body = |step: &Step| match &step.action {
         Action::Replace(b) => b.clone(),
         other => panic!("{other:?}"),
@@ -1071,11 +1073,6 @@ fn changes_the_action_made_itself_are_no_conflict_of_someone_elses() {
 
 #[test]
 fn a_scale_in_a_change_a_later_admission_step_refused_is_no_conflict() {
-    let dep = |replicas: u32, image: &str| {
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
-               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
-    };
     // The image changed at 3 replicas; then an apply to 50 was refused.
     let h = only(vec![
         snap(
@@ -1105,11 +1102,6 @@ fn a_scale_in_a_change_a_later_admission_step_refused_is_no_conflict() {
 
 #[test]
 fn a_scale_by_someone_else_during_an_action_that_never_scaled_is_kept() {
-    let dep = |replicas: u32, image: &str| {
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "web", "namespace": "ns", "uid": "d1", "resourceVersion": "10"},
-               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
-    };
     // set image at 1 replica; an autoscaler goes to 3; rollout restart at 3.
     let h = only(vec![
         snap(
