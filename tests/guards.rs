@@ -83,6 +83,19 @@ async fn guarded_change(
     id
 }
 
+/// An isolated snapback whose guards check every second (and whose
+/// maintenance Lease, which the guard loop needs, is taken quickly).
+fn guarding_snapback(c: &Cluster, prefix: &str, extra: &[&str]) -> Snapback {
+    let tag = format!("{prefix}{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = ["--guard-interval=1s", "--lease-duration=3s"]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+    Snapback::start(c, opts)
+}
+
 async fn guard_of(api: &ApiClient, token: &str, id: &str) -> Value {
     let (_, detail) = api
         .call("GET", &format!("/api/v1/actions/{id}"), Some(token), None)
@@ -469,14 +482,7 @@ async fn events_appear_on_restored_objects() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guard_annotation_guards_an_implicit_action() {
     let c = cluster();
-    let tag = format!("ann{:06x}", rand::random::<u32>() & 0xffffff);
-    let mut opts = SnapbackOpts::isolated(c, &tag);
-    opts.extra_args = vec![
-        "--session-idle=2s".into(),
-        "--guard-interval=1s".into(),
-        "--lease-duration=3s".into(),
-    ];
-    let sb = Snapback::start(c, opts);
+    let sb = guarding_snapback(c, "ann", &["--session-idle=2s"]);
     let api = sb.api(c);
     let ns = c.namespace("guard-annotation", &[]);
     sb.adopt_namespace(c, &ns);
@@ -519,10 +525,7 @@ async fn a_guard_annotation_guards_an_implicit_action() {
 #[tokio::test(flavor = "multi_thread")]
 async fn guards_are_armed_only_by_the_owners_changes_that_state_them() {
     let c = cluster();
-    let tag = format!("own{:06x}", rand::random::<u32>() & 0xffffff);
-    let mut opts = SnapbackOpts::isolated(c, &tag);
-    opts.extra_args = vec!["--guard-interval=1s".into(), "--lease-duration=3s".into()];
-    let sb = Snapback::start(c, opts);
+    let sb = guarding_snapback(c, "own", &[]);
     let api = sb.api(c);
     let (owner, outsider) = ("user6", "user8");
     let ns = c.namespace("guard-owner", &[owner, outsider]);
@@ -556,7 +559,7 @@ async fn guards_are_armed_only_by_the_owners_changes_that_state_them() {
             ],
         );
     };
-    let suffix = &tag[3..];
+    let suffix = format!("{:06x}", rand::random::<u32>() & 0xffffff);
     let (x, y, z) = (
         format!("trap-{suffix}"),
         format!("joined-{suffix}"),
@@ -642,14 +645,7 @@ async fn guards_are_armed_only_by_the_owners_changes_that_state_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guard_in_the_applied_manifest_guards_every_release() {
     let c = cluster();
-    let tag = format!("rel{:06x}", rand::random::<u32>() & 0xffffff);
-    let mut opts = SnapbackOpts::isolated(c, &tag);
-    opts.extra_args = vec![
-        "--session-idle=2s".into(),
-        "--guard-interval=1s".into(),
-        "--lease-duration=3s".into(),
-    ];
-    let sb = Snapback::start(c, opts);
+    let sb = guarding_snapback(c, "rel", &["--session-idle=2s"]);
     let api = sb.api(c);
     let user = "user7";
     let ns = c.namespace("guard-release", &[user]);
