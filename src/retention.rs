@@ -195,15 +195,41 @@ pub async fn maintain(
     let mut pruned_snapshots = 0;
     for (activity, r) in prunable {
         let expired = since(activity) > cfg.retention;
-        if !expired && excess == 0 {
+        // A pruning that failed half way is finished whatever the count.
+        let claimed = r
+            .extensions
+            .contains_key(crate::store::actions::PRUNING_KEY);
+        if !expired && excess == 0 && !claimed {
             continue;
         }
         let snapshots = by_action.get(r.id.as_str()).map_or(0, |a| a.snapshots);
-        // The list is from the start of the pass: a rollback may have started since.
-        match store.get_action(&r.id).await {
-            Ok(Some((fresh, _)))
-                if !matches!(fresh.state, ActionState::Open | ActionState::RollingBack) => {}
+        // The list is from the start of the pass: a rollback may have started
+        // since. Claimed for pruning with the record's resourceVersion as
+        // precondition, so that a rollback requested meanwhile (it marks
+        // the record the same way before it plans) and this deletion never
+        // both go ahead.
+        use crate::store::actions::{PRUNING_KEY, ROLLBACK_REQUEST_GRACE, ROLLBACK_REQUESTED_KEY};
+        let (mut fresh, rv) = match store.get_action(&r.id).await {
+            Ok(Some((fresh, rv)))
+                if !matches!(fresh.state, ActionState::Open | ActionState::RollingBack) =>
+            {
+                (fresh, rv)
+            }
             _ => continue,
+        };
+        let requested = fresh
+            .extensions
+            .get(ROLLBACK_REQUESTED_KEY)
+            .and_then(|v| v.as_str())
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        if requested.is_some_and(|t| since(t) < ROLLBACK_REQUEST_GRACE) {
+            continue;
+        }
+        fresh
+            .extensions
+            .insert(PRUNING_KEY.into(), serde_json::json!(now.to_string()));
+        if store.update_action(&fresh, &rv).await.is_err() {
+            continue;
         }
         match store.delete_action(&r.id).await {
             Ok(()) => {

@@ -535,3 +535,79 @@ async fn snapshots_without_a_record_get_one_back() {
     assert_eq!(v, "before");
     sb.unregister(c);
 }
+
+/// SPEC §3: retention never deletes an action that is rolling back, also
+/// while its rollback is still planning and has not yet marked it
+/// `rolling-back`: the rollback notes `rollbackRequestedAt` on the record
+/// first, retention notes `pruning` before it deletes (each with the
+/// record's resourceVersion as precondition, so whichever is second sees
+/// the first). Both halves, against the real API server.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_and_a_rollback_never_both_go_ahead() {
+    use snapback::store::model::ActionId;
+    let c = cluster();
+    let tag = format!("prr{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = [
+        "--max-actions=2",
+        "--session-idle=1s",
+        "--maintenance-interval=1s",
+        "--lease-duration=3s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("prune-race", &[]);
+    sb.adopt_namespace(c, &ns);
+    let store = sb.store(c).await;
+    let change = |name: &str| {
+        c.kubectl_apply_str(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {tag}-{name}}}}}\n"
+        ));
+        ActionId::parse(&format!("{tag}-{name}")).unwrap()
+    };
+    // The oldest action, with a rollback asked for and still planning.
+    let asked = change("asked");
+    let (mut record, rv) = store.get_action(&asked).await.unwrap().unwrap();
+    record.extensions.insert(
+        "rollbackRequestedAt".into(),
+        Value::from(jiff::Timestamp::now().to_string()),
+    );
+    store.update_action(&record, &rv).await.unwrap();
+    // More newer actions than --max-actions=2 keeps.
+    let fills: Vec<ActionId> = (0..4).map(|n| change(&format!("fill-{n}"))).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.get_action(&fills[0]).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "retention never ran:\n{}",
+            sb.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        store.get_action(&asked).await.unwrap().is_some(),
+        "pruned under its rollback:\n{}",
+        sb.log_tail()
+    );
+    // An action retention has claimed: a rollback finds nothing to restore.
+    let claimed = &fills[3];
+    let (mut record, rv) = store.get_action(claimed).await.unwrap().unwrap();
+    record.extensions.insert(
+        "pruning".into(),
+        Value::from(jiff::Timestamp::now().to_string()),
+    );
+    store.update_action(&record, &rv).await.unwrap();
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{claimed}/rollback"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    sb.unregister(c);
+}

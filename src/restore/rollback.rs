@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::restore::dynamic;
 use crate::restore::plan::{self, Action, ObjectHistory, Outcome, RestoreOp, Step, Target};
 use crate::restore::report::{ObjectResult, Report, Trigger, counts};
-use crate::store::actions::{ActionRecord, ActionState};
+use crate::store::actions::{ActionRecord, ActionState, PRUNING_KEY, ROLLBACK_REQUESTED_KEY};
 use crate::store::kube_store::{KubeStore, LoadedAction};
 use crate::store::model::{ACTION_ANNOTATION, ActionId, LAST_APPLIED_ANNOTATION};
 use crate::store::{StoreError, describe_kube_error};
@@ -501,6 +501,44 @@ impl Restorer {
             .await
     }
 
+    /// Note on the record that a rollback was asked for, with its
+    /// resourceVersion as precondition (retention claims a record the same
+    /// way before pruning it): the record as written and its new version.
+    async fn mark_requested(
+        &self,
+        id: &ActionId,
+        mut record: ActionRecord,
+        mut rv: String,
+        at: Timestamp,
+    ) -> Result<(ActionRecord, String), RollbackError> {
+        for _ in 0..5 {
+            record
+                .extensions
+                .insert(ROLLBACK_REQUESTED_KEY.into(), Value::from(at.to_string()));
+            match self.store.update_action(&record, &rv).await {
+                Ok(new_rv) => return Ok((record, new_rv)),
+                Err(StoreError::Conflict(_)) => {
+                    // Changed meanwhile (a session completed, a guard's
+                    // state, retention): read it again.
+                    let (fresh, fresh_rv) = self
+                        .store
+                        .get_action(id)
+                        .await?
+                        .ok_or_else(|| RollbackError::NotFound(id.clone()))?;
+                    if fresh.extensions.contains_key(PRUNING_KEY) {
+                        return Err(RollbackError::NotFound(id.clone()));
+                    }
+                    if fresh.state == ActionState::RollingBack {
+                        return Err(RollbackError::Running(id.clone()));
+                    }
+                    (record, rv) = (fresh, fresh_rv);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RollbackError::Running(id.clone()))
+    }
+
     /// Roll an action back (or cancel it).
     #[tracing::instrument(skip_all, fields(action = %id, trigger = trigger.as_str(), user = %caller.user, dry_run = params.dry_run, outcome))]
     pub async fn rollback(
@@ -521,6 +559,11 @@ impl Restorer {
         if record.state == ActionState::RollingBack || lock(&self.running).contains(id) {
             return Err(RollbackError::Running(id.clone()));
         }
+        // Retention is deleting it.
+        if record.extensions.contains_key(PRUNING_KEY) {
+            return Err(RollbackError::NotFound(id.clone()));
+        }
+
         if trigger == Trigger::Cancel && record.state != ActionState::Open {
             return Err(RollbackError::NotOpen {
                 id: id.clone(),
@@ -554,6 +597,15 @@ impl Restorer {
                 window: crate::config::format_duration(self.cfg.window),
             });
         }
+        // Keep retention off it while this rollback plans (it is marked
+        // `rolling-back` only once planned). Retention claims a record the
+        // same way before it deletes anything: whichever is first, the
+        // other sees it.
+        let (record, rv) = if params.dry_run {
+            (record, rv)
+        } else {
+            self.mark_requested(id, record, rv, started_at).await?
+        };
         let mut histories = plan::histories(loaded);
         let rollback_id = self
             .free_rollback_id(id, record.rollbacks.len() as u32 + 1)

@@ -13,6 +13,22 @@ use crate::store::model::ActionId;
 /// binaryData-free key of the record's JSON document.
 pub const RECORD_KEY: &str = "action.json";
 
+/// Record extension set by retention, with the record's resourceVersion as
+/// precondition, before it deletes an action's snapshots: a rollback that
+/// finds it answers "not found" instead of restoring from a store being
+/// emptied.
+pub const PRUNING_KEY: &str = "pruning";
+
+/// Record extension set by a rollback (not a dry run), with the record's
+/// resourceVersion as precondition, before it plans: retention leaves the
+/// action alone from then on (for [`ROLLBACK_REQUEST_GRACE`]), so nothing
+/// is pruned under a rollback that has not yet marked its action
+/// `rolling-back`.
+pub const ROLLBACK_REQUESTED_KEY: &str = "rollbackRequestedAt";
+
+/// How long a requested rollback keeps its action from being pruned.
+pub const ROLLBACK_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionState {
