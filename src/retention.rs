@@ -14,7 +14,9 @@ use kube::{Api, Client};
 
 use crate::metrics::Metrics;
 use crate::restore::rollback::modify;
-use crate::store::actions::{ActionRecord, ActionState};
+use crate::store::actions::{
+    ActionRecord, ActionState, PRUNING_KEY, ROLLBACK_REQUEST_GRACE, ROLLBACK_REQUESTED_KEY,
+};
 use crate::store::kube_store::KubeStore;
 
 pub const LEASE_NAME: &str = "snapback-maintenance";
@@ -196,9 +198,7 @@ pub async fn maintain(
     for (activity, r) in prunable {
         let expired = since(activity) > cfg.retention;
         // A pruning that failed half way is finished whatever the count.
-        let claimed = r
-            .extensions
-            .contains_key(crate::store::actions::PRUNING_KEY);
+        let claimed = r.extensions.contains_key(PRUNING_KEY);
         if !expired && excess == 0 && !claimed {
             continue;
         }
@@ -208,7 +208,6 @@ pub async fn maintain(
         // precondition, so that a rollback requested meanwhile (it marks
         // the record the same way before it plans) and this deletion never
         // both go ahead.
-        use crate::store::actions::{PRUNING_KEY, ROLLBACK_REQUEST_GRACE, ROLLBACK_REQUESTED_KEY};
         let (mut fresh, rv) = match store.get_action(&r.id).await {
             Ok(Some((fresh, rv)))
                 if !matches!(fresh.state, ActionState::Open | ActionState::RollingBack) =>

@@ -198,11 +198,10 @@ async fn retention_prunes_on_one_replica_and_another_takes_over() {
     a.unregister(c);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn max_actions_keeps_the_newest() {
-    let c = cluster();
-    let tag = format!("max{:06x}", rand::random::<u32>() & 0xffffff);
-    let mut opts = SnapbackOpts::isolated(c, &tag);
+/// An isolated snapback that keeps at most two actions, with sessions and
+/// maintenance passes of a second.
+fn keeping_two_actions(c: &Cluster, tag: &str) -> Snapback {
+    let mut opts = SnapbackOpts::isolated(c, tag);
     opts.extra_args = [
         "--max-actions=2",
         "--session-idle=1s",
@@ -211,7 +210,14 @@ async fn max_actions_keeps_the_newest() {
     ]
     .map(String::from)
     .to_vec();
-    let sb = Snapback::start(c, opts);
+    Snapback::start(c, opts)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_actions_keeps_the_newest() {
+    let c = cluster();
+    let tag = format!("max{:06x}", rand::random::<u32>() & 0xffffff);
+    let sb = keeping_two_actions(c, &tag);
     let ns = c.namespace("maxactions", &[]);
     sb.adopt_namespace(c, &ns);
     let store = sb.store(c).await;
@@ -547,16 +553,7 @@ async fn retention_and_a_rollback_never_both_go_ahead() {
     use snapback::store::model::ActionId;
     let c = cluster();
     let tag = format!("prr{:06x}", rand::random::<u32>() & 0xffffff);
-    let mut opts = SnapbackOpts::isolated(c, &tag);
-    opts.extra_args = [
-        "--max-actions=2",
-        "--session-idle=1s",
-        "--maintenance-interval=1s",
-        "--lease-duration=3s",
-    ]
-    .map(String::from)
-    .to_vec();
-    let sb = Snapback::start(c, opts);
+    let sb = keeping_two_actions(c, &tag);
     let api = sb.api(c);
     let admin = c.token("admin");
     let ns = c.namespace("prune-race", &[]);

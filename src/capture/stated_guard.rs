@@ -137,6 +137,17 @@ mod tests {
         "2026-11-24T06:00:00Z".parse().unwrap()
     }
 
+    /// What an update from `prior` to `after`, without options, states.
+    fn update<'a>(prior: &Value, after: &'a Value) -> Option<&'a str> {
+        stated_guard(
+            Operation::Update,
+            Some(after),
+            Some(&raw(prior)),
+            None,
+            now(),
+        )
+    }
+
     fn raw(v: &Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(v).unwrap()
     }
@@ -173,16 +184,7 @@ mod tests {
     fn an_update_that_sets_or_changes_it_states_it() {
         let after = object(Some("5m"), "b");
         for prior in [object(None, "a"), object(Some("1m"), "a")] {
-            assert_eq!(
-                stated_guard(
-                    Operation::Update,
-                    Some(&after),
-                    Some(&raw(&prior)),
-                    None,
-                    now()
-                ),
-                Some("5m")
-            );
+            assert_eq!(update(&prior, &after), Some("5m"));
         }
     }
 
@@ -192,30 +194,12 @@ mod tests {
         // is not armed by whoever changes the object next.
         let prior = object(Some("1s"), "a");
         let after = object(Some("1s"), "b");
-        assert_eq!(
-            stated_guard(
-                Operation::Update,
-                Some(&after),
-                Some(&raw(&prior)),
-                None,
-                now()
-            ),
-            None
-        );
+        assert_eq!(update(&prior, &after), None);
         // Not even when the object was applied once with it (the old
         // last-applied-configuration is left as it was).
         let config = object(Some("1s"), "a");
         let (prior, after) = (applied(prior, &config), applied(after, &config));
-        assert_eq!(
-            stated_guard(
-                Operation::Update,
-                Some(&after),
-                Some(&raw(&prior)),
-                None,
-                now()
-            ),
-            None
-        );
+        assert_eq!(update(&prior, &after), None);
     }
 
     #[test]

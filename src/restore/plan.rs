@@ -696,7 +696,8 @@ fn scaled_since(h: &ObjectHistory, current: &Value) -> bool {
             .is_some_and(|now| !h.replica_states.contains(&now))
 }
 
-fn replicas(v: &Value) -> Option<&Value> {
+/// `spec.replicas`, where an object has it.
+pub fn replicas(v: &Value) -> Option<&Value> {
     v.get("spec")?.get("replicas")
 }
 

@@ -1904,7 +1904,7 @@ async fn restore_field_managers(
 /// Said of a replace that keeps the replicas someone else (an autoscaler)
 /// scaled the object to since the action, instead of the prior ones.
 fn kept_scale(h: &ObjectHistory, body: &Value) -> String {
-    let replicas = |v: &Value| v.pointer("/spec/replicas").and_then(Value::as_u64);
+    let replicas = |v: &Value| plan::replicas(v).and_then(Value::as_u64);
     match &h.target {
         Target::Present(prior) => match (replicas(prior), replicas(body)) {
             (Some(before), Some(now)) if before != now => format!(
