@@ -2035,3 +2035,60 @@ async fn manifests_of_a_deleted_service_apply_and_leave_the_teams_manifest_appli
         );
     }
 }
+
+/// Undo, newest first, two actions of one developer: the later one deleted
+/// a ConfigMap the earlier one had changed. Rolling the later one back
+/// recreates it (a new uid) exactly as the earlier one left it, so rolling
+/// the earlier one back is no conflict and brings the first value back.
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_undone_newest_first_need_no_force() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let ns = c.namespace("lifo", &[]);
+    let token = c.service_account(&ns, "dev");
+    c.grant_api(&format!("system:serviceaccount:{ns}:dev"));
+    c.kubectl_ok(&["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"]);
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    let (first, second) = (format!("lifo-a-{tag}"), format!("lifo-b-{tag}"));
+
+    open_action(&api, &token, &first).await;
+    c.kubectl_with_token_ok(
+        &token,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            "cm",
+            "-p",
+            r#"{"data":{"v":"2"}}"#,
+        ],
+    );
+    complete(&api, &token, &first).await;
+    open_action(&api, &token, &second).await;
+    c.kubectl_with_token_ok(&token, &["-n", &ns, "delete", "configmap", "cm"]);
+    complete(&api, &token, &second).await;
+
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{second}/rollback"),
+            &token,
+        )
+        .await;
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report:#}");
+    assert_eq!(value_of(c, &ns, "cm"), "2");
+
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{first}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report:#}");
+    assert_eq!(value_of(c, &ns, "cm"), "1");
+}

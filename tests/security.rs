@@ -486,6 +486,12 @@ async fn callers_are_authenticated_and_authorised_before_their_input_is_read() {
         ("GET", "/api/v1/actions?limit=abc"),
         ("POST", "/api/v1/actions/x/rollback?failurePolicy=bogus"),
         ("POST", "/api/v1/actions/x/cancel?dryRun=maybe"),
+        // An invalid id is a 400 only for a caller who holds the verb.
+        ("GET", "/api/v1/actions/a%20b"),
+        ("GET", "/api/v1/actions/a%20b/diff"),
+        ("POST", "/api/v1/actions/a%20b/complete"),
+        ("POST", "/api/v1/actions/a%20b/rollback"),
+        ("DELETE", "/api/v1/actions/a%20b"),
     ] {
         assert_eq!(
             api.raw(method, path, &[("authorization", nobody.as_str())], vec![])
@@ -494,6 +500,33 @@ async fn callers_are_authenticated_and_authorised_before_their_input_is_read() {
             "{method} {path} by a caller without the right"
         );
     }
+    let admin = format!("Bearer {}", c.token("admin"));
+    assert_eq!(
+        api.raw(
+            "GET",
+            "/api/v1/actions/a%20b",
+            &[("authorization", admin.as_str())],
+            vec![]
+        )
+        .await,
+        400,
+        "an invalid id, by a caller who may read actions"
+    );
+    // One credential per call.
+    assert_eq!(
+        api.raw(
+            "GET",
+            "/api/v1/actions",
+            &[
+                ("authorization", nobody.as_str()),
+                ("authorization", admin.as_str())
+            ],
+            vec![]
+        )
+        .await,
+        401,
+        "two Authorization headers"
+    );
 }
 
 /// A misspelt or foreign query parameter never runs the real operation

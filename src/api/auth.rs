@@ -164,10 +164,22 @@ fn cache_put<K: std::hash::Hash + Eq, V>(m: &Cache<K, V>, k: K, v: V) {
 pub const PROXY_AUTH_HEADER: &str = "x-snapback-authorization";
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .or_else(|| headers.get(PROXY_AUTH_HEADER))
+    // One credential per call: with two headers, which one a proxy or a
+    // log shows and which one is checked must not differ.
+    let name = if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        axum::http::header::AUTHORIZATION.as_str()
+    } else {
+        PROXY_AUTH_HEADER
+    };
+    let mut values = headers.get_all(name).iter();
+    let value = values
+        .next()
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    if values.next().is_some() {
+        return Err(ApiError::unauthorized(format!(
+            "more than one {name} header: send one bearer token"
+        )));
+    }
     let value = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
@@ -175,7 +187,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")
         })?;
@@ -240,4 +252,57 @@ async fn access_review(
         .await
         .map_err(|e| ApiError::kube("authorising the caller (SubjectAccessReview)", &e))?;
     Ok(result.status.map(|s| s.allowed).unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn one_bearer_token_per_call() {
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer abc.def")])).unwrap(),
+            "abc.def"
+        );
+        assert_eq!(
+            bearer(&headers(&[(PROXY_AUTH_HEADER, "Bearer xyz")])).unwrap(),
+            "xyz"
+        );
+        // Authorization wins over the proxy header (the proxy strips it).
+        assert_eq!(
+            bearer(&headers(&[
+                ("authorization", "Bearer direct"),
+                (PROXY_AUTH_HEADER, "Bearer proxied")
+            ]))
+            .unwrap(),
+            "direct"
+        );
+        for bad in [
+            vec![
+                ("authorization", "Bearer one"),
+                ("authorization", "Bearer two"),
+            ],
+            vec![
+                (PROXY_AUTH_HEADER, "Bearer one"),
+                (PROXY_AUTH_HEADER, "Bearer two"),
+            ],
+            vec![("authorization", "Bearer token extra")],
+            vec![("authorization", "Bearer tok\ten")],
+            vec![("authorization", "Bearer ")],
+            vec![("authorization", "Basic YWRtaW46YWRtaW4=")],
+            vec![],
+        ] {
+            let err = bearer(&headers(&bad)).unwrap_err();
+            assert_eq!(err.status, StatusCode::UNAUTHORIZED, "{bad:?}");
+        }
+    }
 }

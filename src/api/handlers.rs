@@ -19,7 +19,7 @@ use crate::api::model::*;
 use crate::config::FailurePolicy;
 use crate::restore::plan::Target;
 use crate::restore::report::{Report, Trigger};
-use crate::restore::rollback::{Params, redact, redact_pair, strip_for_diff};
+use crate::restore::rollback::{Caller, Params, redact, redact_pair, strip_for_diff};
 use crate::store::actions::{ActionRecord, ActionState};
 use crate::store::model::{ActionId, SnapshotMeta};
 
@@ -105,17 +105,48 @@ fn action_id(id: &str) -> Result<ActionId> {
 
 /// The `{id}` of a request path, as an action id. A path segment that does
 /// not decode (not UTF-8) or is not a valid id is a 400 in the API's error
-/// shape.
-pub struct IdPath(pub ActionId);
+/// shape, once the caller is known to hold the endpoint's verb at all
+/// ([`IdPath::authorize`]).
+pub struct IdPath(std::result::Result<ActionId, ApiError>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("invalid action id: {}", e.body_text())))?;
-        Ok(IdPath(action_id(&id)?))
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        let id = match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => action_id(&id),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid action id: {}",
+                e.body_text()
+            ))),
+        };
+        Ok(IdPath(id))
+    }
+}
+
+impl IdPath {
+    /// Authorise the caller for `verb` on this action, then hand out the
+    /// id: a caller without the verb gets 403 before a 400 about the id
+    /// (an invalid id is checked as the verb on any action).
+    pub async fn authorize(
+        self,
+        state: &ApiState,
+        headers: &HeaderMap,
+        verb: &str,
+    ) -> Result<(Caller, ActionId)> {
+        match self.0 {
+            Ok(id) => {
+                let caller = state.auth.check(headers, verb, Some(id.as_str())).await?;
+                Ok((caller, id))
+            }
+            Err(invalid) => {
+                state.auth.check(headers, verb, None).await?;
+                Err(invalid)
+            }
+        }
     }
 }
 
@@ -315,8 +346,10 @@ fn limit_schema() -> utoipa::openapi::schema::Schema {
 }
 
 fn since_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
-    let one_of = OneOfBuilder::new()
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    // anyOf, not oneOf: a duration is also a string, and validators that
+    // do not check formats take any string for a date-time.
+    let any_of = AnyOfBuilder::new()
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
@@ -329,11 +362,13 @@ fn since_schema() -> utoipa::openapi::schema::Schema {
         )
         .item(empty_value())
         .build();
-    utoipa::openapi::schema::Schema::OneOf(one_of)
+    utoipa::openapi::schema::Schema::AnyOf(any_of)
 }
 
-/// One duration, as the API accepts it (`30s`, `15m`, `24h`, `7d`).
-pub const DURATION_PATTERN: &str = "^[1-9][0-9]{0,5}(ms|s|m|h|d)$";
+/// A duration as the API accepts it: one or more numbers with a unit
+/// (`30s`, `15m`, `1h30m`, `1.5h`, `7d`, `500ms`), as `config::parse_duration`
+/// reads them (a zero duration is refused with a 400 all the same).
+pub const DURATION_PATTERN: &str = r"^(([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m|h|d))+$";
 
 fn parse_since(s: &str) -> Result<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
@@ -499,10 +534,10 @@ fn read_body(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> 
 pub async fn get_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ActionDetail>> {
-    state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    let (_, id) = id.authorize(&state, &headers, "get").await?;
     Query::parse(raw.as_deref(), &[])?;
     let (record, _) = record(&state, &id).await?;
     let metas = state
@@ -529,10 +564,10 @@ pub async fn get_action(
 pub async fn diff_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DiffResponse>> {
-    let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    let (caller, id) = id.authorize(&state, &headers, "get").await?;
     Query::parse(raw.as_deref(), &[])?;
     record(&state, &id).await?;
     let histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
@@ -617,10 +652,10 @@ pub async fn diff_action(
 pub async fn manifests(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    let caller = state.auth.check(&headers, "get", Some(id.as_str())).await?;
+    let (caller, id) = id.authorize(&state, &headers, "get").await?;
     Query::parse(raw.as_deref(), &[])?;
     record(&state, &id).await?;
     let mut histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
@@ -738,13 +773,10 @@ async fn visible(
 pub async fn complete_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ActionSummary>> {
-    state
-        .auth
-        .check(&headers, "update", Some(id.as_str()))
-        .await?;
+    let (_, id) = id.authorize(&state, &headers, "update").await?;
     Query::parse(raw.as_deref(), &[])?;
     let (mut rec, rv) = record(&state, &id).await?;
     if rec.state != ActionState::Open {
@@ -805,7 +837,7 @@ fn rollback_params(state: &ApiState, q: &Query) -> Result<Params> {
 pub async fn rollback_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Report>> {
     run_rollback(state, headers, id, raw, Trigger::Request, "rollback").await
@@ -825,7 +857,7 @@ pub async fn rollback_action(
 pub async fn cancel_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Report>> {
     run_rollback(state, headers, id, raw, Trigger::Cancel, "cancel").await
@@ -834,12 +866,12 @@ pub async fn cancel_action(
 async fn run_rollback(
     state: Arc<ApiState>,
     headers: HeaderMap,
-    id: ActionId,
+    id: IdPath,
     raw: Option<String>,
     trigger: Trigger,
     verb: &str,
 ) -> Result<Json<Report>> {
-    let caller = state.auth.check(&headers, verb, Some(id.as_str())).await?;
+    let (caller, id) = id.authorize(&state, &headers, verb).await?;
     let q = Query::parse(raw.as_deref(), ROLLBACK_PARAMS)?;
     let params = rollback_params(&state, &q)?;
     settle(&state, Some(&id)).await;
@@ -864,13 +896,10 @@ async fn run_rollback(
 pub async fn delete_action(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    IdPath(id): IdPath,
+    id: IdPath,
     RawQuery(raw): RawQuery,
 ) -> Result<StatusCode> {
-    state
-        .auth
-        .check(&headers, "delete", Some(id.as_str()))
-        .await?;
+    let (_, id) = id.authorize(&state, &headers, "delete").await?;
     Query::parse(raw.as_deref(), &[])?;
     let (rec, _) = record(&state, &id).await?;
     if rec.state == ActionState::RollingBack {

@@ -104,7 +104,7 @@ pub fn router_and_spec(state: Arc<ApiState>) -> (Router, utoipa::openapi::OpenAp
 /// OpenAPI requires a description on every response: the handlers'
 /// annotations give one where there is something to say, the status says
 /// the rest. Every call under `/api/` may also meet an API server that is
-/// down (503, the error shape).
+/// down (503) and the body limit (413), in the error shape.
 fn complete_responses(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
     for (path, item) in spec.paths.paths.iter_mut() {
@@ -120,20 +120,23 @@ fn complete_responses(spec: &mut utoipa::openapi::OpenApi) {
         .flatten()
         {
             let responses = &mut op.responses.responses;
-            if api && !responses.contains_key("503") {
-                let error = ContentBuilder::new()
-                    .schema(Some(RefOr::<utoipa::openapi::schema::Schema>::Ref(
-                        utoipa::openapi::Ref::from_schema_name("ErrorBody"),
-                    )))
-                    .build();
-                responses.insert(
-                    "503".into(),
-                    RefOr::T(
-                        ResponseBuilder::new()
-                            .content("application/json", error)
-                            .build(),
-                    ),
-                );
+            // The body limit holds for every call, whatever the method.
+            for status in ["413", "503"] {
+                if api && !responses.contains_key(status) {
+                    let error = ContentBuilder::new()
+                        .schema(Some(RefOr::<utoipa::openapi::schema::Schema>::Ref(
+                            utoipa::openapi::Ref::from_schema_name("ErrorBody"),
+                        )))
+                        .build();
+                    responses.insert(
+                        status.into(),
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .content("application/json", error)
+                                .build(),
+                        ),
+                    );
+                }
             }
             for (status, response) in responses.iter_mut() {
                 if let RefOr::T(r) = response

@@ -68,6 +68,12 @@ pub struct ObjectHistory {
     /// action neither produced nor started from: someone else changed the
     /// object between two of the action's changes.
     pub interleaved: Option<String>,
+    /// The identities (uid, creationTimestamp) the object had in the
+    /// action's changes, from their prior states: a current object of
+    /// another uid whose content is a state the action produced was
+    /// recreated since (by a rollback of a later action that deleted it),
+    /// not changed (see [`accept_recreated`]).
+    pub identities: Vec<(Value, Value)>,
 }
 
 impl ObjectHistory {
@@ -140,6 +146,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             replica_states: Vec::new(),
             action_scaled: false,
             interleaved: None,
+            identities: Vec::new(),
         };
     };
     fingerprints(&mut accepted, &main);
@@ -226,6 +233,69 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             None
         },
         other_versions,
+        identities: identities(&main),
+    }
+}
+
+/// The (uid, creationTimestamp) pairs of the object's prior states.
+fn identities(main: &[&Loaded]) -> Vec<(Value, Value)> {
+    let mut out: Vec<(Value, Value)> = Vec::new();
+    for l in main {
+        if let Ok(Some(prior)) = &l.prior
+            && let Some(meta) = prior.get("metadata")
+            && let Some(uid) = meta.get("uid")
+        {
+            let pair = (
+                uid.clone(),
+                meta.get("creationTimestamp")
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            );
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+    }
+    out
+}
+
+/// An object deleted after the action and brought back with the very
+/// content the action left (undoing, newest first, a later action that
+/// deleted it: its rollback recreates it) differs from that state only in
+/// its identity, which the conflict fingerprint includes. Compared under
+/// each identity the object had in the action, such an object is what the
+/// action left: its current fingerprint is accepted, so the rollback is no
+/// conflict. Anything else about it still counts.
+pub fn accept_recreated(
+    histories: &mut [ObjectHistory],
+    current: &[Result<Option<Value>, String>],
+) {
+    for (h, c) in histories.iter_mut().zip(current) {
+        let Ok(Some(c)) = c else { continue };
+        let Some(uid) = c.pointer("/metadata/uid") else {
+            continue;
+        };
+        if h.identities.is_empty() || h.identities.iter().any(|(u, _)| u == uid) {
+            continue;
+        }
+        let here = codec::fingerprint(c);
+        if h.accepted.contains(&here) {
+            continue;
+        }
+        let recreated_from_ours = h.identities.iter().any(|(uid, created)| {
+            let mut as_ours = c.clone();
+            if let Some(meta) = as_ours.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("uid".into(), uid.clone());
+                match created {
+                    Value::Null => meta.remove("creationTimestamp"),
+                    t => meta.insert("creationTimestamp".into(), t.clone()),
+                };
+            }
+            h.accepted.contains(&codec::fingerprint(&as_ours))
+        });
+        if recreated_from_ours {
+            h.accepted.insert(here);
+        }
     }
 }
 

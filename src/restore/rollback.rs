@@ -254,6 +254,7 @@ impl Restorer {
     ) -> (Vec<Result<Option<Value>, String>>, Vec<Step>) {
         let current = self.current_states(client, histories).await;
         accept_other_versions(client, histories, &current).await;
+        plan::accept_recreated(histories, &current);
         let steps = Self::decide_all(histories, &current, force);
         (current, steps)
     }

@@ -175,6 +175,62 @@ fn someone_elses_later_change_is_a_conflict_unless_forced() {
     assert!(matches!(step.action, Action::None(Outcome::Conflict, ref m) if m.contains("deleted")));
 }
 
+/// Undoing newest first: a later action deleted the object, its rollback
+/// recreated it (new uid, new creationTimestamp) with the very content this
+/// action left. Rolling this action back is no conflict; a recreated
+/// object with other content still is.
+#[test]
+fn an_object_recreated_with_the_content_the_action_left_is_no_conflict() {
+    let before = obj("c", "1", "u1");
+    let after = obj("c", "2", "u1");
+    let mut hs = vec![only(vec![snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&before),
+        Some(&after),
+    )])];
+    let recreated = |v: &str| {
+        let mut o = obj("c", v, "u2");
+        o["metadata"]["creationTimestamp"] = json!("2026-02-02T00:00:00Z");
+        o["metadata"]["resourceVersion"] = json!("99");
+        o
+    };
+    let same = recreated("2");
+    assert!(matches!(
+        decide(&hs[0], Some(&same), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
+    let mut other_content = hs.clone();
+    accept_recreated(&mut hs, &[Ok(Some(same.clone()))]);
+    let Action::Replace(body) = decide(&hs[0], Some(&same), false).action else {
+        panic!("not a replace");
+    };
+    // Replaced in place: the current object's identity, the prior content.
+    assert_eq!(body["metadata"]["uid"], "u2");
+    assert_eq!(body["data"]["v"], "1");
+    let changed = recreated("3");
+    accept_recreated(&mut other_content, &[Ok(Some(changed.clone()))]);
+    assert!(matches!(
+        decide(&other_content[0], Some(&changed), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
+    // The same uid with other content was changed, not recreated.
+    let mut same_uid = vec![only(vec![snap(
+        1,
+        Operation::Update,
+        "c",
+        Some(&before),
+        Some(&after),
+    )])];
+    let edited = obj("c", "3", "u1");
+    accept_recreated(&mut same_uid, &[Ok(Some(edited.clone()))]);
+    assert!(matches!(
+        decide(&same_uid[0], Some(&edited), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
+}
+
 #[test]
 fn a_recorded_before_fingerprint_is_still_honoured() {
     // Snapshots written before the fingerprint moved to planning carry it in
