@@ -342,6 +342,44 @@ async fn a_deleted_namespace_comes_back_with_its_contents() {
         .filter(|r| r["outcome"] != "unchanged")
         .collect();
     assert!(not_unchanged.is_empty(), "{not_unchanged:#?}");
+
+    // The deletion's prior state as manifests, applied to a new namespace
+    // (a copy of the team's namespace): the objects the cluster makes in
+    // every namespace are left to it (its CA, a plain default account) or
+    // come last (the default account with the team's pull secrets), so
+    // `kubectl apply` does not race the controllers that fill the new
+    // namespace.
+    let (status, manifests) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{id}/manifests"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{manifests}");
+    let manifests = manifests.as_str().unwrap().to_string();
+    assert!(
+        !manifests.contains("name: kube-root-ca.crt\n"),
+        "{manifests}"
+    );
+    let copy = format!("{ns}-copy");
+    let out = c.kubectl_stdin(
+        "admin",
+        &["apply", "-f", "-"],
+        &manifests.replace(&ns, &copy),
+    );
+    assert!(
+        out.status.success(),
+        "the manifests do not apply to a new namespace:\n{}\n{manifests}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let default = get(c, &copy, "serviceaccount", "default").unwrap();
+    assert_eq!(
+        default["imagePullSecrets"][0]["name"], "registry",
+        "{default:#}"
+    );
+    assert!(get(c, &copy, "deployment", "shop").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]

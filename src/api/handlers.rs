@@ -17,7 +17,7 @@ use crate::api::ApiState;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::model::*;
 use crate::config::FailurePolicy;
-use crate::restore::plan::Target;
+use crate::restore::plan::{GitPlacement, Target};
 use crate::restore::report::{Report, Trigger};
 use crate::restore::rollback::{Caller, Params, redact, redact_pair, strip_for_diff};
 use crate::store::actions::{ActionRecord, ActionState};
@@ -664,6 +664,7 @@ pub async fn manifests(
     // what has no manifest is said in the comments at the top.
     let mut notes = Vec::new();
     let mut docs = Vec::new();
+    let mut last = Vec::new();
     let yaml = |v: &Value| -> Result<String> {
         Ok(crate::yaml::to_string(&redact(
             &crate::restore::plan::for_git(v),
@@ -685,7 +686,14 @@ pub async fn manifests(
                     yaml(&crate::restore::plan::crd_as_v1beta1(p))?
                 ))
             }
-            Target::Present(p) => docs.push(yaml(p)?),
+            Target::Present(p) => match crate::restore::plan::git_placement(h, p) {
+                GitPlacement::InOrder => docs.push(yaml(p)?),
+                GitPlacement::Last => last.push(format!(
+                    "# {o}: last, once the cluster has made it in its namespace\n{}",
+                    yaml(p)?
+                )),
+                GitPlacement::LeftOut(why) => notes.push(format!("{o}: left out, {why}")),
+            },
             Target::Scale(scale) => {
                 // Only its scale changed: the object as it is now, with the
                 // replicas it had before the action.
@@ -728,7 +736,7 @@ pub async fn manifests(
     for n in notes {
         out.push_str(&format!("# {}\n", n.replace('\n', " ")));
     }
-    for d in docs {
+    for d in docs.into_iter().chain(last) {
         out.push_str("---\n");
         out.push_str(&d);
     }

@@ -917,6 +917,79 @@ pub fn for_git(target: &Value) -> Value {
     body
 }
 
+/// Where an object's prior state goes in an action's manifests.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GitPlacement {
+    /// In dependency order, with the others.
+    InOrder,
+    /// After everything else: the `default` ServiceAccount with something
+    /// of its owner's (image pull secrets…). The service account controller
+    /// makes it as soon as its namespace exists, so created by the same
+    /// `kubectl apply` it would lose that race ("already exists"); last,
+    /// it is there by then and the apply updates it.
+    Last,
+    /// Not written: what the cluster makes in every namespace, nothing of
+    /// anyone's in it (`kube-root-ca.crt` is the cluster's CA, kept up to
+    /// date by the root CA publisher; an old copy applied over it is wrong),
+    /// and Secrets: their values are never shown, and a manifest with
+    /// redacted values would not apply (or, worse, would).
+    LeftOut(String),
+}
+
+/// Where `prior` (the object before the action, as `for_git` writes it)
+/// goes in the manifests.
+pub fn git_placement(h: &ObjectHistory, prior: &Value) -> GitPlacement {
+    let o = &h.object;
+    if !o.group.is_empty() || o.namespace.is_none() || o.subresource.is_some() {
+        return GitPlacement::InOrder;
+    }
+    match (o.resource.as_str(), o.name.as_str()) {
+        ("secrets", _) => {
+            let mut keys: Vec<&str> = ["data", "stringData"]
+                .iter()
+                .filter_map(|f| prior.get(*f).and_then(Value::as_object))
+                .flat_map(|m| m.keys().map(String::as_str))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let keys = if keys.is_empty() {
+                "none".to_string()
+            } else {
+                keys.iter()
+                    .map(|k| format!("{k}: <redacted>"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            GitPlacement::LeftOut(format!(
+                "a Secret's values are never shown ({keys}); a rollback brings it back"
+            ))
+        }
+        ("configmaps", "kube-root-ca.crt") => GitPlacement::LeftOut(
+            "the cluster's CA, which the cluster puts in every namespace".into(),
+        ),
+        ("serviceaccounts", "default") => {
+            let git = for_git(prior);
+            let own_fields = git.as_object().is_some_and(|b| {
+                b.keys()
+                    .any(|k| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+            });
+            let own_meta = git
+                .get("metadata")
+                .and_then(Value::as_object)
+                .is_some_and(|m| {
+                    m.keys()
+                        .any(|k| !matches!(k.as_str(), "name" | "namespace"))
+                });
+            if own_fields || own_meta {
+                GitPlacement::Last
+            } else {
+                GitPlacement::LeftOut("the cluster makes it in every namespace".into())
+            }
+        }
+        _ => GitPlacement::InOrder,
+    }
+}
+
 /// The manifest `kubectl apply` last applied to the object, if any.
 fn last_applied(target: &Value) -> Option<Value> {
     let text = target
@@ -929,6 +1002,7 @@ fn last_applied(target: &Value) -> Option<Value> {
 /// Annotations controllers write on objects people made.
 const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &[
     "deployment.kubernetes.io/",
+    "deprecated.daemonset.template.generation",
     "pv.kubernetes.io/",
     "volume.beta.kubernetes.io/storage-provisioner",
     "volume.kubernetes.io/storage-provisioner",

@@ -1089,6 +1089,70 @@ fn manifests_for_git_leave_out_what_the_cluster_filled_in() {
     );
 }
 
+/// A namespace's deletion in manifests: what the cluster makes in every
+/// namespace is left out (a re-apply would race its controllers, or put an
+/// old CA back), a default ServiceAccount with its owner's pull secrets goes
+/// last (without the token Secrets it listed); a DaemonSet's template
+/// generation mark is its controller's.
+#[test]
+fn manifests_leave_per_namespace_objects_to_the_cluster() {
+    let in_ns = |resource: &str, name: &str, prior: &Value| {
+        let mut h = only(vec![snap(1, Operation::Delete, name, Some(prior), None)]);
+        h.object.resource = resource.into();
+        h
+    };
+    let ca = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-root-ca.crt", "namespace": "ns", "uid": "u"},
+        "data": {"ca.crt": "-----BEGIN CERTIFICATE-----"}});
+    assert!(matches!(
+        git_placement(&in_ns("configmaps", "kube-root-ca.crt", &ca), &ca),
+        GitPlacement::LeftOut(_)
+    ));
+    let plain = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "ns", "uid": "u", "resourceVersion": "3",
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "secrets": [{"name": "default-token-x7k2p"}]});
+    assert!(matches!(
+        git_placement(&in_ns("serviceaccounts", "default", &plain), &plain),
+        GitPlacement::LeftOut(_)
+    ));
+    let mut pulls = plain.clone();
+    pulls["imagePullSecrets"] = json!([{"name": "registry"}]);
+    assert_eq!(
+        git_placement(&in_ns("serviceaccounts", "default", &pulls), &pulls),
+        GitPlacement::Last
+    );
+    let git = for_git(&pulls);
+    assert!(git.get("secrets").is_none(), "{git}");
+    assert_eq!(git["imagePullSecrets"][0]["name"], "registry");
+    // Any other service account: in order.
+    let mut app = plain.clone();
+    app["metadata"]["name"] = json!("app");
+    assert_eq!(
+        git_placement(&in_ns("serviceaccounts", "app", &app), &app),
+        GitPlacement::InOrder
+    );
+    // Other objects of the same names elsewhere are anybody's.
+    let mut named = in_ns("configmaps", "kube-root-ca.crt", &ca);
+    named.object.group = "example.com".into();
+    assert_eq!(git_placement(&named, &ca), GitPlacement::InOrder);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "db", "namespace": "ns", "uid": "u"},
+        "data": {"password": "czNjcjN0"}, "type": "Opaque"});
+    let GitPlacement::LeftOut(why) = git_placement(&in_ns("secrets", "db", &secret), &secret)
+    else {
+        panic!("a Secret in the manifests")
+    };
+    assert!(
+        why.contains("password: <redacted>") && !why.contains("czNjcjN0"),
+        "{why}"
+    );
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "agent", "annotations": {"deprecated.daemonset.template.generation": "1"}},
+        "spec": {}});
+    assert!(for_git(&ds)["metadata"].get("annotations").is_none());
+}
+
 #[test]
 fn changes_the_action_made_itself_are_no_conflict_of_someone_elses() {
     // `kubectl create ns foo || true; kubectl label ns foo …`, twice in one
