@@ -47,6 +47,16 @@ pub fn print_webhook_config(args: &WebhookConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bind one of `serve`'s ports, naming the flag when it cannot be had.
+fn bind_listener(flag: &str, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} ({flag})"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot listen on {addr} ({flag})"))?;
+    Ok(listener)
+}
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::telemetry::init(cfg.log_format);
     cfg.check().map_err(anyhow::Error::msg)?;
@@ -64,6 +74,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             );
         }
     }
+    // Every port first: a replica that cannot listen must not take the
+    // maintenance lease, resume rollbacks or run guards before it dies.
+    let webhook_listener = cfg
+        .role
+        .webhook()
+        .then(|| bind_listener("--webhook-addr", cfg.webhook_addr))
+        .transpose()?;
+    let api_listener = cfg
+        .role
+        .snapshotter()
+        .then(|| bind_listener("--api-addr", cfg.api_addr))
+        .transpose()?;
+    let metrics_listener = bind_listener("--metrics-addr", cfg.metrics_addr)?;
     let kube_config =
         crate::kube_client::config(cfg.kubeconfig.as_deref(), cfg.kube_context.as_deref())
             .await
@@ -146,7 +169,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let capture = Arc::new(capture);
         let app = handler::router(capture, cfg.max_review_bytes);
-        let server = axum_server::bind_rustls(cfg.webhook_addr, webhook_tls.config.clone())
+        let listener = webhook_listener.context("the webhook's listener")?;
+        let server = axum_server::from_tcp_rustls(listener, webhook_tls.config.clone())
+            .with_context(|| format!("serving --webhook-addr {}", cfg.webhook_addr))?
             .handle(handle.clone())
             .serve(app.into_make_service());
         tracing::info!(addr = %cfg.webhook_addr, "webhook listening");
@@ -219,7 +244,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             pending: pending.clone(),
         });
         let app = crate::api::router(state);
-        let server = axum_server::bind_rustls(cfg.api_addr, tls.config.clone())
+        let listener = api_listener.context("the rollback API's listener")?;
+        let server = axum_server::from_tcp_rustls(listener, tls.config.clone())
+            .with_context(|| format!("serving --api-addr {}", cfg.api_addr))?
             .handle(handle.clone())
             .serve(app.into_make_service());
         tracing::info!(addr = %cfg.api_addr, "rollback API listening");
@@ -227,9 +254,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let metrics_app = metrics_router(metrics.clone(), readiness.clone());
-    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
-        .await
-        .with_context(|| format!("binding metrics address {}", cfg.metrics_addr))?;
+    let listener = tokio::net::TcpListener::from_std(metrics_listener)
+        .with_context(|| format!("serving --metrics-addr {}", cfg.metrics_addr))?;
     tracing::info!(addr = %cfg.metrics_addr, "metrics listening");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     servers.spawn(async move {

@@ -439,6 +439,40 @@ fn auth_none_refuses_non_loopback_addresses() {
     }
 }
 
+/// A port that cannot be had stops `serve` before anything starts (no
+/// maintenance lease taken, no rollback resumed), with the flag named.
+#[test]
+fn a_busy_port_is_refused_by_its_flag_before_anything_starts() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap().to_string();
+    for (flag, others) in [
+        ("--api-addr", ["--webhook-addr", "--metrics-addr"]),
+        ("--webhook-addr", ["--api-addr", "--metrics-addr"]),
+        ("--metrics-addr", ["--api-addr", "--webhook-addr"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .args(["serve", flag, &taken])
+            .args([others[0], "127.0.0.1:0", others[1], "127.0.0.1:0"])
+            // Nothing else is looked at first: not even the kubeconfig.
+            .args([
+                "--kubeconfig",
+                "/nonexistent",
+                "--tls-cert",
+                "x",
+                "--tls-key",
+                "y",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("cannot listen on {taken} ({flag})")),
+            "{flag}: {err}"
+        );
+    }
+}
+
 #[test]
 fn serve_takes_the_client_context_flag_as_its_kube_context() {
     let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
