@@ -32,7 +32,16 @@ async fn main() -> ExitCode {
             snapback::server::run((*args).into()).await
         }
         Command::Certs(args) => snapback::certs::generate(&args.out, &args.hosts)
-            .map(|()| eprintln!("wrote ca.crt, tls.crt, tls.key to {}", args.out.display()))
+            .map(|ca| match ca {
+                snapback::certs::CaUsed::New => eprintln!(
+                    "wrote ca.crt, ca.key, tls.crt, tls.key to {} (a new CA: put ca.crt in the webhook configurations' caBundle)",
+                    args.out.display()
+                ),
+                snapback::certs::CaUsed::Existing => eprintln!(
+                    "wrote tls.crt, tls.key to {}, signed by the CA already there (ca.crt unchanged: the caBundle stays valid)",
+                    args.out.display()
+                ),
+            })
             .map_err(Into::into),
         Command::WebhookConfig(args) => snapback::server::print_webhook_config(&args),
         Command::Completion { shell } => {
