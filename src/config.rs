@@ -453,6 +453,12 @@ impl Config {
                 self.capture.snapshot_namespace
             ));
         }
+        if self.max_review_bytes < MIN_REVIEW_BYTES {
+            return Err(format!(
+                "--max-review-bytes must be at least {MIN_REVIEW_BYTES} (got {}): a smaller limit refuses ordinary reviews, and with failurePolicy Fail every change to the cluster",
+                self.max_review_bytes
+            ));
+        }
         if self.capture_batch_window > MAX_BATCH_WINDOW {
             return Err(format!(
                 "--capture-batch-window must be at most {MAX_BATCH_WINDOW:?} (got {:?})",
@@ -588,6 +594,9 @@ impl From<ServeArgs> for Config {
 }
 
 /// Parse a Go-style duration: `30s`, `5m`, `168h`, `1h30m`, `250ms`.
+/// The smallest `--max-review-bytes` accepted (1 MiB).
+pub const MIN_REVIEW_BYTES: usize = 1024 * 1024;
+
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     if s.is_empty() {
@@ -752,6 +761,7 @@ mod tests {
             ("--lease-duration", "0s"),
             ("--lease-duration", "500ms"),
             ("--guard-interval", "0s"),
+            ("--max-review-bytes", "10"),
         ] {
             let err = check(&[flag, value]).unwrap_err();
             assert!(err.starts_with(flag), "{flag}: {err}");

@@ -67,6 +67,13 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
             args.scope
         ));
     }
+    check_url(base)?;
+    if !(1..=30).contains(&args.timeout_seconds) {
+        return Err(format!(
+            "--timeout-seconds must be between 1 and 30 (got {}): the API server refuses other values",
+            args.timeout_seconds
+        ));
+    }
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let mut expressions = vec![json!({
         "key": "kubernetes.io/metadata.name",
@@ -126,6 +133,29 @@ pub fn render(args: &WebhookConfigArgs, ca_pem: &[u8]) -> Result<String, String>
         out.push_str(&serde_yaml::to_string(&doc).map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+/// What the API server takes as a webhook URL (admissionregistration
+/// validation): https, a host, no user information, query or fragment.
+fn check_url(base: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("--url {base:?}: {why}"));
+    let uri: http::Uri = match base.parse() {
+        Ok(u) => u,
+        Err(e) => return bad(&format!("not a URL ({e})")),
+    };
+    let Some(authority) = uri.authority() else {
+        return bad("no host");
+    };
+    if authority.as_str().contains('@') {
+        return bad("user information is not allowed");
+    }
+    if authority.host().is_empty() {
+        return bad("no host");
+    }
+    if uri.query().is_some() || base.contains('#') {
+        return bad("query parameters and fragments are not allowed");
+    }
+    Ok(())
 }
 
 /// The caBundle must be PEM certificates, and nothing else: a private key
@@ -294,6 +324,40 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    /// What the API server would refuse is refused here, by flag.
+    #[test]
+    fn urls_and_timeouts_the_api_server_refuses_are_refused() {
+        let (cert, _) = test_ca();
+        let render_with = |extra: &[&str]| {
+            let mut argv = vec!["x", "--ca", "ca.crt"];
+            argv.extend_from_slice(extra);
+            render(&Cli::parse_from(argv).args, cert.as_bytes())
+        };
+        for url in [
+            "https://127.0.0.1:8443/x?y=1",
+            "https://127.0.0.1:8443/x#f",
+            "https://user:pw@127.0.0.1:8443",
+            "https://host with space",
+            "https://",
+        ] {
+            let err = render_with(&["--url", url]).unwrap_err();
+            assert!(err.starts_with("--url"), "{url}: {err}");
+        }
+        for ok in [
+            "https://127.0.0.1:8443",
+            "https://snapback.example.com/base/",
+            "https://[::1]:8443",
+        ] {
+            render_with(&["--url", ok]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for t in ["0", "31", "60"] {
+            let err = render_with(&["--url", "https://127.0.0.1:8443", "--timeout-seconds", t])
+                .unwrap_err();
+            assert!(err.starts_with("--timeout-seconds"), "{t}: {err}");
+        }
+        render_with(&["--url", "https://127.0.0.1:8443", "--timeout-seconds", "30"]).unwrap();
     }
 
     #[test]
