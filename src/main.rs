@@ -54,7 +54,21 @@ async fn main() -> ExitCode {
                         .map(|f| f.to_string_lossy().into_owned())
                 })
                 .unwrap_or_else(|| "snapback".into());
-            clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, name.clone(), &mut script);
+            let mut script = String::from_utf8_lossy(&script).into_owned();
+            if shell == clap_complete::Shell::Bash && name.contains('-') {
+                // clap_complete names a hyphenated binary's subcommand
+                // states two ways (`kubectl__snapback__subcmd__rollback`
+                // when it enters them, `kubectl__subcmd__snapback__…` in
+                // the case labels), so nothing past the first word would
+                // complete: one spelling.
+                script = script.replace(
+                    &name.replace('-', "__subcmd__"),
+                    &name.replace('-', "__"),
+                );
+            }
+            print!("{script}");
             Ok(())
         }
         Command::Client(cmd) => {

@@ -406,6 +406,60 @@ fn shell_completion() {
     }
 }
 
+/// The bash completion completes past the subcommand, for the plugin's
+/// name (`kubectl-snapback`, hyphenated) as for `snapback`: run in a real
+/// bash the way bash runs it on TAB.
+#[test]
+fn bash_completion_completes_flags_and_values_of_subcommands() {
+    let plugin = plugin_dir().join("kubectl-snapback");
+    for (bin, name) in [
+        (plugin.clone(), "kubectl-snapback"),
+        (PathBuf::from(env!("CARGO_BIN_EXE_snapback")), "snapback"),
+    ] {
+        let out = Command::new(&bin)
+            .args(["completion", "bash"])
+            .output()
+            .unwrap();
+        let script = ok(&out);
+        let complete = |line: &str| -> Vec<String> {
+            let words: Vec<&str> = line.split(' ').collect();
+            let program = format!(
+                "{script}\nCOMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}\n\
+                 func=$(complete -p {name} | sed -E 's/.*-F ([^ ]+).*/\\1/')\n\
+                 $func {name} '{cur}' '{prev}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+                words = words
+                    .iter()
+                    .map(|w| format!("'{w}'"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cword = words.len() - 1,
+                cur = words[words.len() - 1],
+                prev = words[words.len() - 2],
+            );
+            let out = Command::new("bash")
+                .args(["-c", &program])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let flags = complete(&format!("{name} rollback --f"));
+        assert!(
+            flags.contains(&"--force".to_string())
+                && flags.contains(&"--failure-policy".to_string()),
+            "{name} rollback --f<TAB>: {flags:?}"
+        );
+        let outputs = complete(&format!("{name} show x -o "));
+        assert!(
+            outputs.contains(&"json".to_string()) && outputs.contains(&"yaml".to_string()),
+            "{name} show x -o <TAB>: {outputs:?}"
+        );
+    }
+}
+
 #[test]
 fn the_service_proxy_path_goes_through_the_api_server_with_the_users_credentials() {
     // The API server refuses Endpoints on loopback addresses, so no backend
