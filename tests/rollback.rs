@@ -190,6 +190,39 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
         json!({"unchanged": 1}),
         "{again:#}"
     );
+
+    // A change to the custom resource, then its definition deleted outside
+    // the action: nothing in the plan serves the kind again, so the dry run
+    // says the create would fail, and both say why in words.
+    let admin = c.token("admin");
+    let id = format!("spr-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.apply_as(
+        "admin",
+        &format!(
+            "apiVersion: example.com/v1\nkind: Sprocket\nmetadata: {{name: s1, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\nspec: {{teeth: 13}}\n"
+        ),
+    );
+    c.kubectl_ok(&["delete", "crd", "sprockets.example.com"]);
+    for dry_run in [true, false] {
+        let (status, report) = api
+            .call(
+                "POST",
+                &format!("/api/v1/actions/{id}/rollback?force=true&dryRun={dry_run}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{report:#}");
+        let result = &report["results"][0];
+        assert_eq!(result["outcome"], "failed", "dry run {dry_run}: {report:#}");
+        assert!(
+            result["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not serve this kind"),
+            "dry run {dry_run}: {report:#}"
+        );
+    }
 }
 
 /// A stored snapshot that cannot say which object it is of (its labels were

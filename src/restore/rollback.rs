@@ -434,6 +434,19 @@ impl Restorer {
             .map(|(h, _)| h.object.name.as_str())
             .collect();
         let created_namespaces = &created_namespaces;
+        // Definitions the plan writes (creates or restores): their kinds may
+        // be served only once the plan has run.
+        let defined: HashSet<&str> = histories
+            .iter()
+            .zip(steps)
+            .filter(|(h, s)| {
+                h.object.group == "apiextensions.k8s.io"
+                    && h.object.resource == "customresourcedefinitions"
+                    && !matches!(s.action, Action::None(..) | Action::Delete { .. })
+            })
+            .map(|(h, _)| h.object.name.as_str())
+            .collect();
+        let defined = &defined;
         futures::stream::iter(0..steps.len())
             .map(|i| {
                 let (h, s) = (&histories[i], &steps[i]);
@@ -485,6 +498,20 @@ impl Restorer {
                                     e.message
                                 ))
                             })
+                        }
+                        // A kind nothing serves, and no definition in the
+                        // plan that would bring it back.
+                        Err(ref e @ kube::Error::Api(ref status))
+                            if crate::store::not_served(status)
+                                && !defined.contains(
+                                    format!("{}.{}", h.object.resource, h.object.group)
+                                        .as_str(),
+                                ) =>
+                        {
+                            Some(DryRunVerdict::Fails(format!(
+                                "would fail: {}",
+                                describe_kube_error(e)
+                            )))
                         }
                         // Not served yet (its definition comes back first),
                         // or changed or gone since it was read: the rollback

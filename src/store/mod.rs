@@ -69,8 +69,18 @@ impl StoreError {
 }
 
 /// The API server's own words for an API error; the client's for the rest.
+/// A 404 that is not about an object: the API server serves nothing at
+/// that path (no CustomResourceDefinition or API service for the kind), and
+/// answers in plain text rather than with a Status.
+pub fn not_served(status: &kube::core::Status) -> bool {
+    status.code == 404 && status.message.contains("page not found")
+}
+
 pub fn describe_kube_error(e: &kube::Error) -> String {
     match e {
+        kube::Error::Api(status) if not_served(status) => {
+            "the API server does not serve this kind (no CustomResourceDefinition or API service for it) (NotFound, 404)".into()
+        }
         kube::Error::Api(status) => {
             let reason = if status.reason.is_empty() {
                 "Error"
