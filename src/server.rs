@@ -401,7 +401,7 @@ fn spawn_api_probe(client: kube::Client, namespace: String, reachable: Arc<Atomi
 }
 
 pub fn metrics_router(metrics: Metrics, readiness: Readiness) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(
             "/metrics",
             get(|State((m, _)): State<(Metrics, Readiness)>| async move {
@@ -419,5 +419,6 @@ pub fn metrics_router(metrics: Metrics, readiness: Readiness) -> Router {
                 }
             }),
         )
-        .with_state((metrics, readiness))
+        .with_state((metrics, readiness));
+    crate::api::error::with_error_fallbacks(router)
 }

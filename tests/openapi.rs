@@ -294,3 +294,39 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// The other listeners answer unknown paths and methods in the same error
+/// shape as the rollback API: metrics and probes, and the webhook.
+#[tokio::test]
+async fn every_listener_answers_unknown_paths_and_methods_in_the_error_shape() {
+    let readiness = Readiness {
+        tls_loaded: Arc::new(AtomicBool::new(true)),
+        api_reachable: Arc::new(AtomicBool::new(true)),
+    };
+    let metrics = snapback::server::metrics_router(Metrics::standalone(), readiness);
+    let state = state();
+    let webhook = snapback::capture::handler::router(
+        Arc::new(snapback::capture::CaptureService::new(
+            snapback::config::CaptureConfig::with_namespace("snapback-system"),
+            state.store.clone(),
+            Arc::new(snapback::capture::attribution::Attribution::new(
+                std::time::Duration::from_secs(30),
+            )),
+            Metrics::standalone(),
+        )),
+        1 << 20,
+    );
+    for (router, method, path, want) in [
+        (&metrics, "GET", "/nothing", StatusCode::NOT_FOUND),
+        (&metrics, "POST", "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+        (&webhook, "GET", "/nothing", StatusCode::NOT_FOUND),
+        (&webhook, "GET", "/validate", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let (status, body) = send(router, method, path).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{method} {path}: {body}"
+        );
+    }
+}

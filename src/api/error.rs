@@ -172,6 +172,22 @@ pub fn unavailable(e: &kube::Error) -> bool {
     }
 }
 
+/// Unknown paths and methods answer in the API's error shape, on every
+/// listener (the rollback API, the webhook, metrics and probes).
+pub fn with_error_fallbacks<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+) -> axum::Router<S> {
+    router
+        .fallback(|| async { ApiError::not_found("no such endpoint").into_response() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+            .into_response()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::OpenApi;
@@ -185,27 +184,19 @@ async fn authenticate_first(
 pub fn router(state: Arc<ApiState>) -> Router {
     let (router, spec) = router_and_spec(state.clone());
     let json = Arc::new(spec.to_pretty_json().unwrap_or_else(|_| "{}".into()));
-    router
-        .route(
-            "/openapi.json",
-            get(move || {
-                let json = json.clone();
-                async move {
-                    (
-                        [("content-type", "application/json")],
-                        json.as_str().to_owned(),
-                    )
-                }
-            }),
-        )
-        .fallback(|| async { error::ApiError::not_found("no such endpoint").into_response() })
-        .method_not_allowed_fallback(|| async {
-            error::ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this endpoint",
-            )
-            .into_response()
-        })
+    let router = router.route(
+        "/openapi.json",
+        get(move || {
+            let json = json.clone();
+            async move {
+                (
+                    [("content-type", "application/json")],
+                    json.as_str().to_owned(),
+                )
+            }
+        }),
+    );
+    error::with_error_fallbacks(router)
         .layer(axum::middleware::from_fn_with_state(
             state,
             authenticate_first,

@@ -12,15 +12,17 @@ use axum::routing::post;
 use crate::capture::{Answer, CaptureService};
 
 pub fn router(service: Arc<CaptureService>, max_body: usize) -> Router {
-    Router::new()
-        .route("/mutate", post(mutate))
-        .route("/validate", post(validate))
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            max_body,
-            crate::body_limit::refuse_oversized,
-        ))
-        .with_state(service)
+    crate::api::error::with_error_fallbacks(
+        Router::new()
+            .route("/mutate", post(mutate))
+            .route("/validate", post(validate)),
+    )
+    .layer(DefaultBodyLimit::max(max_body))
+    .layer(axum::middleware::from_fn_with_state(
+        max_body,
+        crate::body_limit::refuse_oversized,
+    ))
+    .with_state(service)
 }
 
 fn respond(answer: Answer) -> Response {

@@ -86,7 +86,7 @@ pub enum RollbackError {
         age: String,
         window: String,
     },
-    #[error("{} object(s) changed after the action: {}; use force=true to overwrite", .0.len(), .0.join(", "))]
+    #[error("{} object(s) changed by someone else since the action began: {}; use force=true to overwrite", .0.len(), .0.join(", "))]
     Conflict(Vec<String>),
     #[error(
         "{} may not read any of this action's {} object(s), so cannot restore them: {}; nothing was changed",
