@@ -233,6 +233,20 @@ fn a_session_through_kubectl_snapback() {
         }),
         "{manifests}"
     );
+    // -o json: the same documents as one v1 List, which kubectl applies too.
+    let list = json_of(&kubectl_snapback(user, &["manifests", &id, "-o", "json"]));
+    assert_eq!(list["kind"], "List", "{list:#}");
+    assert_eq!(list["items"][0]["data"]["mode"], "blue", "{list:#}");
+    let out = c.kubectl_stdin(
+        user,
+        &["apply", "--dry-run=server", "-f", "-"],
+        &list.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "{list:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

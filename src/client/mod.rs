@@ -96,8 +96,26 @@ pub enum ClientCommand {
     Complete { id: String },
     /// Delete an action's snapshots.
     Delete { id: String },
-    /// The prior state as multi-document YAML.
+    /// The prior state as multi-document YAML (`-o json`: one v1 List).
     Manifests { id: String },
+}
+
+/// A multi-document YAML stream as a `v1` List, pretty JSON.
+fn manifests_as_list(yaml: &[u8]) -> Result<Vec<u8>, Failure> {
+    use serde::Deserialize;
+    let text = std::str::from_utf8(yaml).map_err(|e| fail(EXIT_ERROR, e.to_string()))?;
+    let mut items = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v = serde_json::Value::deserialize(doc)
+            .map_err(|e| fail(EXIT_ERROR, format!("the manifests are not YAML: {e}")))?;
+        if !v.is_null() {
+            items.push(v);
+        }
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let mut out = serde_json::to_vec_pretty(&list).map_err(|e| fail(EXIT_ERROR, e.to_string()))?;
+    out.push(b'\n');
+    Ok(out)
 }
 
 #[derive(Debug, Args)]
@@ -436,8 +454,16 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), Failure> {
             if !status.is_success() {
                 return Err(server_error(status, &bytes));
             }
+            let out = match ctx.output {
+                // The stream as served: YAML documents with the comments
+                // that name what has no manifest.
+                OutputFormat::Table | OutputFormat::Yaml => bytes.to_vec(),
+                // One `v1` List of the documents (what `kubectl apply -f`
+                // and `kubectl get -o json` know); the comments are lost.
+                OutputFormat::Json => manifests_as_list(&bytes)?,
+            };
             std::io::stdout()
-                .write_all(&bytes)
+                .write_all(&out)
                 .map_err(|e| fail(EXIT_ERROR, e.to_string()))?;
         }
     }
