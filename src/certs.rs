@@ -101,6 +101,7 @@ pub fn generate(out: &Path, hosts: &[String]) -> Result<CaUsed, CertError> {
             });
         }
     };
+    let mut existing_ca_pem = None;
     let (issuer, used, new_ca) = match existing {
         Some((cert_pem, key)) => {
             let issuer =
@@ -108,6 +109,7 @@ pub fn generate(out: &Path, hosts: &[String]) -> Result<CaUsed, CertError> {
                     path: ca_crt.display().to_string(),
                     reason: format!("not a usable CA certificate: {e}"),
                 })?;
+            existing_ca_pem = Some(cert_pem);
             (issuer, CaUsed::Existing, None)
         }
         None => {
@@ -143,6 +145,19 @@ pub fn generate(out: &Path, hosts: &[String]) -> Result<CaUsed, CertError> {
     ];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
+    // A CA found in the directory is only as good as the pair: a key that
+    // is not the certificate's, a certificate that is no CA or has expired
+    // would make a serving certificate nobody accepts (and with
+    // failurePolicy Fail, every change to the cluster refused).
+    if let Some(ca_pem) = &existing_ca_pem {
+        verify_chain(ca_pem, cert.der(), hosts[0]).map_err(|why| CertError::ExistingCa {
+            path: ca_crt.display().to_string(),
+            reason: format!(
+                "with {} it does not make a usable CA (a certificate signed with them does not verify: {why}); nothing was written",
+                ca_key_path.display()
+            ),
+        })?;
+    }
 
     std::fs::create_dir_all(out).map_err(|error| CertError::Write {
         path: out.display().to_string(),
@@ -163,6 +178,36 @@ pub fn generate(out: &Path, hosts: &[String]) -> Result<CaUsed, CertError> {
         })?;
     }
     Ok(used)
+}
+
+/// Whether `leaf` verifies as a serving certificate for `host` under the
+/// CA certificate(s) in `ca_pem`.
+fn verify_chain(
+    ca_pem: &str,
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+    host: &str,
+) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+    crate::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        let c = c.map_err(|e| format!("not PEM: {e}"))?;
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // A wildcard is checked through a name it covers.
+    let name = match host.strip_prefix("*.") {
+        Some(rest) => format!("snapback.{rest}"),
+        None => host.to_string(),
+    };
+    let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn write_private(path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
@@ -263,6 +308,17 @@ mod tests {
         let err = generate(dir.path(), &["localhost".into()]).unwrap_err();
         assert!(matches!(err, CertError::ExistingCa { .. }), "{err}");
         assert_eq!(read("ca.crt"), ca);
+        // Another CA's key with this certificate: refused, nothing written.
+        let other = tempfile::tempdir().unwrap();
+        generate(other.path(), &["localhost".into()]).unwrap();
+        std::fs::copy(other.path().join("ca.key"), dir.path().join("ca.key")).unwrap();
+        let tls_before = read("tls.crt");
+        let err = generate(dir.path(), &["localhost".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("does not make a usable CA"),
+            "{err}"
+        );
+        assert_eq!(read("tls.crt"), tls_before);
         // A file that is no key is said so.
         std::fs::write(dir.path().join("ca.key"), "garbage").unwrap();
         let err = generate(dir.path(), &["localhost".into()]).unwrap_err();

@@ -453,7 +453,7 @@ impl Config {
                 self.capture.snapshot_namespace
             ));
         }
-        if self.max_review_bytes < MIN_REVIEW_BYTES {
+        if self.role.webhook() && self.max_review_bytes < MIN_REVIEW_BYTES {
             return Err(format!(
                 "--max-review-bytes must be at least {MIN_REVIEW_BYTES} (got {}): a smaller limit refuses ordinary reviews, and with failurePolicy Fail every change to the cluster",
                 self.max_review_bytes

@@ -343,12 +343,11 @@ async fn a_deleted_namespace_comes_back_with_its_contents() {
         .collect();
     assert!(not_unchanged.is_empty(), "{not_unchanged:#?}");
 
-    // The deletion's prior state as manifests, applied to a new namespace
-    // (a copy of the team's namespace): the objects the cluster makes in
-    // every namespace are left to it (its CA, a plain default account) or
-    // come last (the default account with the team's pull secrets), so
-    // `kubectl apply` does not race the controllers that fill the new
-    // namespace.
+    // The deletion's prior state as manifests, applied to a copy of the
+    // team's namespace: what the cluster makes in every namespace is left
+    // to it (its CA, a plain default account, Secrets are never shown),
+    // the default account with the team's pull secrets comes before the
+    // workloads, so their Pods get its pull secrets.
     let (status, manifests) = api
         .call(
             "GET",
@@ -364,6 +363,19 @@ async fn a_deleted_namespace_comes_back_with_its_contents() {
         "{manifests}"
     );
     let copy = format!("{ns}-copy");
+    c.kubectl_ok(&["create", "namespace", &copy]);
+    eventually(
+        "the copy's default ServiceAccount",
+        Duration::from_secs(60),
+        || async { get(c, &copy, "serviceaccount", "default") },
+    )
+    .await;
+    let default_at = manifests.find("kind: ServiceAccount\nmetadata:\n  name: default");
+    let workloads_at = manifests.find("kind: Deployment");
+    assert!(
+        default_at.is_some() && default_at < workloads_at,
+        "the default ServiceAccount before the workloads:\n{manifests}"
+    );
     let out = c.kubectl_stdin(
         "admin",
         &["apply", "-f", "-"],
@@ -371,7 +383,7 @@ async fn a_deleted_namespace_comes_back_with_its_contents() {
     );
     assert!(
         out.status.success(),
-        "the manifests do not apply to a new namespace:\n{}\n{manifests}",
+        "the manifests do not apply to a copy of the namespace:\n{}\n{manifests}",
         String::from_utf8_lossy(&out.stderr)
     );
     let default = get(c, &copy, "serviceaccount", "default").unwrap();

@@ -219,7 +219,7 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
             result["message"]
                 .as_str()
                 .unwrap()
-                .contains("does not serve this kind"),
+                .contains("its CustomResourceDefinition does not exist"),
             "dry run {dry_run}: {report:#}"
         );
     }

@@ -659,12 +659,24 @@ pub async fn manifests(
     Query::parse(raw.as_deref(), &[])?;
     record(&state, &id).await?;
     let mut histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
-    histories.sort_by_key(|h| (h.rank, h.object.namespace.clone(), h.object.name.clone()));
+    // A default ServiceAccount of its owner's right before the workloads
+    // (rank 11), after everything else of its namespace's.
+    let workloads = crate::restore::plan::rank("apps", "deployments");
+    histories.sort_by_key(|h| {
+        let rank = match &h.target {
+            Target::Present(p)
+                if crate::restore::plan::git_placement(h, p) == GitPlacement::BeforeWorkloads =>
+            {
+                workloads - 1
+            }
+            _ => h.rank,
+        };
+        (rank, h.object.namespace.clone(), h.object.name.clone())
+    });
     // Every document is an object (a YAML reader gets no empty documents);
     // what has no manifest is said in the comments at the top.
     let mut notes = Vec::new();
     let mut docs = Vec::new();
-    let mut last = Vec::new();
     let yaml = |v: &Value| -> Result<String> {
         Ok(crate::yaml::to_string(&redact(
             &crate::restore::plan::for_git(v),
@@ -688,8 +700,8 @@ pub async fn manifests(
             }
             Target::Present(p) => match crate::restore::plan::git_placement(h, p) {
                 GitPlacement::InOrder => docs.push(yaml(p)?),
-                GitPlacement::Last => last.push(format!(
-                    "# {o}: last, once the cluster has made it in its namespace\n{}",
+                GitPlacement::BeforeWorkloads => docs.push(format!(
+                    "# {o}: after the rest of its namespace (the cluster makes it when the namespace is created), before the workloads\n{}",
                     yaml(p)?
                 )),
                 GitPlacement::LeftOut(why) => notes.push(format!("{o}: left out, {why}")),
@@ -736,7 +748,7 @@ pub async fn manifests(
     for n in notes {
         out.push_str(&format!("# {}\n", n.replace('\n', " ")));
     }
-    for d in docs.into_iter().chain(last) {
+    for d in docs {
         out.push_str("---\n");
         out.push_str(&d);
     }

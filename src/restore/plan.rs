@@ -70,10 +70,13 @@ pub struct ObjectHistory {
     pub interleaved: Option<String>,
     /// The identities (uid, creationTimestamp) the object had in the
     /// action's changes, from their prior states: a current object of
-    /// another uid whose content is a state the action produced was
+    /// another uid whose content is the state the action left was
     /// recreated since (by a rollback of a later action that deleted it),
     /// not changed (see [`accept_recreated`]).
     pub identities: Vec<(Value, Value)>,
+    /// Conflict fingerprint of the state the action's last change to the
+    /// object left, unless that change deleted it.
+    pub last_after: Option<String>,
 }
 
 impl ObjectHistory {
@@ -147,6 +150,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             action_scaled: false,
             interleaved: None,
             identities: Vec::new(),
+            last_after: None,
         };
     };
     fingerprints(&mut accepted, &main);
@@ -234,6 +238,10 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         },
         other_versions,
         identities: identities(&main),
+        last_after: main
+            .last()
+            .and_then(|l| after_fp(l))
+            .filter(|fp| fp != ABSENT),
     }
 }
 
@@ -263,9 +271,13 @@ fn identities(main: &[&Loaded]) -> Vec<(Value, Value)> {
 /// content the action left (undoing, newest first, a later action that
 /// deleted it: its rollback recreates it) differs from that state only in
 /// its identity, which the conflict fingerprint includes. Compared under
-/// each identity the object had in the action, such an object is what the
-/// action left: its current fingerprint is accepted, so the rollback is no
-/// conflict. Anything else about it still counts.
+/// each identity the object had in the action, such an object is the state
+/// the action's last change left: its current fingerprint is accepted, so
+/// the rollback is no conflict. Only that last state counts (not a state
+/// from the middle of the action, nor "absent" when the action ended by
+/// deleting the object: an object created after that is someone else's),
+/// and only an object that existed before the action (its identities come
+/// from prior states).
 pub fn accept_recreated(
     histories: &mut [ObjectHistory],
     current: &[Result<Option<Value>, String>],
@@ -275,7 +287,10 @@ pub fn accept_recreated(
         let Some(uid) = c.pointer("/metadata/uid") else {
             continue;
         };
-        if h.identities.is_empty() || h.identities.iter().any(|(u, _)| u == uid) {
+        if h.last_after.is_none()
+            || h.identities.is_empty()
+            || h.identities.iter().any(|(u, _)| u == uid)
+        {
             continue;
         }
         let here = codec::fingerprint(c);
@@ -291,7 +306,7 @@ pub fn accept_recreated(
                     t => meta.insert("creationTimestamp".into(), t.clone()),
                 };
             }
-            h.accepted.contains(&codec::fingerprint(&as_ours))
+            h.last_after.as_deref() == Some(codec::fingerprint(&as_ours).as_str())
         });
         if recreated_from_ours {
             h.accepted.insert(here);
@@ -922,12 +937,14 @@ pub fn for_git(target: &Value) -> Value {
 pub enum GitPlacement {
     /// In dependency order, with the others.
     InOrder,
-    /// After everything else: the `default` ServiceAccount with something
-    /// of its owner's (image pull secrets…). The service account controller
-    /// makes it as soon as its namespace exists, so created by the same
-    /// `kubectl apply` it would lose that race ("already exists"); last,
-    /// it is there by then and the apply updates it.
-    Last,
+    /// Right before the workloads: the `default` ServiceAccount with
+    /// something of its owner's (image pull secrets…). The service account
+    /// controller makes it as soon as its namespace exists, so right after
+    /// the Namespace in a `kubectl apply` of the stream to a new namespace
+    /// it would race the controller ("already exists"); later, it is
+    /// usually there and the apply updates it. Before the workloads, so that
+    /// their Pods are admitted with its image pull secrets.
+    BeforeWorkloads,
     /// Not written: what the cluster makes in every namespace, nothing of
     /// anyone's in it (`kube-root-ca.crt` is the cluster's CA, kept up to
     /// date by the root CA publisher; an old copy applied over it is wrong),
@@ -981,7 +998,7 @@ pub fn git_placement(h: &ObjectHistory, prior: &Value) -> GitPlacement {
                         .any(|k| !matches!(k.as_str(), "name" | "namespace"))
                 });
             if own_fields || own_meta {
-                GitPlacement::Last
+                GitPlacement::BeforeWorkloads
             } else {
                 GitPlacement::LeftOut("the cluster makes it in every namespace".into())
             }

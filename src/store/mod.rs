@@ -78,9 +78,10 @@ pub fn not_served(status: &kube::core::Status) -> bool {
 
 pub fn describe_kube_error(e: &kube::Error) -> String {
     match e {
-        kube::Error::Api(status) if not_served(status) => {
-            "the API server does not serve this kind (no CustomResourceDefinition or API service for it) (NotFound, 404)".into()
-        }
+        kube::Error::Api(status) if not_served(status) => format!(
+            "{} (NotFound, 404: the API server serves nothing at this path; for a custom resource, its CustomResourceDefinition does not exist)",
+            status.message.trim()
+        ),
         kube::Error::Api(status) => {
             let reason = if status.reason.is_empty() {
                 "Error"

@@ -229,6 +229,28 @@ fn an_object_recreated_with_the_content_the_action_left_is_no_conflict() {
         decide(&same_uid[0], Some(&edited), false).action,
         Action::None(Outcome::Conflict, _)
     ));
+    // Only the state the action left counts: not one from its middle, and
+    // nothing when it ended by deleting the object (what is there now was
+    // made by someone else since).
+    let third = obj("c", "3", "u1");
+    let mut middle = vec![only(vec![
+        snap(1, Operation::Update, "c", Some(&before), Some(&after)),
+        snap(2, Operation::Update, "c", Some(&after), Some(&third)),
+    ])];
+    accept_recreated(&mut middle, &[Ok(Some(same.clone()))]);
+    assert!(matches!(
+        decide(&middle[0], Some(&same), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
+    let mut deleted = vec![only(vec![
+        snap(1, Operation::Update, "c", Some(&before), Some(&after)),
+        snap(2, Operation::Delete, "c", Some(&after), None),
+    ])];
+    accept_recreated(&mut deleted, &[Ok(Some(same.clone()))]);
+    assert!(matches!(
+        decide(&deleted[0], Some(&same), false).action,
+        Action::None(Outcome::Conflict, _)
+    ));
 }
 
 #[test]
@@ -1092,8 +1114,8 @@ fn manifests_for_git_leave_out_what_the_cluster_filled_in() {
 /// A namespace's deletion in manifests: what the cluster makes in every
 /// namespace is left out (a re-apply would race its controllers, or put an
 /// old CA back), a default ServiceAccount with its owner's pull secrets goes
-/// last (without the token Secrets it listed); a DaemonSet's template
-/// generation mark is its controller's.
+/// right before the workloads (without the token Secrets it listed); a
+/// DaemonSet's template generation mark is its controller's.
 #[test]
 fn manifests_leave_per_namespace_objects_to_the_cluster() {
     let in_ns = |resource: &str, name: &str, prior: &Value| {
@@ -1120,7 +1142,7 @@ fn manifests_leave_per_namespace_objects_to_the_cluster() {
     pulls["imagePullSecrets"] = json!([{"name": "registry"}]);
     assert_eq!(
         git_placement(&in_ns("serviceaccounts", "default", &pulls), &pulls),
-        GitPlacement::Last
+        GitPlacement::BeforeWorkloads
     );
     let git = for_git(&pulls);
     assert!(git.get("secrets").is_none(), "{git}");
