@@ -2125,3 +2125,48 @@ async fn actions_undone_newest_first_need_no_force() {
     assert_eq!(report["results"][0]["outcome"], "restored", "{report:#}");
     assert_eq!(value_of(c, &ns, "cm"), "1");
 }
+
+/// A Pending Pod's image fixed in an action, then scheduled (the scheduler
+/// binds it to a node): rolling the fix back puts the old image back on the
+/// Pod where it now runs, instead of failing on the node it cannot leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_scheduled_after_the_action_is_rolled_back_in_place() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let ns = c.namespace("podfix", &[]);
+    let token = c.service_account(&ns, "dev");
+    c.grant_api(&format!("system:serviceaccount:{ns}:dev"));
+    c.apply_as(
+        "admin",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: {ns}}}\nspec: {{serviceAccountName: dev, automountServiceAccountToken: false, containers: [{{name: c, image: 'busybox:1.35'}}]}}\n"
+        ),
+    );
+    let id = format!("podfix-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    c.kubectl_with_token_ok(
+        &token,
+        &["-n", &ns, "set", "image", "pod/p", "c=busybox:1.36"],
+    );
+    complete(&api, &token, &id).await;
+    // Scheduled since (no scheduler here: bound the way it binds).
+    let out = c.kubectl_stdin(
+        "admin",
+        &["create", "--raw", &format!("/api/v1/namespaces/{ns}/pods/p/binding"), "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}}"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["results"][0]["outcome"], "restored", "{report:#}");
+    let pod = get_json(c, &["-n", &ns, "pod", "p"]).unwrap();
+    assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.35");
+    assert_eq!(pod["spec"]["nodeName"], "node-1");
+}

@@ -1103,6 +1103,24 @@ pub fn for_replace(target: &Value, current: &Value) -> Value {
             None => map.remove("secrets"),
         };
     }
+    // What a controller filled in since (the conflict check does not look
+    // at it either), as it is now: the scheduler's node of a Pod scheduled
+    // after the action, a claim's volume and a volume's claim bound since.
+    // All three cannot be taken back by an update; the binding is the
+    // controllers' to undo.
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let field = match kind {
+        "Pod" => Some("nodeName"),
+        "PersistentVolumeClaim" => Some("volumeName"),
+        "PersistentVolume" => Some("claimRef"),
+        _ => None,
+    };
+    if let Some(field) = field
+        && let Some(now) = current.pointer(&format!("/spec/{field}"))
+        && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert(field.into(), now.clone());
+    }
     body
 }
 

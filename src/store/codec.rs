@@ -153,9 +153,14 @@ const VOLATILE_METADATA: &[&str] = &["resourceVersion", "managedFields", "genera
 const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &[
     "deployment.kubernetes.io/",
     "pv.kubernetes.io/",
-    "volume.beta.kubernetes.io/",
+    // Not `volume.beta.kubernetes.io/` as a whole: `mount-options` and
+    // `storage-class` there are their owners'.
+    "volume.beta.kubernetes.io/storage-provisioner",
     "volume.kubernetes.io/",
-    "autoscaling.alpha.kubernetes.io/",
+    // An autoscaling/v1 HPA's view of the v2 status; `metrics` and
+    // `behavior` there are its owner's spec.
+    "autoscaling.alpha.kubernetes.io/conditions",
+    "autoscaling.alpha.kubernetes.io/current-metrics",
     "control-plane.alpha.kubernetes.io/leader",
 ];
 /// Fields that controllers fill in on objects people create, by kind: the
@@ -718,6 +723,36 @@ mod tests {
         let mut bigger = bound.clone();
         bigger["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
         assert_ne!(fingerprint(&bigger), fingerprint(&bound));
+        // An autoscaling/v1 HPA: the v2 status in annotations is the
+        // controller's, the v2 spec (`metrics`, `behavior`) its owner's.
+        let hpa = |ann: Value| {
+            json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                   "metadata": {"name": "web", "annotations": ann},
+                   "spec": {"maxReplicas": 5, "scaleTargetRef": {"kind": "Deployment", "name": "web"}}})
+        };
+        let base = hpa(
+            json!({"autoscaling.alpha.kubernetes.io/behavior": "{\"ScaleDown\":{\"StabilizationWindowSeconds\":60}}"}),
+        );
+        let mut with_status = base.clone();
+        with_status["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/conditions"] =
+            json!("[]");
+        with_status["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/current-metrics"] =
+            json!("[]");
+        assert_eq!(fingerprint(&base), fingerprint(&with_status));
+        let slower = hpa(
+            json!({"autoscaling.alpha.kubernetes.io/behavior": "{\"ScaleDown\":{\"StabilizationWindowSeconds\":600}}"}),
+        );
+        assert_ne!(fingerprint(&base), fingerprint(&slower));
+        let mut metrics = base.clone();
+        metrics["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/metrics"] = json!("[]");
+        assert_ne!(fingerprint(&base), fingerprint(&metrics));
+        // A volume's mount options are its owner's.
+        let pv = |opts: &str| {
+            json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                   "metadata": {"name": "pv1", "annotations": {"volume.beta.kubernetes.io/mount-options": opts}},
+                   "spec": {"capacity": {"storage": "1Gi"}}})
+        };
+        assert_ne!(fingerprint(&pv("ro")), fingerprint(&pv("rw,noatime")));
     }
 
     #[test]

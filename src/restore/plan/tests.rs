@@ -1175,6 +1175,45 @@ fn manifests_leave_per_namespace_objects_to_the_cluster() {
     assert!(for_git(&ds)["metadata"].get("annotations").is_none());
 }
 
+/// A Pending Pod's image fixed in an action, scheduled since: the rollback
+/// puts the image back on the node it runs on (a Pod's node cannot be
+/// taken back), and a claim bound since stays bound.
+#[test]
+fn a_replace_keeps_what_controllers_filled_in_since() {
+    let pod = |image: &str, node: Option<&str>| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "p1", "resourceVersion": "5"},
+            "spec": {"containers": [{"name": "c", "image": image}]}});
+        if let Some(n) = node {
+            p["spec"]["nodeName"] = json!(n);
+        }
+        p
+    };
+    let body = for_replace(&pod("busybox:1", None), &pod("busybox:3", Some("node-1")));
+    assert_eq!(body["spec"]["nodeName"], "node-1");
+    assert_eq!(body["spec"]["containers"][0]["image"], "busybox:1");
+    let claim = |volume: Option<&str>| {
+        let mut c = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "d", "namespace": "ns", "uid": "c1", "resourceVersion": "5",
+                         "labels": {"v": "1"}},
+            "spec": {"accessModes": ["ReadWriteOnce"]}});
+        if let Some(v) = volume {
+            c["spec"]["volumeName"] = json!(v);
+        }
+        c
+    };
+    assert_eq!(
+        for_replace(&claim(None), &claim(Some("pv-9")))["spec"]["volumeName"],
+        "pv-9"
+    );
+    // Nothing filled in since: nothing added.
+    assert!(
+        for_replace(&pod("busybox:1", None), &pod("busybox:3", None))["spec"]
+            .get("nodeName")
+            .is_none()
+    );
+}
+
 #[test]
 fn changes_the_action_made_itself_are_no_conflict_of_someone_elses() {
     // `kubectl create ns foo || true; kubectl label ns foo …`, twice in one
