@@ -250,6 +250,18 @@ async fn the_since_schema_agrees_with_the_server() {
         "-1h",
         "1h-",
         "2026-13-45T99:00:00Z",
+        "0ms",
+        "0",
+        " 1h",
+        "1h ",
+        "999999d",
+        "1234567h",
+        "1h1h1h1h",
+        "1h1h1h1h1h",
+        ".5h",
+        "1.h",
+        "1..5h",
+        "1.5.5h",
     ];
     let script = "import json, sys, jsonschema\n\
         schema, values = json.load(sys.stdin)\n\

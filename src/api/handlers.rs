@@ -368,7 +368,44 @@ fn since_schema() -> utoipa::openapi::schema::Schema {
 /// A duration as the API accepts it: one or more numbers with a unit
 /// (`30s`, `15m`, `1h30m`, `1.5h`, `7d`, `500ms`), as `config::parse_duration`
 /// reads them (a zero duration is refused with a 400 all the same).
-pub const DURATION_PATTERN: &str = r"^(([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m|h|d))+$";
+pub const DURATION_PATTERN: &str = r"^(([0-9]{1,6}(\.[0-9]{0,6})?|\.[0-9]{1,6})(ms|s|m|h|d)){1,4}$";
+
+/// Whether `s` has the shape [`DURATION_PATTERN`] describes (the server
+/// takes exactly what the document says, no more).
+fn duration_shape(s: &str) -> bool {
+    let mut parts = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..len];
+        let number_ok = match number.split_once('.') {
+            None => (1..=6).contains(&number.len()),
+            Some((int, frac)) => {
+                !frac.contains('.')
+                    && (((1..=6).contains(&int.len()) && frac.len() <= 6)
+                        || (int.is_empty() && (1..=6).contains(&frac.len())))
+            }
+        };
+        if !number_ok {
+            return false;
+        }
+        rest = &rest[len..];
+        let Some(unit) = ["ms", "s", "m", "h", "d"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))
+        else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+        parts += 1;
+        if parts > 4 {
+            return false;
+        }
+    }
+    parts > 0
+}
 
 fn parse_since(s: &str) -> Result<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
@@ -376,13 +413,13 @@ fn parse_since(s: &str) -> Result<Timestamp> {
     }
     let bad = || {
         ApiError::bad_request(format!(
-            "since must be an RFC 3339 time or a positive duration such as 1h, not {s:?}"
+            "since must be an RFC 3339 time or a duration such as 1h or 1h30m, not {s:?}"
         ))
     };
-    let d = crate::config::parse_duration(s).map_err(|_| bad())?;
-    if d.is_zero() {
+    if !duration_shape(s) {
         return Err(bad());
     }
+    let d = crate::config::parse_duration(s).map_err(|_| bad())?;
     let d = jiff::SignedDuration::try_from(d)
         .map_err(|_| ApiError::bad_request("since is out of range"))?;
     Timestamp::now()

@@ -17,8 +17,9 @@ use crate::store::model::SnapshotMeta;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpenAction {
     /// Label-safe id (at most 63 characters of `[A-Za-z0-9_.-]`, alphanumeric
-    /// at both ends); generated when absent.
-    #[schema(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+    /// at both ends; not ending in `-rollback-<number>`, the form of rollback
+    /// ids); generated when absent.
+    #[schema(pattern = r"^(?!.+-rollback-[0-9]+$)[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
     pub id: Option<String>,
     #[schema(max_length = 4096)]
     pub description: Option<String>,
