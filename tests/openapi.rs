@@ -56,6 +56,13 @@ fn state() -> Arc<ApiState> {
     })
 }
 
+/// A program of the tools' virtualenv (`make tools`).
+fn venv_tool(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var("HOME").unwrap())
+        .join(".cache/snapback/venv/bin")
+        .join(name)
+}
+
 async fn send(router: &axum::Router, method: &str, path: &str) -> (StatusCode, Value) {
     let req = Request::builder()
         .method(method)
@@ -168,10 +175,7 @@ async fn the_rollback_report_schema_has_the_spec_fields() {
 async fn the_served_document_passes_an_openapi_validator() {
     let validator = std::env::var("SNAPBACK_OPENAPI_VALIDATOR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".cache/snapback/venv/bin/openapi-spec-validator")
-        });
+        .unwrap_or_else(|_| venv_tool("openapi-spec-validator"));
     assert!(
         validator.exists(),
         "{} is missing: run `make tools` (CI installs it)",
@@ -218,8 +222,7 @@ async fn the_served_document_passes_an_openapi_validator() {
 /// a value the server accepts nor lets through one it refuses.
 #[tokio::test]
 async fn the_since_schema_agrees_with_the_server() {
-    let python = std::path::PathBuf::from(std::env::var("HOME").unwrap())
-        .join(".cache/snapback/venv/bin/python");
+    let python = venv_tool("python");
     assert!(
         python.exists(),
         "{} is missing: run `make tools` (CI installs it)",

@@ -2078,9 +2078,7 @@ async fn actions_undone_newest_first_need_no_force() {
     let c = cluster();
     let sb = shared_snapback();
     let api = sb.api(c);
-    let ns = c.namespace("lifo", &[]);
-    let token = c.service_account(&ns, "dev");
-    c.grant_api(&format!("system:serviceaccount:{ns}:dev"));
+    let (ns, token) = c.developer("lifo");
     c.kubectl_ok(&["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"]);
     let tag = format!("{:06x}", rand::random::<u32>() & 0xffffff);
     let (first, second) = (format!("lifo-a-{tag}"), format!("lifo-b-{tag}"));
@@ -2134,9 +2132,7 @@ async fn a_pod_scheduled_after_the_action_is_rolled_back_in_place() {
     let c = cluster();
     let sb = shared_snapback();
     let api = sb.api(c);
-    let ns = c.namespace("podfix", &[]);
-    let token = c.service_account(&ns, "dev");
-    c.grant_api(&format!("system:serviceaccount:{ns}:dev"));
+    let (ns, token) = c.developer("podfix");
     c.apply_as(
         "admin",
         &format!(

@@ -17,7 +17,7 @@ use crate::api::ApiState;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::model::*;
 use crate::config::FailurePolicy;
-use crate::restore::plan::{GitPlacement, Target};
+use crate::restore::plan::{GitPlacement, ObjectHistory, Target};
 use crate::restore::report::{Report, Trigger};
 use crate::restore::rollback::{Caller, Params, redact, redact_pair, strip_for_diff};
 use crate::store::actions::{ActionRecord, ActionState};
@@ -695,20 +695,28 @@ pub async fn manifests(
     let (caller, id) = id.authorize(&state, &headers, "get").await?;
     Query::parse(raw.as_deref(), &[])?;
     record(&state, &id).await?;
-    let mut histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
-    // A default ServiceAccount of its owner's right before the workloads
-    // (rank 11), after everything else of its namespace's.
+    let histories = visible(&state, &caller, state.restorer.histories(&id).await?).await?;
+    // Where each prior state goes, decided once; a default ServiceAccount
+    // of its owner's right before the workloads, after everything else of
+    // its namespace's.
+    let mut placed: Vec<(Option<GitPlacement>, ObjectHistory)> = histories
+        .into_iter()
+        .map(|h| match &h.target {
+            Target::Present(p) => (Some(crate::restore::plan::git_placement(&h, p)), h),
+            _ => (None, h),
+        })
+        .collect();
     let workloads = crate::restore::plan::rank("apps", "deployments");
-    histories.sort_by_key(|h| {
-        let rank = match &h.target {
-            Target::Present(p)
-                if crate::restore::plan::git_placement(h, p) == GitPlacement::BeforeWorkloads =>
-            {
-                workloads - 1
-            }
+    placed.sort_by(|(pa, a), (pb, b)| {
+        let rank = |place: &Option<GitPlacement>, h: &ObjectHistory| match place {
+            Some(GitPlacement::BeforeWorkloads) => workloads - 1,
             _ => h.rank,
         };
-        (rank, h.object.namespace.clone(), h.object.name.clone())
+        (rank(pa, a), &a.object.namespace, &a.object.name).cmp(&(
+            rank(pb, b),
+            &b.object.namespace,
+            &b.object.name,
+        ))
     });
     // Every document is an object (a YAML reader gets no empty documents);
     // what has no manifest is said in the comments at the top.
@@ -720,7 +728,7 @@ pub async fn manifests(
         )))
     };
     let mut client = None;
-    for h in &histories {
+    for (place, h) in &placed {
         let o = &h.object;
         match &h.target {
             // Made through apiextensions.k8s.io/v1beta1 and not valid as
@@ -735,7 +743,7 @@ pub async fn manifests(
                     yaml(&crate::restore::plan::crd_as_v1beta1(p))?
                 ))
             }
-            Target::Present(p) => match crate::restore::plan::git_placement(h, p) {
+            Target::Present(p) => match place.as_ref().unwrap_or(&GitPlacement::InOrder) {
                 GitPlacement::InOrder => docs.push(yaml(p)?),
                 GitPlacement::BeforeWorkloads => docs.push(format!(
                     "# {o}: after the rest of its namespace (the cluster makes it when the namespace is created), before the workloads\n{}",

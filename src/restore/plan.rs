@@ -832,11 +832,7 @@ pub fn for_git(target: &Value) -> Value {
     let mut body = for_create(target);
     if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
         if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            annotations.retain(|k, _| {
-                !CONTROLLER_ANNOTATION_PREFIXES
-                    .iter()
-                    .any(|p| k.starts_with(p))
-            });
+            annotations.retain(|k, _| !codec::controller_annotation(k));
             if annotations.is_empty() {
                 meta.remove("annotations");
             }
@@ -1016,17 +1012,6 @@ fn last_applied(target: &Value) -> Option<Value> {
     serde_json::from_str(text).ok()
 }
 
-/// Annotations controllers write on objects people made.
-const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &[
-    "deployment.kubernetes.io/",
-    "deprecated.daemonset.template.generation",
-    "pv.kubernetes.io/",
-    "volume.beta.kubernetes.io/storage-provisioner",
-    "volume.kubernetes.io/storage-provisioner",
-    "volume.kubernetes.io/selected-node",
-    "control-plane.alpha.kubernetes.io/leader",
-];
-
 /// A PersistentVolume or claim created again is bound anew by the volume
 /// controller: a volume keeps its claim's name and namespace (pre-bound to
 /// it) but not the uid of the claim that went away, and a claim loses the
@@ -1093,34 +1078,10 @@ pub fn for_replace(target: &Value, current: &Value) -> Value {
     if let (Some(map), Some(status)) = (body.as_object_mut(), current.get("status")) {
         map.insert("status".into(), status.clone());
     }
-    // The token controller's list, as it is now (the prior one may name
-    // tokens that are gone).
-    if is_service_account(&body)
-        && let Some(map) = body.as_object_mut()
-    {
-        match current.get("secrets") {
-            Some(secrets) => map.insert("secrets".into(), secrets.clone()),
-            None => map.remove("secrets"),
-        };
-    }
-    // What a controller filled in since (the conflict check does not look
-    // at it either), as it is now: the scheduler's node of a Pod scheduled
-    // after the action, a claim's volume and a volume's claim bound since.
-    // All three cannot be taken back by an update; the binding is the
-    // controllers' to undo.
-    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let field = match kind {
-        "Pod" => Some("nodeName"),
-        "PersistentVolumeClaim" => Some("volumeName"),
-        "PersistentVolume" => Some("claimRef"),
-        _ => None,
-    };
-    if let Some(field) = field
-        && let Some(now) = current.pointer(&format!("/spec/{field}"))
-        && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
-    {
-        spec.insert(field.into(), now.clone());
-    }
+    // What controllers filled in, as it is now (the prior state may name
+    // tokens that are gone; a Pod scheduled after the action stays on its
+    // node, a claim or volume bound since stays bound).
+    codec::take_controller_fields(&mut body, current);
     body
 }
 

@@ -162,7 +162,18 @@ const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &[
     "autoscaling.alpha.kubernetes.io/conditions",
     "autoscaling.alpha.kubernetes.io/current-metrics",
     "control-plane.alpha.kubernetes.io/leader",
+    // The API server's mark of a DaemonSet's template generation.
+    "deprecated.daemonset.template.generation",
 ];
+
+/// Whether an annotation is written by controllers
+/// ([`CONTROLLER_ANNOTATION_PREFIXES`]).
+pub fn controller_annotation(key: &str) -> bool {
+    CONTROLLER_ANNOTATION_PREFIXES
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
 /// Fields that controllers fill in on objects people create, by kind: the
 /// token controller's `secrets` of a ServiceAccount (before 1.24), the
 /// binding of a claim and of a volume, the scheduler's node of a Pod.
@@ -178,6 +189,53 @@ fn controller_field(kind: &str, parent: &str, key: &str) -> bool {
     CONTROLLER_FIELDS
         .iter()
         .any(|&(k, p, f)| k == kind && p == parent && f == key)
+}
+
+/// The object's [`CONTROLLER_FIELDS`] of its kind, with the map holding each.
+fn controller_field_holders<'a>(
+    object: &'a mut Value,
+) -> impl Iterator<Item = (&'static str, &'static str)> + 'a {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    CONTROLLER_FIELDS
+        .iter()
+        .filter(move |(k, _, _)| *k == kind)
+        .map(|&(_, parent, field)| (parent, field))
+}
+
+fn holder_mut<'a>(
+    object: &'a mut Value,
+    parent: &str,
+) -> Option<&'a mut serde_json::Map<String, Value>> {
+    if parent.is_empty() {
+        object.as_object_mut()
+    } else {
+        object.get_mut(parent).and_then(Value::as_object_mut)
+    }
+}
+
+/// Give `body` the fields controllers fill in ([`CONTROLLER_FIELDS`]) as
+/// they are in `current`: what a controller did since (a Pod scheduled, a
+/// claim bound, tokens made) is the controllers' to undo, and most of it
+/// cannot be taken back by an update anyway.
+pub fn take_controller_fields(body: &mut Value, current: &Value) {
+    let fields: Vec<_> = controller_field_holders(body).collect();
+    for (parent, field) in fields {
+        let now = if parent.is_empty() {
+            current.get(field)
+        } else {
+            current.get(parent).and_then(|p| p.get(field))
+        };
+        if let Some(holder) = holder_mut(body, parent) {
+            match now {
+                Some(v) => holder.insert(field.into(), v.clone()),
+                None => holder.remove(field),
+            };
+        }
+    }
 }
 /// Identity fields a recreated object gets anew.
 const IDENTITY_METADATA: &[&str] = &[
@@ -299,17 +357,10 @@ fn write_fingerprint(value: &Value, out: &mut Sha256, path: &[&str], kind: &str)
             ["metadata"] => {
                 VOLATILE_METADATA.contains(&key)
                     || (key == "annotations"
-                        && v.as_object().is_some_and(|a| {
-                            a.keys().all(|k| {
-                                CONTROLLER_ANNOTATION_PREFIXES
-                                    .iter()
-                                    .any(|p| k.starts_with(p))
-                            })
-                        }))
+                        && v.as_object()
+                            .is_some_and(|a| a.keys().all(|k| controller_annotation(k))))
             }
-            ["metadata", "annotations"] => CONTROLLER_ANNOTATION_PREFIXES
-                .iter()
-                .any(|p| key.starts_with(p)),
+            ["metadata", "annotations"] => controller_annotation(key),
             ["spec"] => (!scale && key == "replicas") || controller_field(kind, "spec", key),
             _ => false,
         }
@@ -538,19 +589,9 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
         let mut s = strip_volatile(v);
         strip_generated_job_selector(&mut s);
         strip_injected_token_volume(&mut s);
-        let kind = s
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        for &(k, parent, field) in CONTROLLER_FIELDS.iter().filter(|(k, _, _)| *k == kind) {
-            debug_assert_eq!(k, kind);
-            let holder = if parent.is_empty() {
-                s.as_object_mut()
-            } else {
-                s.get_mut(parent).and_then(Value::as_object_mut)
-            };
-            if let Some(holder) = holder {
+        let fields: Vec<_> = controller_field_holders(&mut s).collect();
+        for (parent, field) in fields {
+            if let Some(holder) = holder_mut(&mut s, parent) {
                 holder.remove(field);
             }
         }

@@ -710,6 +710,17 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A developer of their own: a new namespace, a service account `dev`
+    /// that may edit in it and call every verb of the rollback API, so that
+    /// its actions and sessions are nobody else's. The namespace and the
+    /// account's token.
+    pub fn developer(&self, prefix: &str) -> (String, String) {
+        let ns = self.namespace(prefix, &[]);
+        let token = self.service_account(&ns, "dev");
+        self.grant_api(&format!("system:serviceaccount:{ns}:dev"));
+        (ns, token)
+    }
+
     /// Let `user` call every verb of the rollback API.
     pub fn grant_api(&self, user: &str) {
         // Once per binary: concurrent applies of one new object race.
