@@ -16,8 +16,9 @@
 #[path = "snapback/live.rs"]
 mod live;
 
-// The allocator snapback itself runs with (src/main.rs), for the no-op
-// webhook process and the in-process measurements alike.
+// The allocator snapback itself runs with, set up the same way (src/main.rs,
+// src/memory.rs), for the no-op webhook process and the in-process
+// measurements alike.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -37,6 +38,7 @@ use snapback::metrics::Metrics;
 use snapback::store::memory::MemoryStore;
 
 fn main() {
+    let _ = snapback::memory::no_transparent_huge_pages();
     snapback::tls::install_crypto_provider();
     // `cargo test --all-targets` runs this binary without `--bench`: then
     // only a smoke run, to prove it works.

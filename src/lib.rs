@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod guard;
 pub mod kube_client;
+pub mod memory;
 pub mod metrics;
 pub mod restore;
 pub mod retention;

@@ -13,6 +13,8 @@ use snapback::config::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Only memory is at stake if the kernel refuses (src/memory.rs).
+    let _ = snapback::memory::no_transparent_huge_pages();
     snapback::tls::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
