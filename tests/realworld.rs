@@ -803,16 +803,27 @@ async fn node_cordon_taint_and_label_are_undone() {
 /// version) is not a conflict to the action's rollback.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_changed_through_two_api_versions_rolls_back_without_a_conflict() {
+    changed_through_two_api_versions("networking.k8s.io/v1beta1", "user5").await;
+}
+
+/// The same through two API groups: up to Kubernetes 1.21 an Ingress is
+/// served as `extensions/v1beta1` too (and the namespace controller
+/// deletes through either). Both are one object with one history.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_changed_through_two_api_groups_rolls_back_without_a_conflict() {
+    changed_through_two_api_versions("extensions/v1beta1", "user7").await;
+}
+
+async fn changed_through_two_api_versions(api_version: &str, user: &str) {
     let c = cluster();
     let sb = shared_snapback();
     let api = sb.api(c);
-    let user = "user5";
     c.grant_api(user);
     let ns = c.namespace("versions", &[user]);
     let token = c.token(user);
     let ingress = |note: &str| {
         format!(
-            "apiVersion: networking.k8s.io/v1beta1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: {ns}\n  annotations: {{note: {note}}}\nspec:\n  backend: {{serviceName: web, servicePort: 80}}\n"
+            "apiVersion: {api_version}\nkind: Ingress\nmetadata:\n  name: web\n  namespace: {ns}\n  annotations: {{note: {note}}}\nspec:\n  backend: {{serviceName: web, servicePort: 80}}\n"
         )
     };
     c.apply_as("admin", &ingress("before"));
@@ -838,11 +849,17 @@ async fn an_object_changed_through_two_api_versions_rolls_back_without_a_conflic
     let detail = api
         .ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;
-    let versions: std::collections::BTreeSet<&str> = detail["changes"]
+    let versions: std::collections::BTreeSet<String> = detail["changes"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|ch| ch["version"].as_str())
+        .filter_map(|ch| {
+            Some(format!(
+                "{}/{}",
+                ch["group"].as_str()?,
+                ch["version"].as_str()?
+            ))
+        })
         .collect();
     assert_eq!(versions.len(), 2, "{detail:#}");
     let (status, report) = api

@@ -52,10 +52,11 @@ pub struct ObjectHistory {
     pub rank: u8,
     /// Names of the snapshots, oldest first (for messages).
     pub snapshots: Vec<String>,
-    /// The API versions the action's changes to the object went through,
-    /// other than `object.version` (an Ingress changed through v1beta1 and
-    /// v1): their fingerprints are of those versions' forms.
-    pub other_versions: Vec<String>,
+    /// The API groups and versions the action's changes to the object went
+    /// through, other than `object`'s (an Ingress changed through v1beta1
+    /// and v1, or through `extensions` and `networking.k8s.io`): their
+    /// fingerprints are of those forms.
+    pub other_versions: Vec<(String, String)>,
     /// `spec.replicas` the action's last change left, when recorded.
     pub last_after_replicas: Option<String>,
     /// Every `spec.replicas` the action started from or produced (a change
@@ -102,8 +103,10 @@ pub fn histories(mut loaded: Vec<Loaded>) -> Vec<ObjectHistory> {
     let mut by_object: BTreeMap<(String, String, Option<String>, String), Vec<Loaded>> =
         BTreeMap::new();
     for l in loaded {
+        let (group, resource, namespace, name) = l.meta.object.object_key();
+        let group = storage_group(&group, &resource).to_string();
         by_object
-            .entry(l.meta.object.object_key())
+            .entry((group, resource, namespace, name))
             .or_default()
             .push(l);
     }
@@ -200,10 +203,10 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
     } {
         object.kind = kind;
     }
-    let mut other_versions: Vec<String> = main
+    let mut other_versions: Vec<(String, String)> = main
         .iter()
-        .map(|l| l.meta.object.version.clone())
-        .filter(|v| *v != object.version)
+        .map(|l| (l.meta.object.group.clone(), l.meta.object.version.clone()))
+        .filter(|(g, v)| *g != object.group || *v != object.version)
         .collect();
     other_versions.sort();
     other_versions.dedup();
@@ -420,7 +423,23 @@ fn first_real<'a>(main: &[&'a Loaded]) -> Option<&'a Loaded> {
 /// budgets), workloads, their children, the rest. (SPEC §4 leaves the
 /// policies to "the rest": restored after the workloads, a namespace came
 /// back with pods created without their limits.)
+/// The group an object is kept under where the API server serves one
+/// resource in two groups (up to Kubernetes 1.21, an Ingress is both
+/// `extensions/v1beta1` and `networking.k8s.io`; earlier, Deployments and
+/// NetworkPolicies were in `extensions` too): the same object, whichever
+/// group a change went through, so one history of it. The namespace
+/// controller and the garbage collector pick either.
+pub fn storage_group<'a>(group: &'a str, resource: &str) -> &'a str {
+    match (group, resource) {
+        ("extensions", "ingresses" | "networkpolicies") => "networking.k8s.io",
+        ("extensions", "deployments" | "daemonsets" | "replicasets") => "apps",
+        ("extensions", "podsecuritypolicies") => "policy",
+        _ => group,
+    }
+}
+
 pub fn rank(group: &str, resource: &str) -> u8 {
+    let group = storage_group(group, resource);
     match (group, resource) {
         ("", "namespaces") => 0,
         ("apiextensions.k8s.io", "customresourcedefinitions") => 1,

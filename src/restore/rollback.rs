@@ -2143,10 +2143,11 @@ pub fn strip_for_diff(v: &Value) -> Value {
 }
 
 /// An object the action changed through several API versions (an Ingress
-/// applied as v1beta1, then labelled through v1): its fingerprints are of
-/// each version's form, the current object is read in one. Read in the
-/// others too; if it is, in one of them, a state the action produced or
-/// started from, its form in the version read is accepted as well.
+/// applied as v1beta1, then labelled through v1, or deleted through
+/// `extensions` by the namespace controller): its fingerprints are of each
+/// version's form, the current object is read in one. Read in the others
+/// too; if it is, in one of them, a state the action produced or started
+/// from, its form in the version read is accepted as well.
 async fn accept_other_versions(
     client: &kube::Client,
     histories: &mut [ObjectHistory],
@@ -2161,8 +2162,9 @@ async fn accept_other_versions(
         if h.accepted.contains(&here) {
             continue;
         }
-        for version in h.other_versions.clone() {
+        for (group, version) in h.other_versions.clone() {
             let mut other = h.object.clone();
+            other.group = group;
             other.version = version;
             if let Ok(Some(o)) = dynamic::get(client, &other).await
                 && h.accepted.contains(&crate::store::codec::fingerprint(&o))

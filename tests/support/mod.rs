@@ -121,7 +121,7 @@ kind: ClusterRole
 metadata:
   name: test-editor
 rules:
-  - apiGroups: ["", "apps", "batch", "example.com", "networking.k8s.io", "autoscaling"]
+  - apiGroups: ["", "apps", "batch", "example.com", "networking.k8s.io", "extensions", "autoscaling"]
     resources: ["*"]
     verbs: ["*"]
 ---

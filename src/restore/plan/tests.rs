@@ -1310,3 +1310,52 @@ fn a_scale_by_someone_else_during_an_action_that_never_scaled_is_kept() {
         "a"
     );
 }
+
+#[test]
+fn an_ingress_changed_through_both_of_its_groups_is_one_object() {
+    let ingress = |api: &str, host: &str| {
+        json!({"apiVersion": api, "kind": "Ingress",
+               "metadata": {"name": "web", "namespace": "ns", "uid": "i1", "resourceVersion": "10"},
+               "spec": {"rules": [{"host": host}]}})
+    };
+    let through = |mut l: Loaded, group: &str, version: &str| {
+        l.meta.object.group = group.into();
+        l.meta.object.version = version.into();
+        l.meta.object.resource = "ingresses".into();
+        l.meta.object.kind = "Ingress".into();
+        l
+    };
+    let (a, b) = (
+        ingress("networking.k8s.io/v1", "a.example.com"),
+        ingress("networking.k8s.io/v1", "b.example.com"),
+    );
+    let b_ext = ingress("extensions/v1beta1", "b.example.com");
+    // Applied through networking.k8s.io, then deleted through extensions
+    // (the namespace controller's choice on 1.20).
+    let h = only(vec![
+        through(
+            snap(1, Operation::Update, "web", Some(&a), Some(&b)),
+            "networking.k8s.io",
+            "v1",
+        ),
+        through(
+            snap(2, Operation::Delete, "web", Some(&b_ext), None),
+            "extensions",
+            "v1beta1",
+        ),
+    ]);
+    assert_eq!(h.target, Target::Present(a));
+    assert_eq!(h.object.group, "networking.k8s.io");
+    assert_eq!(
+        h.other_versions,
+        vec![("extensions".to_string(), "v1beta1".to_string())]
+    );
+    assert_eq!(h.rank, rank("networking.k8s.io", "ingresses"));
+    // Other resources of the same name in those groups stay apart.
+    assert_eq!(
+        storage_group("extensions", "ingresses"),
+        "networking.k8s.io"
+    );
+    assert_eq!(storage_group("extensions", "deployments"), "apps");
+    assert_eq!(storage_group("example.com", "ingresses"), "example.com");
+}
