@@ -123,7 +123,7 @@ fn namespace_snapback() -> &'static Snapback {
             ..SnapbackOpts::shared()
         };
         let sb = Snapback::start(c, opts);
-        for user in ["bob", "carol", "alice", "user1", "user2", "user3"] {
+        for user in ["bob", "carol", "alice", "user1", "user2", "user3", "user4"] {
             c.grant_api(user);
             c.kubectl_ok(&[
                 "create",
@@ -1000,4 +1000,79 @@ async fn what_the_garbage_collector_deletes_with_an_owner_comes_back_with_it() {
         .call("GET", &format!("/api/v1/actions/{id2}"), Some(&token), None)
         .await;
     assert_eq!(status, 404, "the deleted action came back: {body:#}");
+}
+
+/// A Deployment applied server-side and deleted in an action comes back
+/// with its server-side apply ownership, though the deployment controller
+/// writes it several times right after it is recreated (one retry lost
+/// that race every time).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_deployment_gets_its_field_managers_back_from_under_its_controller() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let user = "user4";
+    let token = c.token(user);
+    let ns = c.namespace("ssa", &[]);
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {ns}\n  labels: {{app: web, tier: front}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - {{name: c, image: nginx:1.19, env: [{{name: A, value: \"1\"}}]}}\n"
+    );
+    let out = c.kubectl_stdin("admin", &["apply", "--server-side", "-f", "-"], &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let managers = || -> Vec<(String, String)> {
+        let managed = c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "deployment",
+            "web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields}",
+        ]);
+        let managed: Value = serde_json::from_str(&managed).unwrap();
+        managed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["manager"].as_str().unwrap().to_string(),
+                    m["operation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let applied = ("kubectl".to_string(), "Apply".to_string());
+    assert!(managers().contains(&applied), "{:?}", managers());
+    // Let the controller write its revision and status first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let id = format!("ssa-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&serde_json::json!({ "id": id }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "deployment", "web"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert!(
+        !report.to_string().contains("could not be given back"),
+        "{report:#}"
+    );
+    let now = managers();
+    assert!(now.contains(&applied), "{now:?}");
 }

@@ -1850,6 +1850,10 @@ async fn wait_established(client: &kube::Client, crd: &crate::store::model::Obje
 /// place and is said in the result's message. Only possible where the
 /// captured prior state has its managedFields: a deleted object's always
 /// has; Kubernetes 1.20 leaves them out of an update's `oldObject`.
+/// Attempts, after the first, at giving a recreated object its field
+/// managers back while controllers keep writing it (about 3 s in all).
+const FIELD_MANAGER_RETRIES: u32 = 6;
+
 async fn restore_field_managers(
     client: &kube::Client,
     h: &ObjectHistory,
@@ -1904,14 +1908,19 @@ async fn restore_field_managers(
     let mut body = written;
     body["metadata"]["managedFields"] = wanted.clone();
     let mut result = dynamic::replace(client, &h.object, &body).await;
-    // A controller wrote the object meanwhile (its status): once more, on
-    // what it is now.
-    if let Err(kube::Error::Api(s)) = &result
-        && s.code == 409
-    {
+    // A controller wrote the object meanwhile (a Deployment's controller
+    // writes its revision and status several times right after it is
+    // created): again, on what it is now, until the controllers settle.
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..FIELD_MANAGER_RETRIES {
+        if !matches!(&result, Err(kube::Error::Api(s)) if s.code == 409) {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
         result = match dynamic::get(client, &h.object).await {
             Ok(Some(mut now)) => {
-                now["metadata"]["managedFields"] = wanted;
+                now["metadata"]["managedFields"] = wanted.clone();
                 dynamic::replace(client, &h.object, &now).await
             }
             Ok(None) => {
