@@ -2166,3 +2166,51 @@ async fn a_pod_scheduled_after_the_action_is_rolled_back_in_place() {
     assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.35");
     assert_eq!(pod["spec"]["nodeName"], "node-1");
 }
+
+/// A DELETE of an action while its rollback plans (before the action is
+/// marked `rolling-back`) is refused: the two never both go ahead. (It
+/// answered 204 and the rollback went on, its action and report gone.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_is_not_deleted_under_a_rollback_that_is_still_planning() {
+    let c = cluster();
+    let tag = format!("del{:06x}", rand::random::<u32>() & 0xffffff);
+    let sb = Snapback::start(c, SnapbackOpts::isolated(c, &tag));
+    let admin = c.token("admin");
+    let ns = c.namespace("delplan", &[]);
+    sb.adopt_namespace(c, &ns);
+    let names: Vec<String> = (0..200).map(|i| format!("cm-{i:03}")).collect();
+    create_many(c, &ns, names.clone(), "").await;
+    patch_many(c, &ns, names.clone(), "big").await;
+    let api = sb.api(c);
+    let rollback = {
+        let api = sb.api(c);
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            api.call("POST", "/api/v1/actions/big/rollback", Some(&admin), None)
+                .await
+        })
+    };
+    // Within the rollback's planning (200 objects read first).
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (deleted, body) = api
+        .call("DELETE", "/api/v1/actions/big", Some(&admin), None)
+        .await;
+    let (rolled_back, report) = rollback.await.unwrap();
+    assert!(
+        [204, 409].contains(&deleted),
+        "DELETE answered {deleted}: {body}"
+    );
+    if deleted == 204 {
+        // The deletion came first: the rollback found nothing to restore.
+        assert_eq!(rolled_back, 404, "{report}");
+    } else {
+        assert!(error_message(&body).contains("is running"), "{body}");
+        assert_eq!(rolled_back, 200, "{report}");
+        assert_eq!(report["state"], "rolled-back", "{report}");
+        let (status, action) = api
+            .call("GET", "/api/v1/actions/big", Some(&admin), None)
+            .await;
+        assert_eq!(status, 200, "the action and its report are kept: {action}");
+    }
+    sb.unregister(c);
+}

@@ -20,7 +20,8 @@ use crate::config::FailurePolicy;
 use crate::restore::plan::{GitPlacement, ObjectHistory, Target};
 use crate::restore::report::{Report, Trigger};
 use crate::restore::rollback::{Caller, Params, redact, redact_pair, strip_for_diff};
-use crate::store::actions::{ActionRecord, ActionState};
+use crate::store::StoreError;
+use crate::store::actions::{ActionRecord, ActionState, PRUNING_KEY};
 use crate::store::model::{ActionId, SnapshotMeta};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -966,11 +967,38 @@ pub async fn delete_action(
 ) -> Result<StatusCode> {
     let (_, id) = id.authorize(&state, &headers, "delete").await?;
     Query::parse(raw.as_deref(), &[])?;
-    let (rec, _) = record(&state, &id).await?;
-    if rec.state == ActionState::RollingBack {
-        return Err(ApiError::conflict(format!(
-            "a rollback of action {id} is running"
-        )));
+    let (mut rec, mut rv) = record(&state, &id).await?;
+    // Claimed first, with the record's resourceVersion as precondition,
+    // the way retention claims what it prunes: a rollback marks the record
+    // the same way before it plans (it is `rolling-back` only once planned),
+    // so the two never both go ahead.
+    let mut tries = 0;
+    loop {
+        if rec.state == ActionState::RollingBack || state.restorer.is_running(&id) {
+            return Err(ApiError::conflict(format!(
+                "a rollback of action {id} is running"
+            )));
+        }
+        let mut claimed = rec.clone();
+        claimed.extensions.insert(
+            PRUNING_KEY.into(),
+            Value::from(Timestamp::now().to_string()),
+        );
+        match state.store.update_action(&claimed, &rv).await {
+            Ok(_) => break,
+            // Changed meanwhile (a change of the open action, a rollback
+            // starting elsewhere): look again.
+            Err(StoreError::Conflict(_)) if tries < 5 => {
+                tries += 1;
+                (rec, rv) = record(&state, &id).await?;
+            }
+            Err(StoreError::Conflict(_)) => {
+                return Err(ApiError::conflict(format!(
+                    "action {id} kept changing while it was being deleted; try again"
+                )));
+            }
+            Err(e) => return Err(ApiError::from_store("deleting the action", &e)),
+        }
     }
     state
         .store

@@ -170,6 +170,11 @@ impl Restorer {
         }
     }
 
+    /// A rollback of `id` is planning or running in this process.
+    pub fn is_running(&self, id: &ActionId) -> bool {
+        lock(&self.running).contains(id)
+    }
+
     /// Shutting down: rollbacks stop taking new objects (see `draining`).
     /// Waits, at most `limit`, until none is running, and says whether
     /// that happened.
@@ -625,10 +630,22 @@ impl Restorer {
                 window: crate::config::format_duration(self.cfg.window),
             });
         }
-        // Keep retention off it while this rollback plans (it is marked
-        // `rolling-back` only once planned). Retention claims a record the
-        // same way before it deletes anything: whichever is first, the
-        // other sees it.
+        // Claim the action: one rollback at a time, across replicas too
+        // (the record's state and progress, below), and in this process
+        // from now on, so that a DELETE of the action is refused while it
+        // plans (it is marked `rolling-back` only once planned).
+        let _guard = if params.dry_run {
+            None
+        } else {
+            let mut running = lock(&self.running);
+            if !running.insert(id.clone()) {
+                return Err(RollbackError::Running(id.clone()));
+            }
+            Some(RunningGuard(self, id.clone()))
+        };
+        // Keep retention off it while this rollback plans. Retention claims
+        // a record the same way before it deletes anything: whichever is
+        // first, the other sees it.
         let (record, rv) = if params.dry_run {
             (record, rv)
         } else {
@@ -751,14 +768,6 @@ impl Restorer {
             });
         }
 
-        // Claim the action: one rollback at a time, across replicas too.
-        let _guard = {
-            let mut running = lock(&self.running);
-            if !running.insert(id.clone()) {
-                return Err(RollbackError::Running(id.clone()));
-            }
-            RunningGuard(self, id.clone())
-        };
         let progress = Progress {
             rollback_action: rollback_id.clone(),
             trigger,
