@@ -2214,3 +2214,48 @@ async fn an_action_is_not_deleted_under_a_rollback_that_is_still_planning() {
     }
     sb.unregister(c);
 }
+
+/// The CLI reports snapback's 503 for a rollback stopped by a shutdown as
+/// it is, once: kube's default client retried the POST and the retry was
+/// answered "already running" (exit 4) while the first was still draining.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_reports_a_rollback_stopped_by_a_shutdown_without_sending_it_again() {
+    let c = cluster();
+    let tag = format!("cliterm{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts::isolated(c, &tag);
+    let mut sb = Snapback::start(c, opts.clone());
+    let ns = c.namespace("cliterm", &[]);
+    sb.adopt_namespace(c, &ns);
+    let names: Vec<String> = (0..400).map(|i| format!("cm-{i:03}")).collect();
+    create_many(c, &ns, names.clone(), "").await;
+    patch_many(c, &ns, names.clone(), "big").await;
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args(["rollback", "big", "--context", "admin", "--kubeconfig"])
+        .arg(&c.kubeconfig)
+        .args(["--server", &format!("https://127.0.0.1:{}", sb.api_port)])
+        .arg("--ca-file")
+        .arg(c.certs.join("ca.crt"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = sb.store(c).await;
+    let id = snapback::store::model::ActionId::parse("big").unwrap();
+    wait_for_progress(&store, &id, 50).await;
+    sb.terminate();
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("shutting down") && err.contains("resumed"),
+        "{err}"
+    );
+    // The next snapshotter finishes it.
+    let sb2 = Snapback::start(c, opts);
+    let rec = wait_until_resumed(&store, &id, &sb2).await;
+    assert_eq!(rec.state.as_str(), "rolled-back");
+    sb2.unregister(c);
+}

@@ -99,6 +99,11 @@ impl Transport {
                 (prefix, token)
             }
         };
+        // kube's default retries 429/503/504 up to 15 times, POSTs too: a
+        // rollback that snapback stopped for a shutdown (503, resumed by
+        // the next snapshotter) was sent again and answered "already
+        // running". The CLI reports what the server said, once.
+        config.default_retry = false;
         let client =
             kube::Client::try_from(config).map_err(|e| TransportError::Config(e.to_string()))?;
         Ok(Transport {
