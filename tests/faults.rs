@@ -465,3 +465,43 @@ async fn queued_acknowledgement_admits_before_the_write_and_a_rollback_waits_for
     );
     sb.unregister(c);
 }
+
+/// An API server that takes connections but does not answer (overloaded,
+/// stopped): an API call is a 503 once its TokenReview has waited its
+/// time, not a request left without any answer; once the API server
+/// answers again, so does snapback.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_server_that_does_not_answer_makes_api_calls_503_not_hang() {
+    let c = cluster();
+    let tag = format!("hang{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    // Every TokenReview is held at the proxy until the test opens the gate.
+    let (gate, open) = Gate::closed("/tokenreviews");
+    let addr = start_gated_proxy(
+        &c.url,
+        &c.apiserver_ca(),
+        &c.certs.join("tls.crt"),
+        &c.certs.join("tls.key"),
+        gate,
+    )
+    .await;
+    opts.kubeconfig = Some(c.snapback_kubeconfig(&format!("https://{addr}"), &tag));
+    let sb = Snapback::start(c, opts);
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let (status, body) = api
+        .call("GET", "/api/v1/actions?limit=1", Some(&token), None)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let message = error_message(&body);
+    assert!(
+        message.contains("TokenReview") && message.contains("did not answer"),
+        "{body}"
+    );
+    open.send(true).unwrap();
+    let (status, body) = api
+        .call("GET", "/api/v1/actions?limit=1", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sb.unregister(c);
+}

@@ -133,10 +133,11 @@ impl Auth {
             ..Default::default()
         };
         let api: Api<SubjectAccessReview> = Api::all(k.client.clone());
-        let result = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ApiError::kube("authorising the caller (SubjectAccessReview)", &e))?;
+        let result = answered(
+            "authorising the caller (SubjectAccessReview)",
+            api.create(&PostParams::default(), &review),
+        )
+        .await?;
         Ok(result.status.map(|s| s.allowed).unwrap_or(false))
     }
 }
@@ -206,10 +207,11 @@ async fn token_review(client: &Client, token: &str) -> Result<Caller, ApiError> 
         ..Default::default()
     };
     let api: Api<TokenReview> = Api::all(client.clone());
-    let result = api
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(|e| ApiError::kube("authenticating the caller (TokenReview)", &e))?;
+    let result = answered(
+        "authenticating the caller (TokenReview)",
+        api.create(&PostParams::default(), &review),
+    )
+    .await?;
     let status = result.status.unwrap_or_default();
     if status.authenticated != Some(true) {
         return Err(ApiError::unauthorized("the bearer token is not valid"));
@@ -247,11 +249,42 @@ async fn access_review(
         ..Default::default()
     };
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    let result = api
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(|e| ApiError::kube("authorising the caller (SubjectAccessReview)", &e))?;
+    let result = answered(
+        "authorising the caller (SubjectAccessReview)",
+        api.create(&PostParams::default(), &review),
+    )
+    .await?;
     Ok(result.status.map(|s| s.allowed).unwrap_or(false))
+}
+
+/// How long a TokenReview or SubjectAccessReview may take. An API server
+/// that takes connections but does not answer (overloaded, stopped, a
+/// partition) held every API call for the client's read timeout (about
+/// five minutes): a caller, or the API server's service proxy in front of
+/// snapback, got no answer at all.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The review's answer, or 503 when the API server is unavailable or does
+/// not answer within [`REVIEW_TIMEOUT`].
+async fn answered<T>(
+    context: &str,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(REVIEW_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|e| ApiError::kube(context, &e)),
+        Err(_) => {
+            tracing::warn!(
+                "{context}: the Kubernetes API server did not answer within {REVIEW_TIMEOUT:?}"
+            );
+            Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{context} failed: the Kubernetes API server did not answer within {}s; retry later",
+                    REVIEW_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
