@@ -1016,3 +1016,71 @@ async fn owner_references_are_given_back_once_the_owner_is_restored() {
     );
     assert_eq!(child["metadata"]["ownerReferences"][0]["name"], "owner");
 }
+
+/// `kubectl replace --force` of a Service that makes it headless deletes
+/// it and creates another: undone the same way (the Service's clusterIP
+/// cannot be changed by a replace), without being asked to recreate,
+/// because the object there now is the action's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replace_force_is_undone_by_delete_and_create_without_being_asked() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user8";
+    c.grant_api(user);
+    let ns = c.namespace("force", &[user]);
+    let token = c.token(user);
+    let service = |headless: bool| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {ns}, labels: {{v: \"{}\"}}}}\nspec:\n  {}selector: {{app: web}}\n  ports: [{{port: 80}}]\n",
+            if headless { 2 } else { 1 },
+            if headless { "clusterIP: None\n  " } else { "" }
+        )
+    };
+    c.apply_as(user, &service(false));
+    let read = || -> Value {
+        serde_json::from_str(&c.kubectl_ok(&["-n", &ns, "get", "service", "web", "-o", "json"]))
+            .unwrap()
+    };
+    let before = read();
+    let id = format!("force-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    let out = c.kubectl_stdin(user, &["replace", "--force", "-f", "-"], &service(true));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read()["spec"]["clusterIP"], "None");
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let (status, plan) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{plan:#}");
+    assert_eq!(
+        plan["counts"]["failed"].as_u64().unwrap_or(0),
+        0,
+        "{plan:#}"
+    );
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report:#}");
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let after = read();
+    assert_ne!(after["spec"]["clusterIP"], "None", "{after:#}");
+    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
+    assert_eq!(after["spec"]["ports"], before["spec"]["ports"]);
+    assert_eq!(after["spec"]["selector"], before["spec"]["selector"]);
+}
