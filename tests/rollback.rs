@@ -2259,3 +2259,101 @@ async fn the_cli_reports_a_rollback_stopped_by_a_shutdown_without_sending_it_aga
     assert_eq!(rec.state.as_str(), "rolled-back");
     sb2.unregister(c);
 }
+
+/// A definition changed in the same action as one of its resources, its
+/// new schema defaulting a field: the resource's prior state was read
+/// with the default, which the definition of before prunes. The first
+/// rollback restores both; a second finds them in their prior state
+/// (SPEC §4) instead of writing the resource again and again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_whose_definition_the_action_changed_converges_after_its_rollback() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let admin = c.token("admin");
+    let ns = c.namespace("crd-default", &[]);
+    let id = format!("crddef-{:06x}", rand::random::<u32>() & 0xffffff);
+    let crd = |defaulted: bool, action: &str| {
+        let size = if defaulted {
+            "\n                size: {type: string, default: M}"
+        } else {
+            ""
+        };
+        format!(
+            r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: doohickeys.example.com
+  annotations: {{{action}}}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {{plural: doohickeys, singular: doohickey, kind: Doohickey}}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                color: {{type: string}}{size}
+"#
+        )
+    };
+    c.kubectl_apply_str(&crd(false, ""));
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/doohickeys.example.com",
+    ]);
+    let thing = |labels: &str, action: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Doohickey\nmetadata: {{name: d1, namespace: {ns}, labels: {{{labels}}}, annotations: {{{action}}}}}\nspec: {{color: blue}}\n"
+        )
+    };
+    c.kubectl_apply_str(&thing("", ""));
+    let annotation = format!("snapback.io/action: {id}");
+    c.kubectl_apply_str(&crd(true, &annotation));
+    // Read under the new schema: the default is in the prior state.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = get_json(c, &["-n", &ns, "doohickey", "d1"]).unwrap();
+        if now["spec"]["size"] == "M" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the default never showed: {now}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.kubectl_apply_str(&thing("team: x", &annotation));
+    let rollback = || {
+        let api = &api;
+        let admin = &admin;
+        let path = format!("/api/v1/actions/{id}/rollback");
+        async move { api.call("POST", &path, Some(admin), None).await }
+    };
+    let (status, first) = rollback().await;
+    assert_eq!(status, 200, "{first:#}");
+    assert_eq!(first["state"], "rolled-back", "{first:#}");
+    let now = get_json(c, &["-n", &ns, "doohickey", "d1"]).unwrap();
+    assert_eq!(now["spec"], json!({"color": "blue"}), "{now:#}");
+    assert!(now["metadata"].get("labels").is_none(), "{now:#}");
+    let (status, second) = rollback().await;
+    assert_eq!(status, 200, "{second:#}");
+    let outcomes: Vec<&str> = second["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        !outcomes.is_empty() && outcomes.iter().all(|o| *o == "unchanged"),
+        "{second:#}"
+    );
+    c.kubectl_ok(&["delete", "crd", "doohickeys.example.com"]);
+}

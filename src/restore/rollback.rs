@@ -260,7 +260,8 @@ impl Restorer {
         let current = self.current_states(client, histories).await;
         accept_other_versions(client, histories, &current).await;
         plan::accept_recreated(histories, &current);
-        let steps = Self::decide_all(histories, &current, force);
+        let mut steps = Self::decide_all(histories, &current, force);
+        settle_under_changed_definitions(client, histories, &current, &mut steps).await;
         (current, steps)
     }
 
@@ -1816,6 +1817,46 @@ async fn create_restoring(
             }
         }
         other => other,
+    }
+}
+
+/// A custom resource whose definition the action changed too: its prior
+/// state may hold what the definition of then did not keep (a field the
+/// action's new schema defaulted when the object was read for a later
+/// change). Restored under the definition of before, the API server prunes
+/// it: the object is in its prior state as the API server keeps it, never
+/// byte for byte, and every rollback would write it again and report it
+/// `restored`. A server-side dry run of the replace tells: if it would
+/// leave the object as it is, it is `unchanged`.
+async fn settle_under_changed_definitions(
+    client: &kube::Client,
+    histories: &[ObjectHistory],
+    current: &[Result<Option<Value>, String>],
+    steps: &mut [Step],
+) {
+    let definitions: HashSet<&str> = histories
+        .iter()
+        .filter(|h| is_crd(&h.object))
+        .map(|h| h.object.name.as_str())
+        .collect();
+    if definitions.is_empty() {
+        return;
+    }
+    for ((h, c), step) in histories.iter().zip(current).zip(steps.iter_mut()) {
+        let (Action::Replace(body), Ok(Some(now))) = (&step.action, c) else {
+            continue;
+        };
+        if !definitions.contains(format!("{}.{}", h.object.resource, h.object.group).as_str()) {
+            continue;
+        }
+        if let Ok(would) = dynamic::replace_with(client, &h.object, body, true).await
+            && crate::store::codec::fingerprint(&would) == crate::store::codec::fingerprint(now)
+        {
+            step.action = Action::None(
+                Outcome::Unchanged,
+                "already in its prior state, as its definition keeps it now".into(),
+            );
+        }
     }
 }
 
