@@ -78,20 +78,6 @@ pub struct ObjectHistory {
     /// Conflict fingerprint of the state the action's last change to the
     /// object left, unless that change deleted it.
     pub last_after: Option<String>,
-    /// uids of the objects the action's own creates made (a `kubectl
-    /// replace --force` deletes and creates): a current object of one of
-    /// them is the action's own, which a rollback may delete and create
-    /// again where a field of it is immutable (see [`made_by_action`]).
-    pub created_uids: Vec<String>,
-}
-
-/// The object `current` (a replace body or the object as read) is one the
-/// action itself created.
-pub fn made_by_action(h: &ObjectHistory, current: &Value) -> bool {
-    current
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .is_some_and(|uid| h.created_uids.iter().any(|c| c == uid))
 }
 
 impl ObjectHistory {
@@ -168,7 +154,6 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             interleaved: None,
             identities: Vec::new(),
             last_after: None,
-            created_uids: Vec::new(),
         };
     };
     fingerprints(&mut accepted, &main);
@@ -260,11 +245,6 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             .last()
             .and_then(|l| after_fp(l))
             .filter(|fp| fp != ABSENT),
-        created_uids: main
-            .iter()
-            .filter(|l| l.meta.operation == Operation::Create)
-            .filter_map(|l| l.meta.uid.clone())
-            .collect(),
     }
 }
 

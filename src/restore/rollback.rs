@@ -493,7 +493,7 @@ impl Restorer {
                         Err(kube::Error::Api(e))
                             if e.code == 422 && immutable_refusal(&e.message) =>
                         {
-                            Some(if matches!(&s.action, Action::Replace(b) if recreate || plan::made_by_action(h, b)) {
+                            Some(if recreate && matches!(s.action, Action::Replace(_)) {
                                 DryRunVerdict::Recreates(format!(
                                     "would recreate (delete and create) because a field is immutable: {}",
                                     e.message
@@ -1226,13 +1226,8 @@ impl Restorer {
                             "replaced with its prior state{scale}{note}{owners}"
                         )))
                     }
-                    // The object now is one the action itself created (it
-                    // replaced it by delete and create): undone the same way
-                    // without being asked.
                     Err(kube::Error::Api(s))
-                        if s.code == 422
-                            && (recreate || plan::made_by_action(h, &body))
-                            && immutable_refusal(&s.message) =>
+                        if s.code == 422 && recreate && immutable_refusal(&s.message) =>
                     {
                         let uid = body["metadata"]["uid"]
                             .as_str()
