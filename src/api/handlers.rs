@@ -21,7 +21,9 @@ use crate::restore::plan::{GitPlacement, ObjectHistory, Target};
 use crate::restore::report::{Report, Trigger};
 use crate::restore::rollback::{Caller, Params, redact, redact_pair, strip_for_diff};
 use crate::store::StoreError;
-use crate::store::actions::{ActionRecord, ActionState, PRUNING_KEY};
+use crate::store::actions::{
+    ActionRecord, ActionState, PRUNING_KEY, ROLLBACK_REQUESTED_BY_KEY, ROLLBACK_REQUESTED_KEY,
+};
 use crate::store::model::{ActionId, SnapshotMeta};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -979,6 +981,13 @@ pub async fn delete_action(
                 "a rollback of action {id} is running"
             )));
         }
+        // Asked for on another replica and still planning there.
+        if rollback_planning(&rec, state.restorer.instance()) {
+            return Err(ApiError::conflict(format!(
+                "a rollback of action {id} was asked for less than {}s ago and has not finished planning; try again shortly",
+                PLANNING_GRACE.as_secs()
+            )));
+        }
         let mut claimed = rec.clone();
         claimed.extensions.insert(
             PRUNING_KEY.into(),
@@ -1000,17 +1009,63 @@ pub async fn delete_action(
             Err(e) => return Err(ApiError::from_store("deleting the action", &e)),
         }
     }
-    state
-        .store
-        .delete_action(&id)
-        .await
-        .map_err(|e| ApiError::from_store("deleting the action", &e))?;
+    if let Err(e) = state.store.delete_action(&id).await {
+        // Not deleted (or not all of it): the claim is withdrawn, so that
+        // the action stays usable (rollback, cancel, retention by its own
+        // rules) and the caller may try again.
+        if let Ok(Some((mut now, now_rv))) = state.store.get_action(&id).await
+            && now.extensions.remove(PRUNING_KEY).is_some()
+            && let Err(e2) = state.store.update_action(&now, &now_rv).await
+        {
+            tracing::warn!(action = %id, error = %e2, "withdrawing the deletion claim of an action not deleted");
+        }
+        return Err(ApiError::from_store("deleting the action", &e));
+    }
     if rec.state == ActionState::Open
         && let Some(a) = &state.attribution
     {
         a.close_if(&rec.owner, &id);
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long after a rollback was asked for (its record marked, before it
+/// plans) a DELETE of the action waits for it, when the rollback runs on
+/// another replica (in this one, `Restorer::is_running` knows).
+const PLANNING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A rollback of this action was asked for by another snapshotter than
+/// `own` within [`PLANNING_GRACE`] and has neither been marked
+/// `rolling-back` nor left a report (the report's `startedAt` is the time
+/// of the request).
+fn rollback_planning(rec: &ActionRecord, own: &str) -> bool {
+    if rec
+        .extensions
+        .get(ROLLBACK_REQUESTED_BY_KEY)
+        .and_then(Value::as_str)
+        .is_some_and(|by| by == own)
+    {
+        return false;
+    }
+    let Some(asked) = rec
+        .extensions
+        .get(ROLLBACK_REQUESTED_KEY)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    else {
+        return false;
+    };
+    let recent = Timestamp::now()
+        .duration_since(asked)
+        .unsigned_abs()
+        .lt(&PLANNING_GRACE);
+    recent
+        && !rec.rollbacks.iter().any(|r| {
+            r.get("startedAt")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                == Some(asked)
+        })
 }
 
 /// Liveness.
@@ -1027,5 +1082,45 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, &'static
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked(at: Timestamp, by: &str) -> ActionRecord {
+        let mut rec = ActionRecord::new(ActionId::parse("a").unwrap(), "explicit", "alice", at);
+        rec.extensions
+            .insert(ROLLBACK_REQUESTED_KEY.into(), Value::from(at.to_string()));
+        rec.extensions
+            .insert(ROLLBACK_REQUESTED_BY_KEY.into(), Value::from(by));
+        rec
+    }
+
+    #[test]
+    fn a_rollback_asked_for_elsewhere_is_planning_until_its_report_or_the_grace() {
+        let now = Timestamp::now();
+        // Another replica asked a moment ago, no report yet.
+        assert!(rollback_planning(&asked(now, "other"), "me"));
+        // This replica's own: the in-process claim knows better.
+        assert!(!rollback_planning(&asked(now, "me"), "me"));
+        // Finished: its report starts at the time it was asked.
+        let mut done = asked(now, "other");
+        done.rollbacks
+            .push(serde_json::json!({"startedAt": now.to_string()}));
+        assert!(!rollback_planning(&done, "me"));
+        // An earlier report does not count.
+        let mut earlier = asked(now, "other");
+        earlier.rollbacks.push(serde_json::json!({
+            "startedAt": (now - jiff::SignedDuration::from_secs(300)).to_string()
+        }));
+        assert!(rollback_planning(&earlier, "me"));
+        // Past the grace (a rollback that ended without a report).
+        let old = now - jiff::SignedDuration::from_secs(PLANNING_GRACE.as_secs() as i64 + 5);
+        assert!(!rollback_planning(&asked(old, "other"), "me"));
+        // Never asked.
+        let plain = ActionRecord::new(ActionId::parse("a").unwrap(), "explicit", "alice", now);
+        assert!(!rollback_planning(&plain, "me"));
     }
 }

@@ -18,7 +18,9 @@ use crate::metrics::Metrics;
 use crate::restore::dynamic;
 use crate::restore::plan::{self, Action, ObjectHistory, Outcome, RestoreOp, Step, Target};
 use crate::restore::report::{ObjectResult, Report, Trigger, counts};
-use crate::store::actions::{ActionRecord, ActionState, PRUNING_KEY, ROLLBACK_REQUESTED_KEY};
+use crate::store::actions::{
+    ActionRecord, ActionState, PRUNING_KEY, ROLLBACK_REQUESTED_BY_KEY, ROLLBACK_REQUESTED_KEY,
+};
 use crate::store::kube_store::{KubeStore, LoadedAction};
 use crate::store::model::{ACTION_ANNOTATION, ActionId, LAST_APPLIED_ANNOTATION};
 use crate::store::{StoreError, describe_kube_error};
@@ -168,6 +170,11 @@ impl Restorer {
             events: None,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// This snapshotter's instance id (in the records of its rollbacks).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// A rollback of `id` is planning or running in this process.
@@ -549,6 +556,10 @@ impl Restorer {
             record
                 .extensions
                 .insert(ROLLBACK_REQUESTED_KEY.into(), Value::from(at.to_string()));
+            record.extensions.insert(
+                ROLLBACK_REQUESTED_BY_KEY.into(),
+                Value::from(self.instance.clone()),
+            );
             match self.store.update_action(&record, &rv).await {
                 Ok(new_rv) => return Ok((record, new_rv)),
                 Err(StoreError::Conflict(_)) => {
@@ -1821,8 +1832,10 @@ async fn create_restoring(
 /// change). Restored under the definition of before, the API server prunes
 /// it: the object is in its prior state as the API server keeps it, never
 /// byte for byte, and every rollback would write it again and report it
-/// `restored`. A server-side dry run of the replace tells: if it would
-/// leave the object as it is, it is `unchanged`.
+/// `restored`. Once the definition is back as it was (its own step is
+/// `unchanged`: not on the first rollback, whose dry run would still see
+/// the action's schema), a server-side dry run of the replace tells: if it
+/// would leave the object as it is, it is `unchanged`.
 async fn settle_under_changed_definitions(
     client: &kube::Client,
     histories: &[ObjectHistory],
@@ -1831,8 +1844,11 @@ async fn settle_under_changed_definitions(
 ) {
     let definitions: HashSet<&str> = histories
         .iter()
-        .filter(|h| is_crd(&h.object))
-        .map(|h| h.object.name.as_str())
+        .zip(steps.iter())
+        .filter(|(h, s)| {
+            is_crd(&h.object) && matches!(s.action, Action::None(Outcome::Unchanged, _))
+        })
+        .map(|(h, _)| h.object.name.as_str())
         .collect();
     if definitions.is_empty() {
         return;
@@ -1844,8 +1860,9 @@ async fn settle_under_changed_definitions(
         if !definitions.contains(format!("{}.{}", h.object.resource, h.object.group).as_str()) {
             continue;
         }
+        // Content as a replace compares it (spec.replicas included).
         if let Ok(would) = dynamic::replace_with(client, &h.object, body, true).await
-            && crate::store::codec::fingerprint(&would) == crate::store::codec::fingerprint(now)
+            && crate::store::codec::same_content(&would, now)
         {
             step.action = Action::None(
                 Outcome::Unchanged,

@@ -26,6 +26,11 @@ pub const PRUNING_KEY: &str = "pruning";
 /// `rolling-back`.
 pub const ROLLBACK_REQUESTED_KEY: &str = "rollbackRequestedAt";
 
+/// Record extension beside [`ROLLBACK_REQUESTED_KEY`]: the snapshotter
+/// (its instance id) that asked, so that another replica knows the
+/// rollback is not its own.
+pub const ROLLBACK_REQUESTED_BY_KEY: &str = "rollbackRequestedBy";
+
 /// How long a requested rollback keeps its action from being pruned.
 pub const ROLLBACK_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
