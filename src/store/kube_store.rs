@@ -213,7 +213,9 @@ impl KubeStore {
     /// Read an action record with its resourceVersion (for optimistic updates).
     pub async fn get_action(&self, id: &ActionId) -> Result<Option<(ActionRecord, String)>> {
         match self.config_maps.get_opt(&id.record_name()).await {
-            Ok(Some(cm)) => Ok(Some(parse_record(&cm)?)),
+            // Another id's record under the same name (a hash collision):
+            // not this action's.
+            Ok(Some(cm)) => Ok(Some(parse_record(&cm)?).filter(|(r, _)| r.id == *id)),
             Ok(None) => Ok(None),
             Err(e) => Err(StoreError::Kube(e)),
         }

@@ -163,7 +163,10 @@ impl ActionId {
 
     /// Name of the action record ConfigMap. Object names must be lowercase
     /// DNS labels, action ids need not be: when the id is not already a valid
-    /// name, a short hash of the exact id keeps different ids apart.
+    /// name, a short hash of the exact id keeps different ids apart. An id
+    /// that is a valid name but ends like such a hash (`-` and 8 hex
+    /// digits) is hashed too: `upper-9cba1c65` would otherwise be the
+    /// record of `UPPER`.
     pub fn record_name(&self) -> String {
         let normalized: String = self
             .0
@@ -175,7 +178,14 @@ impl ActionId {
                 c => c,
             })
             .collect();
-        if normalized == self.0 {
+        let ends_like_a_hash = self.0.len() > 9 && {
+            let tail = &self.0.as_bytes()[self.0.len() - 9..];
+            tail[0] == b'-'
+                && tail[1..]
+                    .iter()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if normalized == self.0 && !ends_like_a_hash {
             format!("action-{normalized}")
         } else {
             format!("action-{normalized}-{}", &short_hash(&self.0)[..8])
@@ -530,6 +540,17 @@ mod tests {
         assert_eq!(b.record_name(), "action-deploy-1");
         assert!(a.record_name().starts_with("action-deploy-1-"));
         assert_ne!(a.record_name(), b.record_name());
+        // A valid name spelled like another id's hashed record name.
+        for upper in ["UPPER", "Zed", "Release_7"] {
+            let hashed = ActionId::parse(upper).unwrap().record_name();
+            let lookalike = ActionId::parse(hashed.trim_start_matches("action-")).unwrap();
+            assert_ne!(lookalike.record_name(), hashed, "{upper}");
+        }
+        // Ids that merely end in hex letters keep their plain names.
+        assert_eq!(
+            ActionId::parse("fix-cafe").unwrap().record_name(),
+            "action-fix-cafe"
+        );
         for odd in ["a..b", "a.-b", "v1.2.3", "A_B.c"] {
             let name = ActionId::parse(odd).unwrap().record_name();
             assert!(
