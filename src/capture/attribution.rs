@@ -52,6 +52,27 @@ pub struct HintKey {
 const HINT_TTL: Duration = Duration::from_secs(15);
 const HINT_LIMIT: usize = 100_000;
 
+/// A digest of what a change writes, the same in its mutating call (once
+/// snapback's patch took the annotation out) and its validating call: the
+/// object without `metadata` (the annotation, the name generated between
+/// the two calls) and `status`.
+pub fn content_digest(object: Option<&serde_json::Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(map) = object.and_then(serde_json::Value::as_object) {
+        for (k, v) in map {
+            if k != "metadata" && k != "status" {
+                k.hash(&mut h);
+                v.to_string().hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+/// (action, the change's content digest, when left).
+type Hint = (ActionId, u64, Instant);
+
 #[derive(Debug)]
 struct Session {
     action: ActionId,
@@ -62,7 +83,8 @@ struct Session {
 #[derive(Debug)]
 pub struct Attribution {
     session_idle: Duration,
-    hints: Mutex<HashMap<HintKey, VecDeque<(ActionId, Instant)>>>,
+    /// Per key, oldest first.
+    hints: Mutex<HashMap<HintKey, VecDeque<Hint>>>,
     sessions: Mutex<HashMap<String, Session>>,
     /// user → explicitly opened action, fed from the action records.
     open: Mutex<HashMap<String, ActionId>>,
@@ -78,30 +100,43 @@ impl Attribution {
         }
     }
 
-    /// The mutating webhook saw `action` on the incoming object.
-    pub fn leave_hint(&self, key: HintKey, action: ActionId) {
+    /// The mutating webhook saw `action` on the incoming object, whose
+    /// content (see [`content_digest`]) is `content`.
+    pub fn leave_hint(&self, key: HintKey, action: ActionId, content: u64) {
         let now = Instant::now();
         let mut hints = lock(&self.hints);
         if hints.len() >= HINT_LIMIT {
             hints.retain(|_, q| {
-                q.retain(|(_, at)| now.duration_since(*at) < HINT_TTL);
+                q.retain(|(_, _, at)| now.duration_since(*at) < HINT_TTL);
                 !q.is_empty()
             });
         }
-        hints.entry(key).or_default().push_back((action, now));
+        hints
+            .entry(key)
+            .or_default()
+            .push_back((action, content, now));
     }
 
-    fn take_hint(&self, key: &HintKey) -> Option<ActionId> {
+    /// The hint of this change: among the live ones under `key`, the one
+    /// left for the same content (parallel creates by one user with one
+    /// generateName and different annotations: their validating calls need
+    /// not come in the order of their mutating calls), else the oldest (the
+    /// content changed on the way: another mutating webhook).
+    fn take_hint(&self, key: &HintKey, content: &dyn Fn() -> u64) -> Option<ActionId> {
         let now = Instant::now();
         let mut hints = lock(&self.hints);
         let queue = hints.get_mut(key)?;
-        let mut found = None;
-        while let Some((action, at)) = queue.pop_front() {
-            if now.duration_since(at) < HINT_TTL {
-                found = Some(action);
-                break;
+        queue.retain(|(_, _, at)| now.duration_since(*at) < HINT_TTL);
+        let found = match queue.len() {
+            0 => None,
+            // The usual case: nothing to choose from, no digest needed.
+            1 => queue.pop_front().map(|(action, _, _)| action),
+            _ => {
+                let digest = content();
+                let at = queue.iter().position(|(_, c, _)| *c == digest).unwrap_or(0);
+                queue.remove(at).map(|(action, _, _)| action)
             }
-        }
+        };
         if queue.is_empty() {
             hints.remove(key);
         }
@@ -156,10 +191,23 @@ impl Attribution {
         keys: &[HintKey],
         now: Timestamp,
     ) -> Result<(ActionId, Origin), crate::store::model::InvalidActionId> {
+        self.attribute_content(user, impersonation_extra, keys, &|| 0, now)
+    }
+
+    /// [`Self::attribute`], telling hints apart by the change's content
+    /// digest (computed only when there is a choice).
+    pub fn attribute_content(
+        &self,
+        user: &str,
+        impersonation_extra: Option<&str>,
+        keys: &[HintKey],
+        content: &dyn Fn() -> u64,
+        now: Timestamp,
+    ) -> Result<(ActionId, Origin), crate::store::model::InvalidActionId> {
         if let Some(extra) = impersonation_extra {
             return Ok((ActionId::parse(extra)?, Origin::Rollback));
         }
-        if let Some(hinted) = keys.iter().find_map(|k| self.take_hint(k)) {
+        if let Some(hinted) = keys.iter().find_map(|k| self.take_hint(k, content)) {
             return Ok((hinted, Origin::Annotation));
         }
         if let Some(open) = self.open_action(user) {
@@ -249,6 +297,45 @@ mod tests {
     }
 
     #[test]
+    fn parallel_hints_under_one_key_go_to_the_change_with_their_content() {
+        let a = Attribution::new(Duration::from_secs(30));
+        let (x, y) = (
+            ActionId::parse("gen-x").unwrap(),
+            ActionId::parse("gen-y").unwrap(),
+        );
+        let (cx, cy) = (
+            content_digest(Some(
+                &serde_json::json!({"kind": "ConfigMap", "data": {"a": "x"}}),
+            )),
+            content_digest(Some(
+                &serde_json::json!({"kind": "ConfigMap", "data": {"a": "y"}}),
+            )),
+        );
+        assert_ne!(cx, cy);
+        a.leave_hint(key("gen:rc-"), x.clone(), cx);
+        a.leave_hint(key("gen:rc-"), y.clone(), cy);
+        // The second create's validating call comes first.
+        let (got, _) = a
+            .attribute_content("alice", None, &[key("gen:rc-")], &|| cy, now())
+            .unwrap();
+        assert_eq!(got, y);
+        let (got, _) = a
+            .attribute_content("alice", None, &[key("gen:rc-")], &|| cx, now())
+            .unwrap();
+        assert_eq!(got, x);
+        // The digest leaves metadata out (the name generated in between,
+        // the annotation taken out).
+        assert_eq!(
+            content_digest(Some(
+                &serde_json::json!({"metadata": {"generateName": "rc-"}, "data": {"a": "x"}})
+            )),
+            content_digest(Some(
+                &serde_json::json!({"metadata": {"name": "rc-abcde"}, "data": {"a": "x"}})
+            )),
+        );
+    }
+
+    #[test]
     fn session_ids_are_recognised_by_their_shape() {
         let id = session_id("system:serviceaccount:argocd:controller", now(), 0x1a2b);
         assert!(looks_like_session(id.as_str()), "{id}");
@@ -265,7 +352,7 @@ mod tests {
     #[test]
     fn precedence_extra_then_annotation_then_open_then_session() {
         let a = Attribution::new(Duration::from_secs(30));
-        a.leave_hint(key("x"), ActionId::parse("from-annotation").unwrap());
+        a.leave_hint(key("x"), ActionId::parse("from-annotation").unwrap(), 1);
         a.set_open("alice", Some(ActionId::parse("opened").unwrap()));
         let (id, o) = a
             .attribute("alice", Some("rb-1"), &[key("x")], now())

@@ -268,8 +268,9 @@ impl CaptureService {
         };
         if !review.request.dry_run {
             tracing::debug!(%action, name = %review.object_name(), op, "action annotation handed over");
+            let content = attribution::content_digest(review.object.as_ref());
             for key in hint_keys(&review, true) {
-                self.attribution.leave_hint(key, action.clone());
+                self.attribution.leave_hint(key, action.clone(), content);
             }
         }
         let path = PointerBuf::from_tokens(["metadata", "annotations", ACTION_ANNOTATION]);
@@ -521,10 +522,11 @@ impl CaptureService {
         let (action, origin) = match cascade {
             // Its record exists: the namespace's deletion created it.
             Some(action) => (action, Origin::Session),
-            None => self.attribution.attribute(
+            None => self.attribution.attribute_content(
                 user,
                 review.user_extra(ACTION_ANNOTATION),
                 &keys,
+                &|| attribution::content_digest(review.object.as_ref()),
                 now,
             )?,
         };
