@@ -172,7 +172,7 @@ pub struct ServeArgs {
     /// again). Empty turns this off.
     #[arg(long, env = "SNAPBACK_GARBAGE_COLLECTOR_USERS", value_delimiter = ',', default_value = DEFAULT_GARBAGE_COLLECTOR_USERS)]
     pub garbage_collector_users: Vec<String>,
-    /// Resources not captured: `plural` or `plural.group` (glob `*`), comma-separated.
+    /// Resources not captured: `plural` or `plural.group` (glob `*`; the core group's as `plural` or `plural.core`), comma-separated.
     #[arg(long, env = "SNAPBACK_EXCLUDE_RESOURCES", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_RESOURCES)]
     pub exclude_resources: Vec<String>,
     /// snapback's own identity (never captured). Defaults to the pod's service account.

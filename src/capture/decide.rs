@@ -103,8 +103,14 @@ fn classify_with(review: &Review, cfg: &CaptureConfig, exclude_users: bool) -> D
     } else {
         format!("{resource}.{}", req.resource.group)
     };
+    // The core group's resources by plural alone or as `plural.core`, the
+    // way snapback's own `snapback.io/resource` labels name them.
     if cfg.exclude_resources.iter().any(|p| {
-        glob_match(p, &qualified) || (req.resource.group.is_empty() && glob_match(p, resource))
+        glob_match(p, &qualified)
+            || (req.resource.group.is_empty()
+                && (glob_match(p, resource)
+                    || p.strip_suffix(".core")
+                        .is_some_and(|p| glob_match(p, resource))))
     }) {
         return Decision::Skip(Skip::ExcludedResource);
     }
@@ -351,6 +357,34 @@ mod tests {
             classify(&review(op, group, resource, ns, user, dry), &cfg()),
             expected
         );
+    }
+
+    #[test]
+    fn core_resources_are_excluded_by_plural_or_plural_dot_core() {
+        for pattern in ["configmaps", "configmaps.core", "config*.core", "*.core"] {
+            let mut c = cfg();
+            c.exclude_resources = vec![pattern.into()];
+            assert_eq!(
+                classify(
+                    &review("CREATE", "", "configmaps", "ns", "alice", false),
+                    &c
+                ),
+                Decision::Skip(Skip::ExcludedResource),
+                "{pattern}"
+            );
+            // Not a resource of another group.
+            assert_eq!(
+                classify(
+                    &review("CREATE", "apps", "deployments", "ns", "alice", false),
+                    &c
+                ),
+                Decision::Capture {
+                    operation: Operation::Create,
+                    secret: false
+                },
+                "{pattern}"
+            );
+        }
     }
 
     #[test]
