@@ -471,7 +471,7 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), Failure> {
 }
 
 fn print_show(v: &Value, now: jiff::Timestamp) {
-    let field = |k: &str, val: String| println!("{:<14}{val}", format!("{k}:"));
+    let field = |k: &str, val: String| println!("{:<14}{}", format!("{k}:"), printable(&val));
     field("Action", str_of(v, "id").into());
     field("State", str_of(v, "state").into());
     field("Origin", str_of(v, "origin").into());

@@ -19,8 +19,35 @@ pub fn age(since: Option<&str>, now: Timestamp) -> String {
     }
 }
 
-/// Columns padded to the widest cell, separated by three spaces, like kubectl.
+/// `s` with its control characters escaped (`\u{1b}`, `\n`, `\r`, `\t`…):
+/// what users wrote (an action's description, a user name, a message
+/// quoting them) cannot move the cursor, erase lines, retitle the window
+/// or break the table on the reader's terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<String>()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Columns padded to the widest cell, separated by three spaces, like
+/// kubectl; every cell [`printable`].
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -102,6 +129,20 @@ pub fn object_name(r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_users_wrote_cannot_drive_the_terminal() {
+        let evil = "deploy\u{1b}[2K\rDescription:  harmless\u{1b}]0;title\u{7}";
+        let shown = printable(evil);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert_eq!(
+            shown,
+            "deploy\\u{1b}[2K\\rDescription:  harmless\\u{1b}]0;title\\u{7}"
+        );
+        assert_eq!(printable("plain naïve text"), "plain naïve text");
+        let t = table(&["A"], &[vec!["x\ny".into()]]);
+        assert_eq!(t, "A\nx\\ny\n");
+    }
 
     #[test]
     fn ages_like_kubectl() {
