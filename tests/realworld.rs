@@ -1016,3 +1016,90 @@ async fn owner_references_are_given_back_once_the_owner_is_restored() {
     );
     assert_eq!(child["metadata"]["ownerReferences"][0]["name"], "owner");
 }
+
+/// A create the API server refused because the object existed already
+/// (`kubectl create` of a name taken) leaves a phantom snapshot: the
+/// action did not change the object, and its diff and manifests say so
+/// (they said "created", with a patch deleting the live object, and "did
+/// not exist before the action"), like its rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_create_is_not_shown_as_created_by_the_action() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user9";
+    c.grant_api(user);
+    let ns = c.namespace("phantom", &[user]);
+    let token = c.token(user);
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "taken",
+            "--from-literal=a=1",
+        ],
+    );
+    let id = format!("phantom-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    let out = c.kubectl(
+        user,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "taken",
+            "--from-literal=a=2",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let detail = api
+        .ok("GET", &format!("/api/v1/actions/{id}"), &token)
+        .await;
+    assert_eq!(
+        detail["changeCount"], 1,
+        "the refused create was captured: {detail:#}"
+    );
+    let diff = api
+        .ok("GET", &format!("/api/v1/actions/{id}/diff"), &token)
+        .await;
+    let o = &diff["objects"][0];
+    assert_eq!(o["change"], "unchanged", "{diff:#}");
+    assert_eq!(o["patch"], serde_json::json!([]), "{diff:#}");
+    let (status, text) = api
+        .call(
+            "GET",
+            &format!("/api/v1/actions/{id}/manifests"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("not changed by the action") && !text.contains("did not exist"),
+        "{text}"
+    );
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let now = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "taken",
+        "-o",
+        "jsonpath={.data.a}",
+    ]);
+    assert_eq!(now, "1");
+}

@@ -631,8 +631,15 @@ pub async fn diff_action(
                 patch: Value::Array(vec![]),
                 error: None,
             };
+            // The action's create of it was refused (it existed already):
+            // the action did not change it.
+            let phantom = matches!(&cur, Ok(Some(c)) if crate::restore::plan::phantom_create(h, c));
             let prior = match &h.target {
                 Target::Present(p) | Target::Scale(p) => Some(strip_for_diff(p)),
+                Target::Absent { .. } if phantom => match &cur {
+                    Ok(Some(c)) => Some(strip_for_diff(c)),
+                    _ => None,
+                },
                 Target::Absent { .. } => None,
                 Target::Unreadable(e) => {
                     d.change = "error".into();
@@ -788,7 +795,23 @@ pub async fn manifests(
                     )),
                 }
             }
-            Target::Absent { .. } => notes.push(format!("{o}: did not exist before the action")),
+            Target::Absent { .. } => {
+                let client = match &client {
+                    Some(c) => c,
+                    None => client.insert(state.restorer.client_for(&caller, None)?),
+                };
+                let phantom = matches!(
+                    crate::restore::dynamic::get(client, o).await,
+                    Ok(Some(c)) if crate::restore::plan::phantom_create(h, &c)
+                );
+                notes.push(if phantom {
+                    format!(
+                        "{o}: not changed by the action (its create was refused: the object existed already)"
+                    )
+                } else {
+                    format!("{o}: did not exist before the action")
+                })
+            }
             Target::Unreadable(e) => notes.push(format!("{o}: no manifest: {e}")),
         }
     }

@@ -805,6 +805,26 @@ pub fn replicas(v: &Value) -> Option<&Value> {
     v.get("spec")?.get("replicas")
 }
 
+/// The action's create of this object was refused because it already
+/// existed (a phantom snapshot): `current` is not one the action created
+/// and was made before the action's create. Nothing to undo, nothing the
+/// action changed.
+pub fn phantom_create(h: &ObjectHistory, current: &Value) -> bool {
+    match &h.target {
+        Target::Absent {
+            created_uids,
+            last_create,
+        } => {
+            !created_uids.is_empty()
+                && !created_uids
+                    .iter()
+                    .any(|u| Some(u.as_str()) == uid_of(current))
+                && !created_after(current, *last_create)
+        }
+        _ => false,
+    }
+}
+
 fn uid_of(v: &Value) -> Option<&str> {
     v.get("metadata")?.get("uid")?.as_str()
 }
