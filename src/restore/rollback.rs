@@ -793,17 +793,41 @@ impl Restorer {
             results: vec![],
             was_cancelled: record.state == ActionState::Cancelled,
         };
-        let mut claimed = record.clone();
-        claimed.state = ActionState::RollingBack;
-        claimed.updated_at = started_at;
-        claimed.extensions.insert(
-            PROGRESS_KEY.into(),
-            serde_json::to_value(&progress).unwrap_or(Value::Null),
-        );
-        match self.store.update_action(&claimed, &rv).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict(_)) => return Err(RollbackError::Running(id.clone())),
-            Err(e) => return Err(e.into()),
+        // Marked `rolling-back` with the record's resourceVersion as
+        // precondition. The record may have changed since it was read for
+        // other reasons than another rollback (maintenance compacting the
+        // finished action, changes still joining it): read it again then,
+        // and only a rollback or a deletion under way stops this one.
+        let (mut record, mut rv) = (record, rv);
+        let mut tries = 0;
+        loop {
+            let mut claimed = record.clone();
+            claimed.state = ActionState::RollingBack;
+            claimed.updated_at = started_at;
+            claimed.extensions.insert(
+                PROGRESS_KEY.into(),
+                serde_json::to_value(&progress).unwrap_or(Value::Null),
+            );
+            match self.store.update_action(&claimed, &rv).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict(_)) if tries < 5 => {
+                    tries += 1;
+                    let (fresh, fresh_rv) = self
+                        .store
+                        .get_action(id)
+                        .await?
+                        .ok_or_else(|| RollbackError::NotFound(id.clone()))?;
+                    if fresh.extensions.contains_key(PRUNING_KEY) {
+                        return Err(RollbackError::NotFound(id.clone()));
+                    }
+                    if fresh.state == ActionState::RollingBack {
+                        return Err(RollbackError::Running(id.clone()));
+                    }
+                    (record, rv) = (fresh, fresh_rv);
+                }
+                Err(StoreError::Conflict(_)) => return Err(RollbackError::Running(id.clone())),
+                Err(e) => return Err(e.into()),
+            }
         }
         let report = self
             .execute(id, &record, progress, histories, steps, &client)
