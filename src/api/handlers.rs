@@ -795,15 +795,19 @@ pub async fn manifests(
                     )),
                 }
             }
-            Target::Absent { .. } => {
-                let client = match &client {
-                    Some(c) => c,
-                    None => client.insert(state.restorer.client_for(&caller, None)?),
+            Target::Absent { created_uids, .. } => {
+                // Only an object the action knows it created can be told
+                // from one that was there already: read it only then.
+                let phantom = !created_uids.is_empty() && {
+                    let client = match &client {
+                        Some(c) => c,
+                        None => client.insert(state.restorer.client_for(&caller, None)?),
+                    };
+                    matches!(
+                        crate::restore::dynamic::get(client, o).await,
+                        Ok(Some(c)) if crate::restore::plan::phantom_create(h, &c)
+                    )
                 };
-                let phantom = matches!(
-                    crate::restore::dynamic::get(client, o).await,
-                    Ok(Some(c)) if crate::restore::plan::phantom_create(h, &c)
-                );
                 notes.push(if phantom {
                     format!(
                         "{o}: not changed by the action (its create was refused: the object existed already)"

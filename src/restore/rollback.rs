@@ -542,29 +542,26 @@ impl Restorer {
             .await
     }
 
-    /// Note on the record that a rollback was asked for, with its
-    /// resourceVersion as precondition (retention claims a record the same
-    /// way before pruning it): the record as written and its new version.
-    async fn mark_requested(
+    /// Write `edit` of the action record with its resourceVersion as
+    /// precondition (retention claims a record the same way before pruning
+    /// it). When the record changed meanwhile for another reason (a session
+    /// completed, a guard's state, maintenance, changes joining the action),
+    /// read it again and retry; a rollback or a deletion under way stops it.
+    /// Returns the record as read last (without the edit) and the new
+    /// resourceVersion.
+    async fn write_claim(
         &self,
         id: &ActionId,
         mut record: ActionRecord,
         mut rv: String,
-        at: Timestamp,
+        edit: impl Fn(&mut ActionRecord),
     ) -> Result<(ActionRecord, String), RollbackError> {
         for _ in 0..5 {
-            record
-                .extensions
-                .insert(ROLLBACK_REQUESTED_KEY.into(), Value::from(at.to_string()));
-            record.extensions.insert(
-                ROLLBACK_REQUESTED_BY_KEY.into(),
-                Value::from(self.instance.clone()),
-            );
-            match self.store.update_action(&record, &rv).await {
+            let mut claimed = record.clone();
+            edit(&mut claimed);
+            match self.store.update_action(&claimed, &rv).await {
                 Ok(new_rv) => return Ok((record, new_rv)),
                 Err(StoreError::Conflict(_)) => {
-                    // Changed meanwhile (a session completed, a guard's
-                    // state, retention): read it again.
                     let (fresh, fresh_rv) = self
                         .store
                         .get_action(id)
@@ -582,6 +579,28 @@ impl Restorer {
             }
         }
         Err(RollbackError::Running(id.clone()))
+    }
+
+    /// Note on the record that a rollback was asked for (and by which
+    /// snapshotter): the record as written and its new version.
+    async fn mark_requested(
+        &self,
+        id: &ActionId,
+        record: ActionRecord,
+        rv: String,
+        at: Timestamp,
+    ) -> Result<(ActionRecord, String), RollbackError> {
+        let note = |r: &mut ActionRecord| {
+            r.extensions
+                .insert(ROLLBACK_REQUESTED_KEY.into(), Value::from(at.to_string()));
+            r.extensions.insert(
+                ROLLBACK_REQUESTED_BY_KEY.into(),
+                Value::from(self.instance.clone()),
+            );
+        };
+        let (mut record, rv) = self.write_claim(id, record, rv, note).await?;
+        note(&mut record);
+        Ok((record, rv))
     }
 
     /// Roll an action back (or cancel it).
@@ -793,42 +812,18 @@ impl Restorer {
             results: vec![],
             was_cancelled: record.state == ActionState::Cancelled,
         };
-        // Marked `rolling-back` with the record's resourceVersion as
-        // precondition. The record may have changed since it was read for
-        // other reasons than another rollback (maintenance compacting the
-        // finished action, changes still joining it): read it again then,
-        // and only a rollback or a deletion under way stops this one.
-        let (mut record, mut rv) = (record, rv);
-        let mut tries = 0;
-        loop {
-            let mut claimed = record.clone();
-            claimed.state = ActionState::RollingBack;
-            claimed.updated_at = started_at;
-            claimed.extensions.insert(
-                PROGRESS_KEY.into(),
-                serde_json::to_value(&progress).unwrap_or(Value::Null),
-            );
-            match self.store.update_action(&claimed, &rv).await {
-                Ok(_) => break,
-                Err(StoreError::Conflict(_)) if tries < 5 => {
-                    tries += 1;
-                    let (fresh, fresh_rv) = self
-                        .store
-                        .get_action(id)
-                        .await?
-                        .ok_or_else(|| RollbackError::NotFound(id.clone()))?;
-                    if fresh.extensions.contains_key(PRUNING_KEY) {
-                        return Err(RollbackError::NotFound(id.clone()));
-                    }
-                    if fresh.state == ActionState::RollingBack {
-                        return Err(RollbackError::Running(id.clone()));
-                    }
-                    (record, rv) = (fresh, fresh_rv);
-                }
-                Err(StoreError::Conflict(_)) => return Err(RollbackError::Running(id.clone())),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // Marked `rolling-back` (see `write_claim`: only a rollback or a
+        // deletion under way stops this one now).
+        let (record, _) = self
+            .write_claim(id, record, rv, |claimed| {
+                claimed.state = ActionState::RollingBack;
+                claimed.updated_at = started_at;
+                claimed.extensions.insert(
+                    PROGRESS_KEY.into(),
+                    serde_json::to_value(&progress).unwrap_or(Value::Null),
+                );
+            })
+            .await?;
         let report = self
             .execute(id, &record, progress, histories, steps, &client)
             .await?;
