@@ -556,7 +556,12 @@ impl Restorer {
         mut rv: String,
         edit: impl Fn(&mut ActionRecord),
     ) -> Result<(ActionRecord, String), RollbackError> {
-        for _ in 0..5 {
+        for attempt in 0..8 {
+            if attempt > 0 {
+                // Writers of one record come in bursts: spread out, as
+                // `modify` does.
+                tokio::time::sleep(Duration::from_millis(20 + rand::random::<u64>() % 80)).await;
+            }
             let mut claimed = record.clone();
             edit(&mut claimed);
             match self.store.update_action(&claimed, &rv).await {
