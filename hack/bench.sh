@@ -2,7 +2,7 @@
 # make bench: the benchmark suite (see BENCHMARKS.md). Results go to stdout
 # and to ${CARGO_TARGET_DIR:-target}/bench-results.md.
 #
-#   hack/bench.sh           the full suite (about 17 minutes on 2 cores)
+#   hack/bench.sh           the full suite (about 20 minutes on 2 cores)
 #   hack/bench.sh --smoke   every part with tiny sizes, for CI: it proves the
 #                           suite still runs; its numbers mean nothing
 set -euo pipefail

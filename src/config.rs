@@ -60,12 +60,15 @@ pub enum CaptureFailure {
 /// When the validating webhook answers for a captured change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CaptureAck {
-    /// Once the snapshot is written to the API server (the default; the
-    /// only choice with --capture-failure=deny).
+    /// Once the snapshot is written to the API server (the default).
     Written,
     /// Once the snapshot is queued for writing (needs
     /// --capture-failure=allow): a failed write is counted, not denied.
     Queued,
+    /// Once the snapshot is flushed to the local journal (--journal-dir);
+    /// the write to the API server follows, retried until it succeeds, and
+    /// a restart writes what a crash left in the journal.
+    Journaled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,7 +195,9 @@ pub struct ServeArgs {
     /// `written`, or once it is `queued` for writing (fail-open only: needs
     /// --capture-failure=allow; the write follows within milliseconds, and
     /// a failed one is counted in snapback_snapshot_failures_total and
-    /// snapback_uncaptured_changes_admitted_total).
+    /// snapback_uncaptured_changes_admitted_total), or once it is
+    /// `journaled`: flushed to a local journal (--journal-dir) from which
+    /// it is written, retried until it succeeds, also after a crash.
     #[arg(
         long,
         env = "SNAPBACK_CAPTURE_ACK",
@@ -200,12 +205,17 @@ pub struct ServeArgs {
         default_value = "written"
     )]
     pub capture_ack: CaptureAck,
-    /// With --capture-ack=queued: how long a queued snapshot may wait for
+    /// With --capture-ack=queued or journaled: how long a queued snapshot may wait for
     /// others of its action, so that one API write stores them together
     /// (at most 1s; 0 writes at once). Changes do not wait for it; a rollback
     /// asked for meanwhile waits for the queued writes as always.
     #[arg(long, env = "SNAPBACK_CAPTURE_BATCH_WINDOW", default_value = "50ms", value_parser = parse_duration)]
     pub capture_batch_window: Duration,
+    /// With --capture-ack=journaled: the directory of the capture journal
+    /// (one per process; in a pod, an emptyDir volume: it survives the
+    /// container's restarts, not the pod's deletion).
+    #[arg(long, env = "SNAPBACK_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
     /// Store the snapshots of changes admitted together (same action, while
     /// a snapshot write is in flight) as one batch ConfigMap, and fold the
     /// snapshots of finished actions into batches. `false`: one ConfigMap per
@@ -348,6 +358,8 @@ pub struct Config {
     /// How long a round of queued snapshot writes gathers snapshots (only
     /// with `--capture-ack=queued`; see [`Config::batch_window`]).
     pub capture_batch_window: Duration,
+    /// `--journal-dir` (used with `--capture-ack=journaled`).
+    pub journal_dir: Option<PathBuf>,
     pub kube_context: Option<String>,
     pub capture: CaptureConfig,
     pub retention: Duration,
@@ -453,6 +465,13 @@ impl Config {
                 self.capture.snapshot_namespace
             ));
         }
+        if self.capture.capture_ack == CaptureAck::Journaled && self.journal_dir.is_none() {
+            return Err(
+                "--capture-ack=journaled needs --journal-dir: the directory the journal lives in \
+                 (in a pod, an emptyDir volume)"
+                    .into(),
+            );
+        }
         if self.role.webhook() && self.max_review_bytes < MIN_REVIEW_BYTES {
             return Err(format!(
                 "--max-review-bytes must be at least {MIN_REVIEW_BYTES} (got {}): a smaller limit refuses ordinary reviews, and with failurePolicy Fail every change to the cluster",
@@ -469,12 +488,13 @@ impl Config {
     }
 
     /// The batch window the snapshot writer uses: `--capture-batch-window`
-    /// when the webhook answers before the write (`--capture-ack=queued`),
+    /// when the webhook answers before the write (`--capture-ack=queued` or
+    /// `journaled`),
     /// none otherwise (a change that waits for its snapshot would wait for
     /// the window too).
     pub fn batch_window(&self) -> Duration {
         match self.capture.capture_ack {
-            CaptureAck::Queued => self.capture_batch_window,
+            CaptureAck::Queued | CaptureAck::Journaled => self.capture_batch_window,
             CaptureAck::Written => Duration::ZERO,
         }
     }
@@ -560,6 +580,7 @@ impl From<ServeArgs> for Config {
             snapshot_batching: a.snapshot_batching,
             compact_after: a.compact_after,
             capture_batch_window: a.capture_batch_window,
+            journal_dir: a.journal_dir,
             kube_context: a.kube_context,
             capture: CaptureConfig {
                 snapshot_namespace: a.snapshot_namespace,

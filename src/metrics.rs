@@ -31,7 +31,7 @@ pub struct Metrics {
     pub objects_restored: IntCounterVec,
     pub rollback_conflicts: IntCounter,
     pub open_actions: IntGauge,
-    /// Snapshots queued and not yet written (--capture-ack=queued).
+    /// Snapshots queued and not yet written (--capture-ack=queued or journaled).
     pub snapshot_writes_queued: IntGauge,
     /// labels: layout (single|batch): API objects created to store captured
     /// snapshots; snapshots_stored / this = snapshots per API write.
@@ -109,7 +109,7 @@ impl Metrics {
         let snapshot_writes_queued = IntGauge::with_opts(
             Opts::new(
                 "snapshot_writes_queued",
-                "Snapshots of admitted changes queued and not yet written (--capture-ack=queued)",
+                "Snapshots of admitted changes queued and not yet written (--capture-ack=queued or journaled)",
             )
             .namespace("snapback"),
         )
@@ -241,6 +241,7 @@ impl Metrics {
             "api_error",
             "unreachable",
             "timeout",
+            "journal",
         ] {
             self.snapshot_failures.with_label_values(&[reason]);
         }

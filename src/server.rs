@@ -16,10 +16,12 @@ use axum_server::Handle;
 use crate::api::ApiState;
 use crate::api::auth::Auth;
 use crate::capture::attribution::Attribution;
+use crate::capture::journaled::JournaledWrite;
 use crate::capture::{CaptureService, handler, open_actions};
 use crate::config::{AuthMode, CaptureAck, Config, WebhookConfigArgs};
 use crate::metrics::Metrics;
 use crate::restore::rollback::Restorer;
+use crate::store::journal::Journal;
 use crate::store::kube_store::KubeStore;
 use crate::store::writer::WriterOptions;
 use crate::tls::ServingTls;
@@ -140,11 +142,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
     ));
     let attribution = Arc::new(Attribution::new(cfg.capture.session_idle));
-    let pending = (cfg.capture.capture_ack == CaptureAck::Queued).then(|| {
+    let pending = matches!(
+        cfg.capture.capture_ack,
+        CaptureAck::Queued | CaptureAck::Journaled
+    )
+    .then(|| {
         Arc::new(crate::capture::pending::PendingWrites::with_gauge(
             metrics.snapshot_writes_queued.clone(),
         ))
     });
+    let mut journal: Option<Arc<Journal>> = None;
     if cfg.role.webhook() {
         tokio::spawn(open_actions::watch(
             client.clone(),
@@ -161,11 +168,54 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             kube_config.clone(),
             cfg.auth == AuthMode::Kubernetes,
         ));
-        if let Some(p) = &pending {
-            tracing::info!(
-                "--capture-ack=queued: changes are admitted once their snapshot is queued"
-            );
-            capture = capture.with_queued_ack(p.clone());
+        match (&pending, cfg.capture.capture_ack) {
+            (Some(p), CaptureAck::Journaled) => {
+                let dir = cfg
+                    .journal_dir
+                    .as_deref()
+                    .context("--capture-ack=journaled needs --journal-dir")?;
+                let (j, recovered) = Journal::open(dir)
+                    .with_context(|| format!("opening the capture journal in {}", dir.display()))?;
+                tracing::info!(dir = %dir.display(), recovered = recovered.entries.len(),
+                    "--capture-ack=journaled: changes are admitted once their snapshot is in the journal");
+                if recovered.unreadable > 0 {
+                    metrics
+                        .snapshot_failures
+                        .with_label_values(&["journal"])
+                        .inc_by(recovered.unreadable as u64);
+                    metrics
+                        .uncaptured_admitted
+                        .inc_by(recovered.unreadable as u64);
+                }
+                if recovered.corrupt > 0 {
+                    metrics
+                        .snapshot_failures
+                        .with_label_values(&["journal"])
+                        .inc_by(recovered.corrupt as u64);
+                }
+                // What an earlier process journaled and did not write.
+                for (appended, entry) in recovered.entries {
+                    capture.note_replayed_deletion(&entry.meta);
+                    let ticket = p.begin_unbounded(entry.meta.action.as_str(), entry.prior_len());
+                    let write = JournaledWrite {
+                        sink: store.clone(),
+                        metrics: metrics.clone(),
+                        journal: j.clone(),
+                        record: entry.record.clone(),
+                        snapshot: entry.snapshot(),
+                    };
+                    tokio::spawn(write.run(appended, Some(ticket)));
+                }
+                capture = capture.with_journal(j.clone(), p.clone());
+                journal = Some(j);
+            }
+            (Some(p), _) => {
+                tracing::info!(
+                    "--capture-ack=queued: changes are admitted once their snapshot is queued"
+                );
+                capture = capture.with_queued_ack(p.clone());
+            }
+            (None, _) => {}
         }
         let capture = Arc::new(capture);
         let app = handler::router(capture, cfg.max_review_bytes);
@@ -289,10 +339,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(p) = &pending
         && !p.settle(None, SHUTDOWN_GRACE).await
     {
-        tracing::error!(
-            queued = p.len(),
-            "exiting with snapshot writes still queued: those changes stay uncaptured"
-        );
+        match &journal {
+            Some(j) => tracing::warn!(
+                queued = p.len(),
+                dir = %j.dir().display(),
+                "exiting with journaled snapshots not yet written: the next start with this --journal-dir writes them"
+            ),
+            None => tracing::error!(
+                queued = p.len(),
+                "exiting with snapshot writes still queued: those changes stay uncaptured"
+            ),
+        }
+    }
+    if let Some(j) = &journal {
+        j.close();
     }
     for lease in leases {
         lease.release().await;

@@ -370,6 +370,34 @@ async fn two_replicas_behind_one_url_keep_writes_flowing_when_one_is_killed() {
     a.unregister(c);
 }
 
+/// A proxy to the API server that holds back the POSTs `gate` names.
+async fn gated_proxy(c: &Cluster, gate: Gate) -> std::net::SocketAddr {
+    start_gated_proxy(
+        &c.url,
+        &c.apiserver_ca(),
+        &c.certs.join("tls.crt"),
+        &c.certs.join("tls.key"),
+        gate,
+    )
+    .await
+}
+
+/// ConfigMaps a (v=1) and b (v=2) created, then changed to v=changed in
+/// `action`.
+fn create_and_change(c: &Cluster, ns: &str, action: &str) {
+    for (name, before) in [("a", "1"), ("b", "2")] {
+        c.kubectl_ok(&[
+            "-n",
+            ns,
+            "create",
+            "configmap",
+            name,
+            &format!("--from-literal=v={before}"),
+        ]);
+        c.apply_as("admin", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: changed}}\n"));
+    }
+}
+
 /// `--capture-ack=queued` (fail-open only): the webhook admits a change once
 /// its snapshot is queued, before the write reaches the API server; a
 /// rollback asked for before the write has landed waits for it.
@@ -384,14 +412,7 @@ async fn queued_acknowledgement_admits_before_the_write_and_a_rollback_waits_for
         "/namespaces/{}/configmaps",
         opts.snapshot_namespace
     ));
-    let addr = start_gated_proxy(
-        &c.url,
-        &c.apiserver_ca(),
-        &c.certs.join("tls.crt"),
-        &c.certs.join("tls.key"),
-        gate,
-    )
-    .await;
+    let addr = gated_proxy(c, gate).await;
     opts.kubeconfig = Some(c.snapback_kubeconfig(&format!("https://{addr}"), &tag));
     opts.extra_args = vec![
         "--capture-failure=allow".into(),
@@ -401,17 +422,7 @@ async fn queued_acknowledgement_admits_before_the_write_and_a_rollback_waits_for
     let ns = c.namespace("qack", &[]);
     sb.adopt_namespace(c, &ns);
     let action = format!("queued-{tag}");
-    for (name, before) in [("a", "1"), ("b", "2")] {
-        c.kubectl_ok(&[
-            "-n",
-            &ns,
-            "create",
-            "configmap",
-            name,
-            &format!("--from-literal=v={before}"),
-        ]);
-        c.apply_as("admin", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{snapback.io/action: {action}}}}}\ndata: {{v: changed}}\n"));
-    }
+    create_and_change(c, &ns, &action);
 
     // Admitted while no snapshot could be written yet.
     let admin_client = c.client("admin").await;
@@ -463,6 +474,104 @@ async fn queued_acknowledgement_admits_before_the_write_and_a_rollback_waits_for
         0.0,
         "no write failed"
     );
+    sb.unregister(c);
+}
+
+/// `--capture-ack=journaled` (deny mode): the webhook admits a change once
+/// its snapshot is flushed to the local journal, before the write reaches
+/// the API server. When the process dies before the write (SIGKILL here),
+/// the next start with the same `--journal-dir` writes what the journal
+/// holds, and the action rolls back as if nothing had happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn journaled_snapshots_survive_a_crash_and_the_next_start_writes_them() {
+    let c = cluster();
+    let tag = format!("jnl{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    // The first process's snapshot writes never get through (the gate is
+    // never opened): only the journal has them.
+    let (gate, _never_opened) = Gate::closed(&format!(
+        "/namespaces/{}/configmaps",
+        opts.snapshot_namespace
+    ));
+    let addr = gated_proxy(c, gate).await;
+    let journal = c.dir.join(format!("journal-{tag}"));
+    let journal_args: Vec<String> = vec![
+        "--capture-ack=journaled".into(),
+        "--journal-dir".into(),
+        journal.to_str().unwrap().into(),
+    ];
+    let mut restart = opts.clone();
+    restart.extra_args = journal_args.clone();
+    opts.kubeconfig = Some(c.snapback_kubeconfig(&format!("https://{addr}"), &tag));
+    opts.extra_args = journal_args;
+    let mut sb = Snapback::start(c, opts);
+    let ns = c.namespace("jnl", &[]);
+    sb.adopt_namespace(c, &ns);
+    let action = format!("journaled-{tag}");
+    create_and_change(c, &ns, &action);
+
+    // Admitted in deny mode although no snapshot could be written.
+    let admin_client = c.client("admin").await;
+    let stored: Api<ConfigMap> = Api::namespaced(admin_client, &sb.opts.snapshot_namespace);
+    let written = stored
+        .list_metadata(&kube::api::ListParams::default())
+        .await
+        .unwrap();
+    assert!(written.items.is_empty(), "the gate let a write through");
+    let text = sb.metrics();
+    assert!(
+        metric(&text, "snapback_snapshot_writes_queued") >= 4.0,
+        "4 changes admitted: {text}"
+    );
+    assert_eq!(
+        metric(&text, "snapback_uncaptured_changes_admitted_total"),
+        0.0
+    );
+    sb.kill();
+
+    // The next start, straight to the API server, writes the journal.
+    let sb = Snapback::start(c, restart);
+    let api = sb.api(c);
+    let (status, report) = api
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{action}/rollback"),
+            Some(&c.token("admin")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}\n{}", sb.log_tail());
+    assert_eq!(
+        nonzero(&report["counts"]),
+        json!({"restored": 2}),
+        "{report}"
+    );
+    for (name, before) in [("a", "1"), ("b", "2")] {
+        let v = c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "configmap",
+            name,
+            "-o",
+            "jsonpath={.data.v}",
+        ]);
+        assert_eq!(v, before);
+    }
+    let text = sb.metrics();
+    for op in ["create", "update"] {
+        let sample = format!("snapback_snapshots_stored_total{{operation=\"{op}\"}}");
+        assert!(metric(&text, &sample) >= 2.0, "{text}");
+    }
+    assert_eq!(metric(&text, "snapback_snapshot_writes_queued"), 0.0);
+    // Written entries leave the journal: the old segment is gone, only the
+    // one the new process appends to is left.
+    let segments = std::fs::read_dir(&journal)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+        .count();
+    assert_eq!(segments, 1);
     sb.unregister(c);
 }
 

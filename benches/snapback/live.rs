@@ -56,14 +56,18 @@ enum Mode {
     Snapback,
     /// snapback with `--capture-failure=allow --capture-ack=queued`.
     Queued,
+    /// snapback with `--capture-ack=journaled` (and the default
+    /// `--capture-failure=deny`).
+    Journaled,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 6] = [
     Mode::NoWebhook,
     Mode::Noop,
     Mode::PerChange,
     Mode::Snapback,
     Mode::Queued,
+    Mode::Journaled,
 ];
 
 impl Mode {
@@ -74,6 +78,7 @@ impl Mode {
             Mode::PerChange => "snapback, batching off (one write per change)",
             Mode::Snapback => "snapback",
             Mode::Queued => "snapback, `--capture-ack=queued` (fail-open)",
+            Mode::Journaled => "snapback, `--capture-ack=journaled` (deny)",
         }
     }
 }
@@ -320,11 +325,12 @@ impl Live {
                     None,
                 );
             }
-            Mode::Noop | Mode::PerChange | Mode::Snapback | Mode::Queued => {
+            Mode::Noop | Mode::PerChange | Mode::Snapback | Mode::Queued | Mode::Journaled => {
                 let port = match mode {
                     Mode::Noop => ports.noop,
                     Mode::PerChange => ports.per_change,
                     Mode::Queued => ports.queued,
+                    Mode::Journaled => ports.journaled,
                     _ => ports.snapback,
                 };
                 let ca = self.work.join("certs/ca.crt");
@@ -374,11 +380,21 @@ impl Live {
         let mut queued_args = vec!["--capture-failure=allow", "--capture-ack=queued"];
         queued_args.extend(window.as_deref());
         let (queued, queued_webhook, _, queued_metrics) = self.serve("queued", &queued_args);
+        let journal_dir = self.work.join("journal");
+        let mut journaled_args = vec![
+            "--capture-ack=journaled",
+            "--journal-dir",
+            journal_dir.to_str().unwrap(),
+        ];
+        journaled_args.extend(window.as_deref());
+        let (journaled, journaled_webhook, _, journaled_metrics) =
+            self.serve("journaled", &journaled_args);
         let ports = Ports {
             noop: noop_port,
             per_change: per_change_webhook,
             snapback: sb_webhook,
             queued: queued_webhook,
+            journaled: journaled_webhook,
         };
         // Whose CPU each cell accounts: API server, etcd, the webhook of the
         // setup, this process (the load generator).
@@ -390,12 +406,14 @@ impl Live {
             Mode::PerChange => Some(_per_change.0.id()),
             Mode::Snapback => Some(sb.0.id()),
             Mode::Queued => Some(queued.0.id()),
+            Mode::Journaled => Some(journaled.0.id()),
         };
         let metrics_port = |mode: Mode| match mode {
             Mode::NoWebhook | Mode::Noop => None,
             Mode::PerChange => Some(per_change_metrics),
             Mode::Snapback => Some(sb_metrics),
             Mode::Queued => Some(queued_metrics),
+            Mode::Journaled => Some(journaled_metrics),
         };
         // Snapshots stored and API objects written for them, so far.
         let snapshot_counts = |mode: Mode| {
@@ -588,9 +606,9 @@ impl Live {
             "Ratios of throughput are taken round by round (each setup against the no-op webhook of the same round); the median, and the range over the rounds.\n"
         );
         println!(
-            "| clients | snapback / no webhook | snapback / no-op | p50 added over no-op (ms) | p99 snapback / no-op | before: batching off / no-op | queued ack / no-op | queued: p50 added over no-op (ms) |"
+            "| clients | snapback / no webhook | snapback / no-op | p50 added over no-op (ms) | p99 snapback / no-op | before: batching off / no-op | queued ack / no-op | queued: p50 added over no-op (ms) | journaled ack / no-op | journaled: p50 added over no-op (ms) |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         let ratio = |a: &Summary, b: &Summary| {
             let per_round: Vec<f64> = a.rates.iter().zip(&b.rates).map(|(x, y)| x / y).collect();
             let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
@@ -602,10 +620,11 @@ impl Live {
             }
         };
         for group in rows.chunks(MODES.len()) {
-            let (none, noop, per_change, sb, queued) =
-                (&group[0], &group[1], &group[2], &group[3], &group[4]);
+            let (none, noop, per_change, sb, queued, journaled) = (
+                &group[0], &group[1], &group[2], &group[3], &group[4], &group[5],
+            );
             println!(
-                "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.2} |",
                 sb.clients,
                 ratio(sb, none),
                 ratio(sb, noop),
@@ -614,6 +633,8 @@ impl Live {
                 ratio(per_change, noop),
                 ratio(queued, noop),
                 queued.p50 - noop.p50,
+                ratio(journaled, noop),
+                journaled.p50 - noop.p50,
             );
         }
         println!();
@@ -839,6 +860,7 @@ struct Ports {
     per_change: u16,
     snapback: u16,
     queued: u16,
+    journaled: u16,
 }
 
 struct RollbackRow {

@@ -8,6 +8,7 @@ pub mod cascade;
 pub mod crd;
 pub mod decide;
 pub mod handler;
+pub mod journaled;
 pub mod open_actions;
 pub mod pending;
 pub mod review;
@@ -39,6 +40,10 @@ use crate::store::{NewSnapshot, SnapshotSink, StoreError};
 /// Leave the API server's webhook timeout (10s by default) room to deliver
 /// our own, clearer denial.
 const STORE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long a dependent's deletion by the garbage collector waits for the
+/// writes of its owner's action this process still has queued or journaled.
+const CASCADE_SETTLE: Duration = Duration::from_secs(5);
 
 /// A queued snapshot write (`--capture-ack=queued`) has this long; nobody
 /// waits on it but readers settling the action.
@@ -88,8 +93,11 @@ pub struct CaptureService {
     sink: Arc<dyn SnapshotSink>,
     attribution: Arc<Attribution>,
     metrics: Metrics,
-    /// Set with `--capture-ack=queued`: answer once the snapshot is queued.
+    /// Set with `--capture-ack=queued` or `journaled`: answer once the
+    /// snapshot is queued (or journaled).
     pending: Option<Arc<PendingWrites>>,
+    /// Set with `--capture-ack=journaled`.
+    journal: Option<Arc<crate::store::journal::Journal>>,
     /// Namespaces being emptied after a captured change deleted them.
     namespace_deletions: NamespaceDeletions,
     owner_deletions: cascade::OwnerDeletions,
@@ -194,6 +202,7 @@ impl CaptureService {
             attribution,
             metrics,
             pending: None,
+            journal: None,
             namespace_deletions: NamespaceDeletions::default(),
             owner_deletions: cascade::OwnerDeletions::default(),
             crd_reader: None,
@@ -212,6 +221,31 @@ impl CaptureService {
     pub fn with_queued_ack(mut self, pending: Arc<PendingWrites>) -> Self {
         self.pending = Some(pending);
         self
+    }
+
+    /// Answer for a captured change once its snapshot is in the local
+    /// journal (`--capture-ack=journaled`); the write to the API server
+    /// follows, retried until it succeeds. Readers of an action settle
+    /// `pending` first, as with `queued`.
+    pub fn with_journal(
+        mut self,
+        journal: Arc<crate::store::journal::Journal>,
+        pending: Arc<PendingWrites>,
+    ) -> Self {
+        self.journal = Some(journal);
+        self.pending = Some(pending);
+        self
+    }
+
+    /// A deletion replayed from the journal at start: the garbage
+    /// collector's deletes of its dependents join its action, as they would
+    /// have in the process that admitted it.
+    pub fn note_replayed_deletion(&self, meta: &SnapshotMeta) {
+        if meta.operation == Operation::Delete
+            && let Some(uid) = &meta.uid
+        {
+            self.owner_deletions.note(uid, &meta.action);
+        }
     }
 
     pub fn attribution(&self) -> &Arc<Attribution> {
@@ -428,12 +462,19 @@ impl CaptureService {
             {
                 // Only into an action that still exists (it may have been
                 // deleted since its change): never a record made for it.
-                Some(action) => self
-                    .sink
-                    .action_exists(&action)
-                    .await
-                    .map_err(owner_error)?
-                    .then_some(action),
+                // The owner's deletion may have been admitted before its
+                // snapshot and record were written (`queued`, `journaled`):
+                // those writes first.
+                Some(action) => {
+                    if let Some(p) = &self.pending {
+                        p.settle(Some(action.as_str()), CASCADE_SETTLE).await;
+                    }
+                    self.sink
+                        .action_exists(&action)
+                        .await
+                        .map_err(owner_error)?
+                        .then_some(action)
+                }
                 None => None,
             };
             if let Some(action) = found {
@@ -669,7 +710,43 @@ impl CaptureService {
         let contents_of = deleted_crd
             .is_some()
             .then(|| (meta.request_uid.clone(), meta.user.clone()));
-        let snapshot = NewSnapshot { meta, prior };
+        let mut snapshot = NewSnapshot { meta, prior };
+        // Journaled: admitted once the snapshot is on local disk. Not a
+        // Secret (its data never goes to disk in the clear), nor a change
+        // whose action must be marked before it is admitted.
+        if let (Some(journal), Some(pending)) = (&self.journal, &self.pending)
+            && !snapshot.meta.secret
+            && !notes_namespace
+            && !deletes_crd
+            && let Some(ticket) = pending.begin(action.as_str(), body_len)
+        {
+            let entry = crate::store::journal::encode(&record, &snapshot)
+                .map_err(|e| CaptureError::Codec(codec::CodecError::Serialize(e)))?;
+            let write = journaled::JournaledWrite {
+                sink: self.sink.clone(),
+                metrics: self.metrics.clone(),
+                journal: journal.clone(),
+                record,
+                snapshot,
+            };
+            match write.journal(entry, ticket).await {
+                journaled::Appending::Journaled => return Ok(action),
+                journaled::Appending::Lost => {
+                    return Err(CaptureError::Join("the journaling task stopped".into()));
+                }
+                journaled::Appending::Refused(e, write) => {
+                    // Written before answering instead, as with `written`.
+                    self.metrics
+                        .snapshot_failures
+                        .with_label_values(&["journal"])
+                        .inc();
+                    tracing::warn!(error = %e, journal = %journal.dir().display(),
+                        "could not append to the capture journal; writing the snapshot before answering");
+                    record = write.record;
+                    snapshot = write.snapshot;
+                }
+            }
+        }
         let sink = self.sink.clone();
         let marked = action.clone();
         let metrics = self.metrics.clone();
@@ -714,6 +791,7 @@ impl CaptureService {
             Ok::<u64, CaptureError>(bytes)
         };
         let queued = self.pending.as_ref().filter(|_| {
+            self.journal.is_none() &&
             // Only fail-open may admit before the write (config check), and
             // a namespace's contents must not be deleted before its
             // deletion is noted.

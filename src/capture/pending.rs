@@ -65,19 +65,28 @@ impl PendingWrites {
     /// Queue a write of `bytes` for `action`; `None` when the queue is full
     /// (the caller then writes and waits, as without queueing).
     pub fn begin(self: &std::sync::Arc<Self>, action: &str, bytes: usize) -> Option<Ticket> {
-        let mut q = self.lock();
-        if q.writes.len() >= MAX_QUEUED || q.bytes + bytes > MAX_QUEUED_BYTES {
-            return None;
+        {
+            let q = self.lock();
+            if q.writes.len() >= MAX_QUEUED || q.bytes + bytes > MAX_QUEUED_BYTES {
+                return None;
+            }
         }
+        Some(self.begin_unbounded(action, bytes))
+    }
+
+    /// Queue a write whatever the queue holds: one already admitted (a
+    /// journaled snapshot a restart writes), which readers must wait for.
+    pub fn begin_unbounded(self: &std::sync::Arc<Self>, action: &str, bytes: usize) -> Ticket {
+        let mut q = self.lock();
         let seq = q.next;
         q.next += 1;
         q.bytes += bytes;
         q.writes.insert(seq, (action.to_string(), bytes));
         self.show(&q);
-        Some(Ticket {
+        Ticket {
             pending: self.clone(),
             seq,
-        })
+        }
     }
 
     fn end(&self, seq: u64) {

@@ -277,6 +277,73 @@ async fn queued_acknowledgement_admits_before_the_write_and_counts_failed_writes
 }
 
 #[tokio::test]
+async fn journaled_acknowledgement_admits_once_on_disk_and_retries_until_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::default());
+    // The API server refuses every write for now: deny mode still admits,
+    // because the prior state is safe in the journal.
+    *store.fail_with.lock().unwrap() = Some("etcd unavailable".into());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    let (journal, recovered) = crate::store::journal::Journal::open(dir.path()).unwrap();
+    assert!(recovered.entries.is_empty());
+    let pending = Arc::new(PendingWrites::with_gauge(
+        metrics.snapshot_writes_queued.clone(),
+    ));
+    let svc = svc.with_journal(journal.clone(), pending.clone());
+
+    let answer = svc
+        .validate(&fixture("validate-update-configmap.json"))
+        .await;
+    assert!(response(&answer).allowed);
+    assert_eq!(store.snapshot_count(), 0);
+    assert_eq!(journal.outstanding(), 1, "in the journal until written");
+    assert!(!pending.settle(None, Duration::from_millis(400)).await);
+    let text = metrics.render();
+    assert!(
+        text.contains("snapback_snapshot_failures_total{reason=\"corrupt\"}"),
+        "{text}"
+    );
+    assert!(text.contains("snapback_uncaptured_changes_admitted_total 0"));
+
+    // The API server is back: the retry writes it, the journal lets it go.
+    *store.fail_with.lock().unwrap() = None;
+    assert!(pending.settle(None, Duration::from_secs(10)).await);
+    let snap = only_snapshot(&store);
+    assert_eq!(snap.meta.operation, Operation::Update);
+    assert_eq!(journal.outstanding(), 0);
+    assert_eq!(
+        store.actions.lock().unwrap().len(),
+        1,
+        "its action record too"
+    );
+    let text = metrics.render();
+    assert!(text.contains(r#"snapback_snapshots_stored_total{operation="update"} 1"#));
+}
+
+#[tokio::test]
+async fn a_closed_journal_falls_back_to_writing_before_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::default());
+    *store.fail_with.lock().unwrap() = Some("etcd unavailable".into());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    let (journal, _) = crate::store::journal::Journal::open(dir.path()).unwrap();
+    journal.close();
+    let svc = svc.with_journal(journal, Arc::new(PendingWrites::default()));
+    let answer = svc
+        .validate(&fixture("validate-update-configmap.json"))
+        .await;
+    assert!(
+        !response(&answer).allowed,
+        "not journaled and not written: denied"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("snapback_snapshot_failures_total{reason=\"journal\"} 1")
+    );
+}
+
+#[tokio::test]
 async fn queued_acknowledgement_is_ignored_in_deny_mode() {
     let store = Arc::new(MemoryStore::default());
     *store.fail_with.lock().unwrap() = Some("disk on fire".into());
@@ -737,4 +804,62 @@ async fn a_cascade_that_cannot_be_looked_up_is_denied_or_counted_never_silently_
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_deletion_replayed_from_the_journal_takes_its_dependents_along() {
+    let gc_user = "system:serviceaccount:kube-system:generic-garbage-collector";
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(store.clone(), CaptureFailure::Deny);
+    let action = ActionId::parse("release-9").unwrap();
+    let now: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+    // The replayed record is written (the replay's write landed).
+    store.actions.lock().unwrap().insert(
+        action.to_string(),
+        ActionRecord::new(action.clone(), "annotation", "alice", now),
+    );
+    let owner = SnapshotMeta {
+        snapshot_name: SnapshotMeta::object_name(now, "uid-owner-delete"),
+        action: action.clone(),
+        operation: Operation::Delete,
+        object: ObjectRef {
+            group: String::new(),
+            version: "v1".into(),
+            resource: "configmaps".into(),
+            subresource: None,
+            kind: "ConfigMap".into(),
+            namespace: Some("shop".into()),
+            name: "owner".into(),
+        },
+        user: "alice".into(),
+        timestamp: now,
+        request_uid: "uid-owner-delete".into(),
+        resource_version: Some("7".into()),
+        uid: Some("owner-uid".into()),
+        payload_sha256: None,
+        after_fingerprint: None,
+        before_fingerprint: None,
+        after_replicas: None,
+        chunks: 0,
+        secret: false,
+        guard: None,
+        batch: None,
+    };
+    svc.note_replayed_deletion(&owner);
+    let mut owned = object("ConfigMap", "shop", "dependent", "cm-9");
+    owned["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": "owner-uid"}]);
+    let answer = svc
+        .validate(&delete_review(
+            gc_user,
+            "configmaps",
+            Some("shop"),
+            "dependent",
+            owned,
+        ))
+        .await;
+    assert!(response(&answer).allowed);
+    let snap = only_snapshot(&store);
+    assert_eq!(snap.meta.action, action, "{}", metrics.render());
+    assert_eq!(snap.meta.object.name, "dependent");
 }

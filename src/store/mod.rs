@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod batch;
 pub mod codec;
+pub mod journal;
 pub mod kube_store;
 pub mod memory;
 pub mod model;
