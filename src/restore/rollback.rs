@@ -1859,7 +1859,13 @@ async fn create_restoring(
 /// `restored`. Once the definition is back as it was (its own step is
 /// `unchanged`: not on the first rollback, whose dry run would still see
 /// the action's schema), a server-side dry run of the replace tells: if it
-/// would leave the object as it is, it is `unchanged`.
+/// would leave the object as it is, it is `unchanged`. That holds for a
+/// conflict too: what an earlier rollback wrote may be read differently
+/// from how its capture saw it (the API server swaps in the restored
+/// schema's handler a moment after the definition's write, so the
+/// resource's write may have gone through the action's schema, kept the
+/// defaulted field, and every read since prunes it): no state of anyone's
+/// is overwritten by a restore that leaves the object as it is.
 async fn settle_under_changed_definitions(
     client: &kube::Client,
     histories: &[ObjectHistory],
@@ -1878,12 +1884,24 @@ async fn settle_under_changed_definitions(
         return;
     }
     for ((h, c), step) in histories.iter().zip(current).zip(steps.iter_mut()) {
-        let (Action::Replace(body), Ok(Some(now))) = (&step.action, c) else {
+        let Ok(Some(now)) = c else {
             continue;
         };
         if !definitions.contains(format!("{}.{}", h.object.resource, h.object.group).as_str()) {
             continue;
         }
+        let forced;
+        let body = match &step.action {
+            Action::Replace(body) => body,
+            Action::None(Outcome::Conflict, _) => {
+                forced = plan::decide(h, Some(now), true);
+                match &forced.action {
+                    Action::Replace(body) => body,
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
         // Content as a replace compares it (spec.replicas included).
         if let Ok(would) = dynamic::replace_with(client, &h.object, body, true).await
             && crate::store::codec::same_content(&would, now)
