@@ -11,7 +11,7 @@
 # its own service account as kubeadm sets it up: pods are created but never
 # scheduled (no scheduler, no kubelet).
 #
-# DIR receives: kubeconfig (contexts admin, snapback, alice, bob, carol, user1..9),
+# DIR receives: kubeconfig (contexts admin, snapback, alice, bob, carol, user1..12),
 # tokens.csv, pki/, logs, pids, and env (KUBECONFIG=..., APISERVER_URL=...).
 # With OWNER_PID set, a watchdog stops everything when that process exits, so
 # a test binary that dies does not leak servers.
@@ -73,8 +73,8 @@ openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
 token() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
 # admin is cluster-admin; snapback is snapback's own identity; the others get
-# only the RBAC a test grants them (user1..user9 for per-test sessions).
-users="admin snapback alice bob carol user1 user2 user3 user4 user5 user6 user7 user8 user9"
+# only the RBAC a test grants them (user1..user12 for per-test sessions).
+users="admin snapback alice bob carol user1 user2 user3 user4 user5 user6 user7 user8 user9 user10 user11 user12"
 declare -A tokens
 for u in $users; do tokens[$u]=$(token); done
 {

@@ -112,8 +112,10 @@ fn state(c: &Cluster, ns: &str) -> BTreeMap<String, Option<Value>> {
 
 /// The only instance on this control plane: its webhooks see every
 /// namespace and cluster-scoped objects (the Namespace) too. bob, carol,
-/// alice and user1 (each in one test: a user's changes in a row share an
-/// action) may do anything: they delete namespaces, then undo that.
+/// alice and user1 to user6 may do anything: they delete namespaces, then
+/// undo that. Each user changes things in one test only: a user's changes
+/// in a row share an action, and an action a user opened takes all of
+/// theirs (tests run in parallel).
 fn namespace_snapback() -> &'static Snapback {
     static SB: std::sync::OnceLock<Snapback> = std::sync::OnceLock::new();
     SB.get_or_init(|| {
@@ -123,7 +125,9 @@ fn namespace_snapback() -> &'static Snapback {
             ..SnapbackOpts::shared()
         };
         let sb = Snapback::start(c, opts);
-        for user in ["bob", "carol", "alice", "user1", "user2", "user3", "user4"] {
+        for user in [
+            "bob", "carol", "alice", "user1", "user2", "user3", "user4", "user5", "user6",
+        ] {
             c.grant_api(user);
             c.kubectl_ok(&[
                 "create",
@@ -541,11 +545,11 @@ webhooks:
     .await;
     let out = c.kubectl("user1", &["delete", "namespace", &ns, "--wait=false"]);
     assert!(!out.status.success(), "the policy refuses it");
-    // Lifted; alice deletes it for real.
+    // Lifted; user6 deletes it for real.
     c.kubectl_ok(&["label", "namespace", &ns, "protected-"]);
     c.kubectl_ok(&["delete", "validatingwebhookconfiguration", &policy]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let out = c.kubectl("alice", &["delete", "namespace", &ns, "--timeout=120s"]);
+    let out = c.kubectl("user6", &["delete", "namespace", &ns, "--timeout=120s"]);
     assert!(
         out.status.success(),
         "{}",
@@ -711,7 +715,7 @@ async fn a_restored_volume_and_claim_are_bound_again() {
     let c = cluster_with_controllers();
     let sb = namespace_snapback();
     let api = sb.api(c);
-    let token = c.token("carol");
+    let token = c.token("user5");
     let ns = c.namespace("vol", &[]);
     sb.wait_capturing(c, &ns);
     let pv = format!("pv-{ns}");
@@ -730,10 +734,10 @@ async fn a_restored_volume_and_claim_are_bound_again() {
     let id = format!("vol-{:06x}", rand::random::<u32>() & 0xffffff);
     api.open_action(&token, &id).await;
     c.kubectl_as_ok(
-        "carol",
+        "user5",
         &["-n", &ns, "delete", "pvc", "data", "--timeout=60s"],
     );
-    c.kubectl_as_ok("carol", &["delete", "pv", &pv, "--timeout=60s"]);
+    c.kubectl_as_ok("user5", &["delete", "pv", &pv, "--timeout=60s"]);
     api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
         .await;
     let report = api

@@ -1815,7 +1815,9 @@ async fn server_side_applied_objects_get_their_field_managers_back() {
     let c = cluster();
     let sb = shared_snapback();
     let api = sb.api(c);
-    let user = "carol";
+    // A user of its own: an explicit action collects all of its owner's
+    // changes (carol has one open in another test).
+    let user = "user10";
     c.grant_api(user);
     let token = c.token(user);
     let ns = c.namespace("ssa", &[user]);
