@@ -398,6 +398,22 @@ fn create_and_change(c: &Cluster, ns: &str, action: &str) {
     }
 }
 
+/// a and b back at what `create_and_change` created them with.
+fn assert_prior_values(c: &Cluster, ns: &str) {
+    for (name, before) in [("a", "1"), ("b", "2")] {
+        let v = c.kubectl_ok(&[
+            "-n",
+            ns,
+            "get",
+            "configmap",
+            name,
+            "-o",
+            "jsonpath={.data.v}",
+        ]);
+        assert_eq!(v, before, "configmap {name}");
+    }
+}
+
 /// `--capture-ack=queued` (fail-open only): the webhook admits a change once
 /// its snapshot is queued, before the write reaches the API server; a
 /// rollback asked for before the write has landed waits for it.
@@ -455,18 +471,7 @@ async fn queued_acknowledgement_admits_before_the_write_and_a_rollback_waits_for
         json!({"restored": 2}),
         "{report}"
     );
-    for (name, before) in [("a", "1"), ("b", "2")] {
-        let v = c.kubectl_ok(&[
-            "-n",
-            &ns,
-            "get",
-            "configmap",
-            name,
-            "-o",
-            "jsonpath={.data.v}",
-        ]);
-        assert_eq!(v, before);
-    }
+    assert_prior_values(c, &ns);
     let text = sb.metrics();
     assert_eq!(metric(&text, "snapback_snapshot_writes_queued"), 0.0);
     assert_eq!(
@@ -546,18 +551,7 @@ async fn journaled_snapshots_survive_a_crash_and_the_next_start_writes_them() {
         json!({"restored": 2}),
         "{report}"
     );
-    for (name, before) in [("a", "1"), ("b", "2")] {
-        let v = c.kubectl_ok(&[
-            "-n",
-            &ns,
-            "get",
-            "configmap",
-            name,
-            "-o",
-            "jsonpath={.data.v}",
-        ]);
-        assert_eq!(v, before);
-    }
+    assert_prior_values(c, &ns);
     let text = sb.metrics();
     for op in ["create", "update"] {
         let sample = format!("snapback_snapshots_stored_total{{operation=\"{op}\"}}");

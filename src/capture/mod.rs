@@ -839,32 +839,26 @@ fn contents_snapshot(
 ) -> Result<NewSnapshot, CaptureError> {
     let identity = review::Identity::of_value(&object);
     let request_uid = format!("{request_uid}/{n}");
+    let object_ref = ObjectRef {
+        group: definition.group.clone(),
+        version: definition.version.clone(),
+        resource: definition.plural.clone(),
+        subresource: None,
+        kind: definition.kind.clone(),
+        namespace: identity.namespace.clone(),
+        name: identity.name.clone().unwrap_or_default(),
+    };
     let meta = SnapshotMeta {
-        snapshot_name: SnapshotMeta::object_name(now, &request_uid),
-        action: action.clone(),
-        operation: Operation::Delete,
-        object: ObjectRef {
-            group: definition.group.clone(),
-            version: definition.version.clone(),
-            resource: definition.plural.clone(),
-            subresource: None,
-            kind: definition.kind.clone(),
-            namespace: identity.namespace.clone(),
-            name: identity.name.clone().unwrap_or_default(),
-        },
-        user: user.to_string(),
-        timestamp: now,
-        request_uid,
         resource_version: identity.resource_version.clone(),
         uid: identity.uid.clone(),
-        payload_sha256: None,
-        after_fingerprint: None,
-        before_fingerprint: None,
-        after_replicas: None,
-        chunks: 0,
-        secret: false,
-        guard: None,
-        batch: None,
+        ..SnapshotMeta::new(
+            action.clone(),
+            Operation::Delete,
+            object_ref,
+            user,
+            now,
+            request_uid,
+        )
     };
     let prior = crate::store::prior_json(&object)?;
     Ok(NewSnapshot {

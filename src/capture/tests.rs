@@ -818,32 +818,26 @@ async fn a_deletion_replayed_from_the_journal_takes_its_dependents_along() {
         action.to_string(),
         ActionRecord::new(action.clone(), "annotation", "alice", now),
     );
+    let owner_ref = ObjectRef {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "configmaps".into(),
+        subresource: None,
+        kind: "ConfigMap".into(),
+        namespace: Some("shop".into()),
+        name: "owner".into(),
+    };
     let owner = SnapshotMeta {
-        snapshot_name: SnapshotMeta::object_name(now, "uid-owner-delete"),
-        action: action.clone(),
-        operation: Operation::Delete,
-        object: ObjectRef {
-            group: String::new(),
-            version: "v1".into(),
-            resource: "configmaps".into(),
-            subresource: None,
-            kind: "ConfigMap".into(),
-            namespace: Some("shop".into()),
-            name: "owner".into(),
-        },
-        user: "alice".into(),
-        timestamp: now,
-        request_uid: "uid-owner-delete".into(),
         resource_version: Some("7".into()),
         uid: Some("owner-uid".into()),
-        payload_sha256: None,
-        after_fingerprint: None,
-        before_fingerprint: None,
-        after_replicas: None,
-        chunks: 0,
-        secret: false,
-        guard: None,
-        batch: None,
+        ..SnapshotMeta::new(
+            action.clone(),
+            Operation::Delete,
+            owner_ref,
+            "alice",
+            now,
+            "uid-owner-delete",
+        )
     };
     svc.note_replayed_deletion(&owner);
     let mut owned = object("ConfigMap", "shop", "dependent", "cm-9");

@@ -373,6 +373,38 @@ pub struct SnapshotMeta {
 }
 
 impl SnapshotMeta {
+    /// The snapshot of one admission request, named after it, with nothing
+    /// else known yet (identity, fingerprints, guard: set by the caller).
+    pub fn new(
+        action: ActionId,
+        operation: Operation,
+        object: ObjectRef,
+        user: impl Into<String>,
+        timestamp: Timestamp,
+        request_uid: impl Into<String>,
+    ) -> Self {
+        let request_uid = request_uid.into();
+        SnapshotMeta {
+            snapshot_name: Self::object_name(timestamp, &request_uid),
+            action,
+            operation,
+            object,
+            user: user.into(),
+            timestamp,
+            request_uid,
+            resource_version: None,
+            uid: None,
+            payload_sha256: None,
+            after_fingerprint: None,
+            before_fingerprint: None,
+            after_replicas: None,
+            chunks: 0,
+            secret: false,
+            guard: None,
+            batch: None,
+        }
+    }
+
     /// A name that sorts by capture time and is unique per admission request.
     pub fn object_name(timestamp: Timestamp, request_uid: &str) -> String {
         let stamp = timestamp.strftime("%Y%m%d%H%M%S%6f").to_string();

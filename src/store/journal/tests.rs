@@ -6,36 +6,32 @@ use crate::store::model::{ActionId, ObjectRef, Operation};
 fn snapshot(n: usize, prior: Option<&str>) -> (ActionRecord, NewSnapshot) {
     let now: jiff::Timestamp = "2026-11-24T10:00:00.123456Z".parse().unwrap();
     let action = ActionId::parse("alice-1").unwrap();
+    let operation = if prior.is_some() {
+        Operation::Update
+    } else {
+        Operation::Create
+    };
+    let object = ObjectRef {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "configmaps".into(),
+        subresource: None,
+        kind: "ConfigMap".into(),
+        namespace: Some("default".into()),
+        name: format!("cm-{n}"),
+    };
     let meta = SnapshotMeta {
-        snapshot_name: SnapshotMeta::object_name(now, &format!("uid-{n}")),
-        action: action.clone(),
-        operation: if prior.is_some() {
-            Operation::Update
-        } else {
-            Operation::Create
-        },
-        object: ObjectRef {
-            group: String::new(),
-            version: "v1".into(),
-            resource: "configmaps".into(),
-            subresource: None,
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: format!("cm-{n}"),
-        },
-        user: "alice".into(),
-        timestamp: now,
-        request_uid: format!("uid-{n}"),
         resource_version: prior.map(|_| "42".into()),
         uid: Some("u-1".into()),
-        payload_sha256: None,
         after_fingerprint: Some("f".into()),
-        before_fingerprint: None,
-        after_replicas: None,
-        chunks: 0,
-        secret: false,
-        guard: None,
-        batch: None,
+        ..SnapshotMeta::new(
+            action.clone(),
+            operation,
+            object,
+            "alice",
+            now,
+            format!("uid-{n}"),
+        )
     };
     let record = ActionRecord::new(action, "session", "alice", now);
     let prior = prior.map(|p| RawValue::from_string(p.to_string()).unwrap());
