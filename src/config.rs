@@ -119,7 +119,7 @@ pub const DEFAULT_GARBAGE_COLLECTOR_USERS: &str =
 /// priority classes), which nobody asked for and no user should undo.
 pub const DEFAULT_EXCLUDE_USERS: &str =
     "system:node:*,system:kube-*,system:serviceaccount:kube-system:*,system:apiserver";
-pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events,events.events.k8s.io,leases.coordination.k8s.io,endpoints,endpointslices.discovery.k8s.io,tokenreviews.authentication.k8s.io,selfsubjectreviews.authentication.k8s.io,subjectaccessreviews.authorization.k8s.io,selfsubjectaccessreviews.authorization.k8s.io,localsubjectaccessreviews.authorization.k8s.io,selfsubjectrulesreviews.authorization.k8s.io,imagereviews.imagepolicy.k8s.io";
+pub const DEFAULT_EXCLUDE_RESOURCES: &str = "events.core,events.events.k8s.io,leases.coordination.k8s.io,endpoints.core,endpointslices.discovery.k8s.io,tokenreviews.authentication.k8s.io,selfsubjectreviews.authentication.k8s.io,subjectaccessreviews.authorization.k8s.io,selfsubjectaccessreviews.authorization.k8s.io,localsubjectaccessreviews.authorization.k8s.io,selfsubjectrulesreviews.authorization.k8s.io,imagereviews.imagepolicy.k8s.io";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -175,7 +175,9 @@ pub struct ServeArgs {
     /// again). Empty turns this off.
     #[arg(long, env = "SNAPBACK_GARBAGE_COLLECTOR_USERS", value_delimiter = ',', default_value = DEFAULT_GARBAGE_COLLECTOR_USERS)]
     pub garbage_collector_users: Vec<String>,
-    /// Resources not captured: `plural` or `plural.group` (glob `*`; the core group's as `plural` or `plural.core`), comma-separated.
+    /// Resources not captured, comma-separated (glob `*`): `plural.group`
+    /// (the core group's as `plural.core`), or a plural alone for that
+    /// resource in every group.
     #[arg(long, env = "SNAPBACK_EXCLUDE_RESOURCES", value_delimiter = ',', default_value = DEFAULT_EXCLUDE_RESOURCES)]
     pub exclude_resources: Vec<String>,
     /// snapback's own identity (never captured). Defaults to the pod's service account.

@@ -1017,6 +1017,89 @@ async fn owner_references_are_given_back_once_the_owner_is_restored() {
     assert_eq!(child["metadata"]["ownerReferences"][0]["name"], "owner");
 }
 
+/// An owner the caller may not read: whether it exists is unknown, and a
+/// reference kept unverified could name a gone owner (the garbage collector
+/// then deletes the restored object), so it is dropped, and the result says
+/// it could not be read (not that the owner is missing).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_reference_the_caller_cannot_check_is_dropped_saying_why() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user11";
+    c.grant_api(user);
+    let token = c.token(user);
+    let ns = c.namespace("unreadable-owner", &[]);
+    // The user may do anything with config maps here, and nothing else.
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "role",
+        "configmaps-only",
+        "--verb=*",
+        "--resource=configmaps",
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "configmaps-only",
+        "--role=configmaps-only",
+        &format!("--user={user}"),
+    ]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "owner",
+        "--image=nginx:1.25",
+    ]);
+    let uid = c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "deployment",
+        "owner",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: owner, uid: {uid}}}]\ndata: {{k: v}}\n"
+    ));
+    let id = format!("unreadable-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "child"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let message = report["results"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Deployment/owner (could not be read:") && message.contains("forbidden"),
+        "{report:#}"
+    );
+    let child: Value = serde_json::from_str(&c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "child",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(child["data"]["k"], "v", "{child}");
+    assert!(
+        child["metadata"].get("ownerReferences").is_none(),
+        "{child}"
+    );
+}
+
 /// A create the API server refused because the object existed already
 /// (`kubectl create` of a name taken) leaves a phantom snapshot: the
 /// action did not change the object, and its diff and manifests say so

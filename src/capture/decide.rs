@@ -103,14 +103,15 @@ fn classify_with(review: &Review, cfg: &CaptureConfig, exclude_users: bool) -> D
     } else {
         format!("{resource}.{}", req.resource.group)
     };
-    // The core group's resources by plural alone or as `plural.core`, the
-    // way snapback's own `snapback.io/resource` labels name them.
+    // `plural.group`; the core group's as `plural.core`, the way snapback's
+    // own `snapback.io/resource` labels name them; a plural alone (no dot,
+    // as SPEC §2 lists them: `leases`, `tokenreviews`) in every group.
     if cfg.exclude_resources.iter().any(|p| {
         glob_match(p, &qualified)
+            || (!p.contains('.') && glob_match(p, resource))
             || (req.resource.group.is_empty()
-                && (glob_match(p, resource)
-                    || p.strip_suffix(".core")
-                        .is_some_and(|p| glob_match(p, resource))))
+                && p.strip_suffix(".core")
+                    .is_some_and(|p| glob_match(p, resource)))
     }) {
         return Decision::Skip(Skip::ExcludedResource);
     }
@@ -384,6 +385,32 @@ mod tests {
                 },
                 "{pattern}"
             );
+        }
+    }
+
+    #[test]
+    fn a_plural_alone_is_excluded_in_every_group_a_qualified_one_in_its_own() {
+        let leases = review(
+            "UPDATE",
+            "coordination.k8s.io",
+            "leases",
+            "ns",
+            "alice",
+            false,
+        );
+        for (pattern, excluded) in [
+            ("leases", true),
+            ("lea*", true),
+            ("leases.coordination.k8s.io", true),
+            ("leases.*", true),
+            ("leases.core", false),
+            ("leases.apps", false),
+            ("configmaps", false),
+        ] {
+            let mut c = cfg();
+            c.exclude_resources = vec![pattern.into()];
+            let skipped = classify(&leases, &c) == Decision::Skip(Skip::ExcludedResource);
+            assert_eq!(skipped, excluded, "{pattern}");
         }
     }
 

@@ -1405,35 +1405,18 @@ impl Restorer {
             let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
             let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-            let owner_uid = match kube::discovery::pinned_kind(client, &gvk).await {
-                Ok((ar, caps)) => {
-                    let owner = crate::store::model::ObjectRef {
-                        group: ar.group,
-                        version: ar.version,
-                        resource: ar.plural,
-                        subresource: None,
-                        kind: ar.kind,
-                        namespace: match caps.scope {
-                            kube::discovery::Scope::Namespaced => h.object.namespace.clone(),
-                            kube::discovery::Scope::Cluster => None,
-                        },
-                        name: name.to_string(),
-                    };
-                    dynamic::get(client, &owner)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string))
-                }
-                Err(_) => None,
-            };
-            match owner_uid {
-                Some(uid) => {
+            match owner_uid(client, &gvk, h.object.namespace.as_deref(), name).await {
+                Ok(Some(uid)) => {
                     let mut r = r.clone();
                     r["uid"] = Value::String(uid);
                     kept.push(r);
                 }
-                None => dropped.push(format!("{kind}/{name}")),
+                Ok(None) => dropped.push(format!("{kind}/{name} (missing)")),
+                // A reference kept unverified could name an owner that is
+                // gone (or another object under its name), and the garbage
+                // collector deletes what only gone owners own: dropped,
+                // saying why.
+                Err(e) => dropped.push(format!("{kind}/{name} (could not be read: {e})")),
             }
         }
         if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -1446,7 +1429,7 @@ impl Restorer {
         let note = if dropped.is_empty() {
             String::new()
         } else {
-            format!("{DROPPED_OWNERS}{} dropped", dropped.join(", "))
+            format!("{DROPPED_OWNERS}{}", dropped.join(", "))
         };
         (body, note)
     }
@@ -1691,7 +1674,7 @@ fn sort_in_restore_order(results: &mut [ObjectResult]) {
 }
 
 /// How a restore result says owner references were left out.
-const DROPPED_OWNERS: &str = "; owner reference(s) to missing ";
+const DROPPED_OWNERS: &str = "; owner reference(s) dropped: ";
 
 /// How long a restore waits for an object's deletion to finish (finalizers)
 /// before it creates the object anew.
@@ -2296,6 +2279,54 @@ async fn accept_other_versions(
 
 /// Extra attempts at an object the API server refused for now.
 const TRANSIENT_RETRIES: u32 = 4;
+
+/// The uid of the owner an owner reference names (`None`: it does not
+/// exist, or its kind is not served). Refusals for now (throttling, an
+/// unavailable or timed-out API server) are tried again a few times; what
+/// stays unreadable is an error, told apart from a missing owner.
+async fn owner_uid(
+    client: &kube::Client,
+    gvk: &kube::core::GroupVersionKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let mut attempt = 0;
+    loop {
+        let error = match kube::discovery::pinned_kind(client, gvk).await {
+            Ok((ar, caps)) => {
+                let owner = crate::store::model::ObjectRef {
+                    group: ar.group,
+                    version: ar.version,
+                    resource: ar.plural,
+                    subresource: None,
+                    kind: ar.kind,
+                    namespace: match caps.scope {
+                        kube::discovery::Scope::Namespaced => namespace.map(str::to_string),
+                        kube::discovery::Scope::Cluster => None,
+                    },
+                    name: name.to_string(),
+                };
+                match dynamic::get(client, &owner).await {
+                    Ok(o) => {
+                        return Ok(
+                            o.and_then(|o| o["metadata"]["uid"].as_str().map(str::to_string))
+                        );
+                    }
+                    Err(e) => describe_kube_error(&e),
+                }
+            }
+            // A kind the API server does not serve has no objects.
+            Err(kube::Error::Discovery(_)) => return Ok(None),
+            Err(e) if dynamic::is_not_found(&e) => return Ok(None),
+            Err(e) => describe_kube_error(&e),
+        };
+        if attempt >= TRANSIENT_RETRIES || !transient_error(&error) {
+            return Err(error);
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+}
 
 /// Whether a write's error (as `describe_kube_error` words it: "message
 /// (Reason, code)") says to try again later rather than that it cannot be
