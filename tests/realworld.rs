@@ -940,32 +940,7 @@ async fn owner_references_are_given_back_once_the_owner_is_restored() {
     c.grant_api(user);
     let token = c.token(user);
     let ns = c.namespace("owned", &[user]);
-    c.kubectl_as_ok(
-        user,
-        &[
-            "-n",
-            &ns,
-            "create",
-            "deployment",
-            "owner",
-            "--image=nginx:1.25",
-        ],
-    );
-    let uid = c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "deployment",
-        "owner",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
-    c.apply_as(
-        user,
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: owner, uid: {uid}}}]\ndata: {{k: v}}\n"
-        ),
-    );
+    let uid = owner_and_child(c, &ns, user);
     let id = format!("owned-{:06x}", rand::random::<u32>() & 0xffffff);
     api.open_action(&token, &id).await;
     c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "child"]);
@@ -999,22 +974,45 @@ async fn owner_references_are_given_back_once_the_owner_is_restored() {
         "jsonpath={.metadata.uid}",
     ]);
     assert_ne!(new_uid, uid);
-    let child: Value = serde_json::from_str(&c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "configmap",
-        "child",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let child = c.get_json(&["-n", &ns, "configmap", "child"]).unwrap();
     assert_eq!(
         child["metadata"]["ownerReferences"][0]["uid"],
         new_uid.as_str(),
         "{child}"
     );
     assert_eq!(child["metadata"]["ownerReferences"][0]["name"], "owner");
+}
+
+/// A Deployment `owner` and a ConfigMap `child` it owns (no controller
+/// owns the child), made by `user`; the owner's uid.
+fn owner_and_child(c: &Cluster, ns: &str, user: &str) -> String {
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            ns,
+            "create",
+            "deployment",
+            "owner",
+            "--image=nginx:1.25",
+        ],
+    );
+    let uid = c.kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "deployment",
+        "owner",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    c.apply_as(
+        user,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: owner, uid: {uid}}}]\ndata: {{k: v}}\n"
+        ),
+    );
+    uid
 }
 
 /// An owner the caller may not read: whether it exists is unknown, and a
@@ -1049,26 +1047,7 @@ async fn an_owner_reference_the_caller_cannot_check_is_dropped_saying_why() {
         "--role=configmaps-only",
         &format!("--user={user}"),
     ]);
-    c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "create",
-        "deployment",
-        "owner",
-        "--image=nginx:1.25",
-    ]);
-    let uid = c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "deployment",
-        "owner",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
-    c.kubectl_apply_str(&format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: owner, uid: {uid}}}]\ndata: {{k: v}}\n"
-    ));
+    owner_and_child(c, &ns, "admin");
     let id = format!("unreadable-{:06x}", rand::random::<u32>() & 0xffffff);
     api.open_action(&token, &id).await;
     c.kubectl_as_ok(user, &["-n", &ns, "delete", "configmap", "child"]);
@@ -1083,16 +1062,7 @@ async fn an_owner_reference_the_caller_cannot_check_is_dropped_saying_why() {
         message.contains("Deployment/owner (could not be read:") && message.contains("forbidden"),
         "{report:#}"
     );
-    let child: Value = serde_json::from_str(&c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "configmap",
-        "child",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let child = c.get_json(&["-n", &ns, "configmap", "child"]).unwrap();
     assert_eq!(child["data"]["k"], "v", "{child}");
     assert!(
         child["metadata"].get("ownerReferences").is_none(),

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-fn get_json(c: &Cluster, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["get"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    let out = c.kubectl("admin", &full);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
 async fn open_action(api: &ApiClient, token: &str, id: &str) {
     let (status, body) = api
         .call(
@@ -43,7 +33,7 @@ async fn complete(api: &ApiClient, token: &str, id: &str) {
 
 /// Play the namespace controller (there is none): finish a namespace deletion.
 fn finalize_namespace(c: &Cluster, ns: &str) {
-    if let Some(mut obj) = get_json(c, &["namespace", ns]) {
+    if let Some(mut obj) = c.get_json(&["namespace", ns]) {
         obj["spec"]["finalizers"] = json!([]);
         let out = c.kubectl_stdin(
             "admin",
@@ -63,7 +53,7 @@ fn finalize_namespace(c: &Cluster, ns: &str) {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while get_json(c, &["namespace", ns]).is_some() {
+    while c.get_json(&["namespace", ns]).is_some() {
         assert!(Instant::now() < deadline, "namespace {ns} not gone");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -138,7 +128,7 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
         "migrate",
         "--image=busybox:1.36",
     ]);
-    let old_job = get_json(c, &["-n", &ns, "job", "migrate"]).expect("the job");
+    let old_job = c.get_json(&["-n", &ns, "job", "migrate"]).expect("the job");
     let old_uid = old_job["metadata"]["uid"].as_str().unwrap().to_string();
 
     // The definition and its resource: the resource is restored in the
@@ -148,7 +138,7 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
     c.kubectl_as_ok(user, &["-n", &ns, "delete", "sprocket", "s1"]);
     c.kubectl_as_ok(user, &["delete", "crd", "sprockets.example.com"]);
     complete(&api, &token, &id).await;
-    assert!(get_json(c, &["crd", "sprockets.example.com"]).is_none());
+    assert!(c.get_json(&["crd", "sprockets.example.com"]).is_none());
     let report = api
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
@@ -158,7 +148,9 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
         json!({"restored": 2}),
         "{report:#}"
     );
-    let s1 = get_json(c, &["-n", &ns, "sprocket", "s1"]).expect("the custom resource is back");
+    let s1 = c
+        .get_json(&["-n", &ns, "sprocket", "s1"])
+        .expect("the custom resource is back");
     assert_eq!(s1["spec"]["teeth"], 12);
 
     // The Job.
@@ -170,7 +162,9 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
     assert_eq!(report["state"], "rolled-back", "{report:#}");
-    let job = get_json(c, &["-n", &ns, "job", "migrate"]).expect("the job is back");
+    let job = c
+        .get_json(&["-n", &ns, "job", "migrate"])
+        .expect("the job is back");
     let uid = job["metadata"]["uid"].as_str().unwrap();
     assert_ne!(uid, old_uid);
     assert_eq!(
@@ -244,17 +238,15 @@ async fn a_damaged_snapshot_stops_the_rollback_unless_forced() {
     c.apply_as(user, &configmap(&ns, "cm", "v3"));
     complete(&api, &token, &id).await;
     // The first change's snapshot (prior v1) loses its operation label.
-    let snapshots = get_json(
-        c,
-        &[
+    let snapshots = c
+        .get_json(&[
             "-n",
             &sb.opts.snapshot_namespace,
             "configmaps",
             "-l",
             &format!("snapback.io/action={id},!snapback.io/record"),
-        ],
-    )
-    .expect("the snapshots");
+        ])
+        .expect("the snapshots");
     let mut items: Vec<&Value> = snapshots["items"].as_array().unwrap().iter().collect();
     assert_eq!(items.len(), 2, "{snapshots:#}");
     items.sort_by_key(|i| {
@@ -362,7 +354,7 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     let snapshot_all = |c: &Cluster| -> Vec<Option<Value>> {
         watched
             .iter()
-            .map(|a| get_json(c, a).map(|v| content(&v)))
+            .map(|a| c.get_json(a).map(|v| content(&v)))
             .collect()
     };
     let before = snapshot_all(c);
@@ -437,7 +429,7 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     // namespace controller would do.
     finalize_namespace(c, &ns2);
     assert_eq!(snapshot_all(c), before, "rolled back to the prior state");
-    assert!(get_json(c, &["-n", &ns, "gadget", "g1"]).is_none());
+    assert!(c.get_json(&["-n", &ns, "gadget", "g1"]).is_none());
 
     // Redo: rolling back the rollback restores the post-action state.
     let redo = api
@@ -1844,7 +1836,8 @@ async fn server_side_applied_objects_get_their_field_managers_back() {
         );
     };
     let managers = |name: &str| -> Vec<Value> {
-        let cm = get_json(c, &["-n", &ns, "configmap", name, "--show-managed-fields"])
+        let cm = c
+            .get_json(&["-n", &ns, "configmap", name, "--show-managed-fields"])
             .unwrap_or_else(|| panic!("configmap {name} is missing"));
         let mut m: Vec<Value> = cm["metadata"]["managedFields"]
             .as_array()
@@ -1880,12 +1873,12 @@ async fn server_side_applied_objects_get_their_field_managers_back() {
         .await;
     assert_eq!(report["state"], "rolled-back", "{report:#}");
     assert_eq!(managers("gone"), gone_before, "{report:#}");
-    let kept = get_json(c, &["-n", &ns, "configmap", "kept"]).unwrap();
+    let kept = c.get_json(&["-n", &ns, "configmap", "kept"]).unwrap();
     assert_eq!(kept["data"], json!({"a": "1", "b": "2"}), "{kept:#}");
 
     // The owner drops `b` and the label from its manifest: they go.
     ssa("gone", r#"{a: "1"}"#, "", "gitops");
-    let cm = get_json(c, &["-n", &ns, "configmap", "gone"]).unwrap();
+    let cm = c.get_json(&["-n", &ns, "configmap", "gone"]).unwrap();
     assert_eq!(cm["data"], json!({"a": "1"}), "{cm:#}");
     assert!(cm["metadata"].get("labels").is_none(), "{cm:#}");
 }
@@ -2164,7 +2157,7 @@ async fn a_pod_scheduled_after_the_action_is_rolled_back_in_place() {
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
     assert_eq!(report["results"][0]["outcome"], "restored", "{report:#}");
-    let pod = get_json(c, &["-n", &ns, "pod", "p"]).unwrap();
+    let pod = c.get_json(&["-n", &ns, "pod", "p"]).unwrap();
     assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1.35");
     assert_eq!(pod["spec"]["nodeName"], "node-1");
 }
@@ -2328,7 +2321,7 @@ spec:
     // Read under the new schema: the default is in the prior state.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = get_json(c, &["-n", &ns, "doohickey", "d1"]).unwrap();
+        let now = c.get_json(&["-n", &ns, "doohickey", "d1"]).unwrap();
         if now["spec"]["size"] == "M" {
             break;
         }
@@ -2351,7 +2344,7 @@ spec:
     let (status, first) = rollback().await;
     assert_eq!(status, 200, "{first:#}");
     assert_eq!(first["state"], "rolled-back", "{first:#}");
-    let now = get_json(c, &["-n", &ns, "doohickey", "d1"]).unwrap();
+    let now = c.get_json(&["-n", &ns, "doohickey", "d1"]).unwrap();
     assert_eq!(now["spec"], json!({"color": "blue"}), "{now:#}");
     assert!(now["metadata"].get("labels").is_none(), "{now:#}");
     let (status, second) = rollback().await;

@@ -184,6 +184,18 @@ impl Cluster {
         child.wait_with_output().expect("kubectl")
     }
 
+    /// `kubectl get ARGS -o json` as admin; None when kubectl fails (the
+    /// object does not exist).
+    pub fn get_json(&self, args: &[&str]) -> Option<Value> {
+        let mut full = vec!["get"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["-o", "json"]);
+        let out = self.kubectl("admin", &full);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
     /// `kubectl apply -f -` as admin; panics with kubectl's output on failure.
     pub fn kubectl_apply_str(&self, yaml: &str) -> String {
         self.apply_as("admin", yaml)
