@@ -15,6 +15,8 @@
 
 #[path = "snapback/live.rs"]
 mod live;
+#[path = "snapback/stack.rs"]
+mod stack;
 
 // The allocator snapback itself runs with, set up the same way (src/main.rs,
 // src/memory.rs), for the no-op webhook process and the in-process
@@ -170,6 +172,59 @@ fn inprocess(smoke: bool) {
             pct(e),
             whole - d - f - e,
             pct(whole - d - f - e)
+        );
+    }
+    inprocess_stack(secs, &bodies);
+}
+
+/// Part 2 again, through the webhook's own HTTPS stack (`stack.rs`): the
+/// same reviews, each an HTTPS request to a server on one thread.
+fn inprocess_stack(secs: Duration, bodies: &[(&str, Vec<u8>)]) {
+    let dir = tempfile::tempdir().unwrap();
+    snapback::certs::generate(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let tls = snapback::tls::ServingTls::load(
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+        None,
+    )
+    .unwrap();
+    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    println!("\n### Through the webhook's HTTPS stack (one server thread)\n");
+    println!(
+        "Each review an HTTPS request (keep-alive HTTP/1.1, as the API server calls webhooks) to the webhook's router served by the same axum + rustls server snapback runs, on a thread of its own (a current-thread runtime); the load comes from other threads. The per-core rate is reviews per CPU-second of the server thread (its share of the wall time on a CPU is the \"busy\" column). The no-op decodes as a kube-rs webhook does; snapback runs its validating path with the in-memory store.\n"
+    );
+    println!(
+        "| review | no-op (reviews per CPU-second) | snapback (reviews per CPU-second) | snapback / no-op | CPU per review: no-op, snapback | busy: no-op, snapback | reviews/s of wall time: no-op, snapback |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, body) in bodies {
+        let noop = stack::measure(stack::noop_router(), &tls, &ca, body, secs, || {});
+        let store = Arc::new(MemoryStore::default());
+        let mut cfg = CaptureConfig::with_namespace("snapback-system");
+        cfg.self_users = vec!["snapback".into()];
+        let svc = CaptureService::new(
+            cfg,
+            store.clone(),
+            Arc::new(Attribution::new(Duration::from_secs(30))),
+            Metrics::standalone(),
+        );
+        let app = snapback::capture::handler::router(Arc::new(svc), 20 << 20);
+        let snap = stack::measure(app, &tls, &ca, body, secs, move || {
+            if store.snapshot_count() > 10_000 {
+                store.snapshots.lock().unwrap().clear();
+            }
+        });
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.1} µs, {:.1} µs | {:.0}%, {:.0}% | {:.0}, {:.0} |",
+            noop.per_cpu_second,
+            snap.per_cpu_second,
+            snap.per_cpu_second / noop.per_cpu_second,
+            1e6 / noop.per_cpu_second,
+            1e6 / snap.per_cpu_second,
+            100.0 * noop.busy,
+            100.0 * snap.busy,
+            noop.rate,
+            snap.rate,
         );
     }
 }

@@ -171,7 +171,7 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / clock_ticks()
 }
 
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")

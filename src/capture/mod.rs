@@ -749,15 +749,17 @@ impl CaptureService {
         }
         let sink = self.sink.clone();
         let marked = action.clone();
-        let metrics = self.metrics.clone();
+        // Only a definition's deletion counts inside the write (cloning the
+        // metrics' two dozen handles for every review showed in profiles).
+        let metrics = deleted_crd.as_ref().map(|_| self.metrics.clone());
         let write = async move {
             sink.ensure_action(&record).await?;
             let bytes = sink.put_snapshot(snapshot).await?;
             if let Some((name, deleted)) = &deleted_namespace {
                 sink.mark_namespace_deletion(&marked, name, deleted).await?;
             }
-            if let (Some((client, definition)), Some((request_uid, user))) =
-                (deleted_crd, contents_of)
+            if let (Some((client, definition)), Some((request_uid, user)), Some(metrics)) =
+                (deleted_crd, contents_of, metrics)
             {
                 let resources = crd::list_all(&client, &definition).await.map_err(|e| {
                     CaptureError::Contents(format!(
