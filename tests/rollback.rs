@@ -93,6 +93,87 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
+const GEAR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gears.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gears, singular: gear, kind: Gear}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+      subresources:
+        scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+"#;
+
+/// `kubectl scale` of a custom resource whose `spec.replicas` was not set:
+/// its Scale showed 0 replicas, so restoring it sets 0 (README, "Known
+/// limits"); the plan and the result say so, since an operator would
+/// scale the workload to nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_a_custom_resource_to_a_scale_of_zero_says_so() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user12";
+    c.grant_api(user);
+    c.grant_cluster_edit(user);
+    let token = c.token(user);
+    let ns = c.namespace("gear-scale", &[user]);
+    c.kubectl_apply_str(GEAR_CRD);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/gears.example.com",
+    ]);
+    c.kubectl_apply_str(&format!(
+        "apiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: unset, namespace: {ns}}}\nspec: {{teeth: 12}}\n---\napiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: two, namespace: {ns}}}\nspec: {{teeth: 12, replicas: 2}}\n"
+    ));
+    let id = format!("gear-scale-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    for gear in ["unset", "two"] {
+        c.kubectl_as_ok(user, &["-n", &ns, "scale", "gear", gear, "--replicas=3"]);
+    }
+    complete(&api, &token, &id).await;
+    let note = "if spec.replicas was not set before the action, it is now set to 0";
+    let message = |report: &Value, name: &str| -> String {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let plan = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+            &token,
+        )
+        .await;
+    assert!(message(&plan, "unset").contains(note), "{plan:#}");
+    assert!(!message(&plan, "two").contains(note), "{plan:#}");
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert!(message(&report, "unset").contains(note), "{report:#}");
+    assert!(!message(&report, "two").contains(note), "{report:#}");
+    let replicas =
+        |name: &str| c.get_json(&["-n", &ns, "gear", name]).unwrap()["spec"]["replicas"].clone();
+    assert_eq!(replicas("unset"), json!(0));
+    assert_eq!(replicas("two"), json!(2));
+}
+
 /// A definition deleted with its custom resources, and a Job: the rollback
 /// creates the definition, waits until it is served, then its resources;
 /// the Job is created without the selector the API server generated for

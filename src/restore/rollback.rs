@@ -1249,7 +1249,10 @@ impl Restorer {
                 dynamic::replace(client, &h.object, body)
                     .await
                     .map_err(api_err)?;
-                Ok(ok("scale restored through the scale subresource"))
+                Ok(ok(&format!(
+                    "scale restored through the scale subresource{}",
+                    zero_scale_note(h, body)
+                )))
             }
             Action::Replace(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
@@ -2132,14 +2135,34 @@ fn dry_run_result(
                 cur.as_ref().unwrap_or(&null),
                 target.as_ref().unwrap_or(&null),
             );
-            let mut r = ObjectResult::new(h, s.operation, Outcome::Planned, describe(s));
+            let mut r = ObjectResult::new(h, s.operation, Outcome::Planned, describe(h, s));
             r.patch = serde_json::to_value(patch).ok();
             r
         }
     }
 }
 
-fn describe(s: &Step) -> String {
+/// A custom resource's Scale shows 0 replicas where `spec.replicas` is not
+/// set at all (its operator's default applies), and a write of the Scale
+/// sets it: restoring a prior Scale of 0 replicas says so, since it may
+/// scale the workload to nothing (README, "Known limits"). Built-in
+/// workloads always have their replicas set.
+fn zero_scale_note(h: &ObjectHistory, body: &Value) -> &'static str {
+    let custom = !matches!(h.object.group.as_str(), "" | "apps" | "extensions");
+    if custom
+        && body
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
+    {
+        "; to 0 replicas: if spec.replicas was not set before the action, it is now set to 0 (a custom resource's scale shows an unset count as 0)"
+    } else {
+        ""
+    }
+}
+
+fn describe(h: &ObjectHistory, s: &Step) -> String {
     match s.action {
         Action::Delete { .. } => "would delete: it did not exist before the action".into(),
         Action::Create(_) => "would recreate from its prior state".into(),
@@ -2148,7 +2171,10 @@ fn describe(s: &Step) -> String {
                 .into()
         }
         Action::Replace(_) => "would replace with its prior state".into(),
-        Action::ReplaceScale(_) => "would restore the scale subresource".into(),
+        Action::ReplaceScale(ref body) => format!(
+            "would restore the scale subresource{}",
+            zero_scale_note(h, body)
+        ),
         Action::None(..) => String::new(),
     }
 }
