@@ -124,25 +124,14 @@ fn inprocess(smoke: bool) {
             let resp = AdmissionResponse::from(&review.request).into_review();
             std::hint::black_box(serde_json::to_vec(&resp).unwrap());
         });
-        let store = Arc::new(MemoryStore::default());
-        let mut cfg = CaptureConfig::with_namespace("snapback-system");
-        cfg.self_users = vec!["snapback".into()];
-        let svc = CaptureService::new(
-            cfg,
-            store.clone(),
-            Arc::new(Attribution::new(Duration::from_secs(30))),
-            Metrics::standalone(),
-        );
+        let (store, svc) = memory_capture();
         let snap = rate(secs, || {
             let answer = rt.block_on(svc.validate(body));
             let snapback::capture::Answer::Review(r) = answer else {
                 panic!("bad review")
             };
             std::hint::black_box(serde_json::to_vec(&r).unwrap());
-            // Keep the in-memory store from growing without bound.
-            if store.snapshot_count() > 10_000 {
-                store.snapshots.lock().unwrap().clear();
-            }
+            keep_small(&store);
         });
         println!(
             "| {name} ({} bytes) | {typed:.0} | {noop:.0} | {snap:.0} | {:.2} | {:.2} | {:.1} µs |",
@@ -177,6 +166,28 @@ fn inprocess(smoke: bool) {
     inprocess_stack(secs, &bodies);
 }
 
+/// snapback's validating path as `serve` sets it up, over an in-memory
+/// store that encodes like the real one.
+fn memory_capture() -> (Arc<MemoryStore>, CaptureService) {
+    let store = Arc::new(MemoryStore::default());
+    let mut cfg = CaptureConfig::with_namespace("snapback-system");
+    cfg.self_users = vec!["snapback".into()];
+    let svc = CaptureService::new(
+        cfg,
+        store.clone(),
+        Arc::new(Attribution::new(Duration::from_secs(30))),
+        Metrics::standalone(),
+    );
+    (store, svc)
+}
+
+/// Keep the in-memory store from growing without bound.
+fn keep_small(store: &MemoryStore) {
+    if store.snapshot_count() > 10_000 {
+        store.snapshots.lock().unwrap().clear();
+    }
+}
+
 /// Part 2 again, through the webhook's own HTTPS stack (`stack.rs`): the
 /// same reviews, each an HTTPS request to a server on one thread.
 fn inprocess_stack(secs: Duration, bodies: &[(&str, Vec<u8>)]) {
@@ -199,21 +210,9 @@ fn inprocess_stack(secs: Duration, bodies: &[(&str, Vec<u8>)]) {
     println!("|---|---|---|---|---|---|---|");
     for (name, body) in bodies {
         let noop = stack::measure(stack::noop_router(), &tls, &ca, body, secs, || {});
-        let store = Arc::new(MemoryStore::default());
-        let mut cfg = CaptureConfig::with_namespace("snapback-system");
-        cfg.self_users = vec!["snapback".into()];
-        let svc = CaptureService::new(
-            cfg,
-            store.clone(),
-            Arc::new(Attribution::new(Duration::from_secs(30))),
-            Metrics::standalone(),
-        );
+        let (store, svc) = memory_capture();
         let app = snapback::capture::handler::router(Arc::new(svc), 20 << 20);
-        let snap = stack::measure(app, &tls, &ca, body, secs, move || {
-            if store.snapshot_count() > 10_000 {
-                store.snapshots.lock().unwrap().clear();
-            }
-        });
+        let snap = stack::measure(app, &tls, &ca, body, secs, move || keep_small(&store));
         println!(
             "| {name} | {:.0} | {:.0} | {:.2} | {:.1} µs, {:.1} µs | {:.0}%, {:.0}% | {:.0}, {:.0} |",
             noop.per_cpu_second,

@@ -52,12 +52,7 @@ spec: {{size: 3}}
 
 fn ensure_crd(c: &Cluster) {
     c.kubectl_apply_str(WIDGET_CRD);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/widgets.example.com",
-    ]);
+    c.wait_established("widgets.example.com");
 }
 
 fn summary(m: &SnapshotMeta) -> (Operation, String, String, Option<String>) {
@@ -1043,31 +1038,23 @@ async fn activity_of_batched_actions_comes_from_batch_metadata() {
                 let ts = base + jiff::SignedDuration::from_secs(i as i64);
                 BatchEntry {
                     meta: SnapshotMeta {
-                        snapshot_name: SnapshotMeta::object_name(ts, &format!("{action}-{i}")),
-                        action: ActionId::parse(action).unwrap(),
-                        operation: Operation::Update,
-                        object: ObjectRef {
-                            group: "".into(),
-                            version: "v1".into(),
-                            resource: "configmaps".into(),
-                            subresource: None,
-                            kind: "ConfigMap".into(),
-                            namespace: Some("shop".into()),
-                            name: format!("cm-{i}"),
-                        },
-                        user: "alice".into(),
-                        timestamp: ts,
-                        request_uid: format!("{action}-{i}"),
                         resource_version: Some("7".into()),
-                        uid: None,
-                        payload_sha256: None,
-                        after_fingerprint: None,
-                        before_fingerprint: None,
-                        after_replicas: None,
-                        chunks: 0,
-                        secret: false,
-                        guard: None,
-                        batch: None,
+                        ..SnapshotMeta::new(
+                            ActionId::parse(action).unwrap(),
+                            Operation::Update,
+                            ObjectRef {
+                                group: "".into(),
+                                version: "v1".into(),
+                                resource: "configmaps".into(),
+                                subresource: None,
+                                kind: "ConfigMap".into(),
+                                namespace: Some("shop".into()),
+                                name: format!("cm-{i}"),
+                            },
+                            "alice",
+                            ts,
+                            format!("{action}-{i}"),
+                        )
                     },
                     prior: Some(
                         snapback::store::prior_json(

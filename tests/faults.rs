@@ -239,13 +239,10 @@ async fn under_injected_faults_no_admitted_change_loses_its_snapshot_and_rollbac
             .and_then(|d| d.get("v"))
             .map(String::as_str)
             == Some("before");
-        let outcome = report["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name.as_str())
-            .map(|r| r["outcome"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| "missing".into());
+        let outcome = result_named(&report, name)["outcome"]
+            .as_str()
+            .unwrap_or("missing")
+            .to_string();
         match outcome.as_str() {
             "restored" | "unchanged" => {
                 assert!(at_prior, "{name} reported {outcome} but not restored")

@@ -519,12 +519,7 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
     c.kubectl_apply_str(crd);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/gizmos.example.com",
-    ]);
+    c.wait_established("gizmos.example.com");
     let (ns1, ns2) = (c.namespace("gizmo", &[user]), c.namespace("gizmo", &[user]));
     c.apply_as(
         "admin",
@@ -623,12 +618,7 @@ spec:
     - {name: CIDR, type: string, JSONPath: .spec.cidr}
 "#,
     );
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/ippools.legacy.example.com",
-    ]);
+    c.wait_established("ippools.legacy.example.com");
     c.kubectl_apply_str(
         "apiVersion: legacy.example.com/v1\nkind: IPPool\nmetadata: {name: default-pool}\nspec: {cidr: 192.168.0.0/16, anything: {goes: [1, 2]}}\n",
     );
@@ -951,14 +941,8 @@ async fn owner_references_are_given_back_once_the_owner_is_restored() {
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
     assert_eq!(report["state"], "rolled-back", "{report:#}");
-    let child_result = report["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "child")
-        .unwrap();
     assert!(
-        child_result["message"]
+        result_named(&report, "child")["message"]
             .as_str()
             .unwrap()
             .contains("given back"),

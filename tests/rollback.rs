@@ -127,12 +127,7 @@ async fn restoring_a_custom_resource_to_a_scale_of_zero_says_so() {
     let token = c.token(user);
     let ns = c.namespace("gear-scale", &[user]);
     c.kubectl_apply_str(GEAR_CRD);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/gears.example.com",
-    ]);
+    c.wait_established("gears.example.com");
     c.kubectl_apply_str(&format!(
         "apiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: unset, namespace: {ns}}}\nspec: {{teeth: 12}}\n---\napiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: two, namespace: {ns}}}\nspec: {{teeth: 12, replicas: 2}}\n"
     ));
@@ -144,12 +139,8 @@ async fn restoring_a_custom_resource_to_a_scale_of_zero_says_so() {
     complete(&api, &token, &id).await;
     let note = "if spec.replicas was not set before the action, it is now set to 0";
     let message = |report: &Value, name: &str| -> String {
-        report["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r["message"].as_str())
+        result_named(report, name)["message"]
+            .as_str()
             .unwrap_or_default()
             .to_string()
     };
@@ -189,12 +180,7 @@ async fn a_deleted_definition_with_its_resources_and_a_deleted_job_come_back() {
     let token = c.token(user);
     let ns = c.namespace("crd-job", &[user]);
     c.kubectl_apply_str(SPROCKET_CRD);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/sprockets.example.com",
-    ]);
+    c.wait_established("sprockets.example.com");
     c.apply_as(
         "admin",
         &format!(
@@ -401,12 +387,7 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     c.grant_cluster_edit(user);
     let token = c.token(user);
     c.kubectl_apply_str(WIDGET_CRD);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/widgets.example.com",
-    ]);
+    c.wait_established("widgets.example.com");
 
     // Before the action (as admin).
     let ns = c.namespace("multi", &[]);
@@ -465,12 +446,7 @@ async fn a_multi_kind_action_rolls_back_to_its_prior_state_and_redo_restores_it(
     c.kubectl_as_ok(user, &["create", "namespace", &ns2]);
     c.apply_as(user, &configmap(&ns2, "inner", "x"));
     c.apply_as(user, GADGET_CRD);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/gadgets.example.com",
-    ]);
+    c.wait_established("gadgets.example.com");
     c.apply_as(user,
         &format!(
             "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {{name: g1, namespace: {ns}}}\nspec: {{on: true}}\n"
@@ -2385,12 +2361,7 @@ spec:
         )
     };
     c.kubectl_apply_str(&crd(false, ""));
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/doohickeys.example.com",
-    ]);
+    c.wait_established("doohickeys.example.com");
     let thing = |labels: &str, action: &str| {
         format!(
             "apiVersion: example.com/v1\nkind: Doohickey\nmetadata: {{name: d1, namespace: {ns}, labels: {{{labels}}}, annotations: {{{action}}}}}\nspec: {{color: blue}}\n"

@@ -156,7 +156,13 @@ fn median(values: &[f64]) -> f64 {
 
 /// CPU seconds used so far by a process (utime + stime of /proc/PID/stat).
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU seconds (utime + stime) in a `/proc` `stat` file: a process's, or a
+/// thread's (`/proc/PID/task/TID/stat`).
+pub fn stat_cpu_secs(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -171,7 +177,7 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / clock_ticks()
 }
 
-pub fn clock_ticks() -> f64 {
+fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")

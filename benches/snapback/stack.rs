@@ -53,22 +53,6 @@ pub fn noop_router() -> Router {
         .route("/validate", post(answer))
 }
 
-/// CPU seconds a thread has used (`stat` of its `/proc` task).
-fn thread_cpu(stat: &PathBuf) -> f64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let fields: Vec<&str> = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / super::live::clock_ticks()
-}
-
 /// Serve `app` on one thread, post `body` to `/validate` from
 /// [`CONNECTIONS`] connections for `secs` (after a warm-up), and measure.
 /// `housekeeping` runs every 50 ms on the load's side (to keep an
@@ -167,11 +151,14 @@ pub fn measure(
         tokio::time::sleep(Duration::from_millis(500).min(secs)).await;
         let (n0, c0, t0) = (
             done.load(Ordering::Relaxed),
-            thread_cpu(&stat),
+            super::live::stat_cpu_secs(&stat),
             Instant::now(),
         );
         tokio::time::sleep(secs).await;
-        let (n1, c1) = (done.load(Ordering::Relaxed), thread_cpu(&stat));
+        let (n1, c1) = (
+            done.load(Ordering::Relaxed),
+            super::live::stat_cpu_secs(&stat),
+        );
         let wall = t0.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         for t in tasks {

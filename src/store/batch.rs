@@ -264,31 +264,25 @@ mod tests {
             + jiff::SignedDuration::from_secs(i as i64);
         BatchEntry {
             meta: SnapshotMeta {
-                snapshot_name: SnapshotMeta::object_name(ts, &format!("uid-{i}")),
-                action: ActionId::parse("release-7").unwrap(),
-                operation: op,
-                object: ObjectRef {
-                    group: "".into(),
-                    version: "v1".into(),
-                    resource: "configmaps".into(),
-                    subresource: None,
-                    kind: "ConfigMap".into(),
-                    namespace: Some("shop".into()),
-                    name: format!("cm-{i}"),
-                },
-                user: "alice".into(),
-                timestamp: ts,
-                request_uid: format!("uid-{i}"),
                 resource_version: (op != Operation::Create).then(|| "41".into()),
                 uid: Some(format!("u-{i}")),
-                payload_sha256: None,
-                after_fingerprint: None,
-                before_fingerprint: None,
-                after_replicas: None,
-                chunks: 0,
-                secret: false,
                 guard: (i == 1).then(|| "5m".into()),
-                batch: None,
+                ..SnapshotMeta::new(
+                    ActionId::parse("release-7").unwrap(),
+                    op,
+                    ObjectRef {
+                        group: "".into(),
+                        version: "v1".into(),
+                        resource: "configmaps".into(),
+                        subresource: None,
+                        kind: "ConfigMap".into(),
+                        namespace: Some("shop".into()),
+                        name: format!("cm-{i}"),
+                    },
+                    "alice",
+                    ts,
+                    format!("uid-{i}"),
+                )
             },
             prior: (op != Operation::Create).then(|| {
                 // Keys in the API server's order, not sorted: stored as sent.

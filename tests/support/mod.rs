@@ -184,6 +184,16 @@ impl Cluster {
         child.wait_with_output().expect("kubectl")
     }
 
+    /// Wait until the API server serves the CustomResourceDefinition `name`.
+    pub fn wait_established(&self, name: &str) {
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            &format!("crd/{name}"),
+        ]);
+    }
+
     /// `kubectl get ARGS -o json` as admin; None when kubectl fails (the
     /// object does not exist).
     pub fn get_json(&self, args: &[&str]) -> Option<Value> {
@@ -982,6 +992,15 @@ spec:
           type: object
           x-kubernetes-preserve-unknown-fields: true
 "#;
+
+/// The result of the object named `name` in a rollback report (Null when
+/// the report has none).
+pub fn result_named<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["results"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == name))
+        .unwrap_or(&Value::Null)
+}
 
 /// A report's `counts` without the outcomes no object had (every outcome is
 /// in the report, most of them 0).
