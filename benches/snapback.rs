@@ -318,6 +318,8 @@ fn storage(corpus: &str, kubeconfig: &str) {
                 after_fingerprint: Some(snapback::store::codec::fingerprint(obj)),
                 before_fingerprint: Some(snapback::store::codec::fingerprint(obj)),
                 after_replicas: None,
+                replicas_path: None,
+                replicas_unset: None,
                 chunks: 0,
                 secret: false,
                 guard: None,

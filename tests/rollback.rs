@@ -112,12 +112,36 @@ spec:
         scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
 "#;
 
-/// `kubectl scale` of a custom resource whose `spec.replicas` was not set:
-/// its Scale showed 0 replicas, so restoring it sets 0 (README, "Known
-/// limits"); the plan and the result say so, since an operator would
-/// scale the workload to nothing.
+/// A custom resource whose scale subresource keeps its count in
+/// `spec.size`.
+const COG_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: cogs.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: cogs, singular: cog, kind: Cog}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+      subresources:
+        scale: {specReplicasPath: .spec.size, statusReplicasPath: .status.size}
+"#;
+
+/// `kubectl scale` of custom resources: a Scale shows a replicas field
+/// that is not set as 0, so the capture reads the custom resource and its
+/// definition, and the rollback takes out a field that was not set (an
+/// operator's default applies again) instead of setting 0; a field set to
+/// 0 is 0 again, without the "may now be 0" note. A scale followed by an
+/// edit in the same action restores the field the definition names
+/// (`spec.size`), not `spec.replicas`.
 #[tokio::test(flavor = "multi_thread")]
-async fn restoring_a_custom_resource_to_a_scale_of_zero_says_so() {
+async fn rolling_back_kubectl_scale_of_custom_resources_restores_an_unset_count_as_unset() {
     let c = cluster();
     let sb = shared_snapback();
     let api = sb.api(c);
@@ -127,15 +151,54 @@ async fn restoring_a_custom_resource_to_a_scale_of_zero_says_so() {
     let token = c.token(user);
     let ns = c.namespace("gear-scale", &[user]);
     c.kubectl_apply_str(GEAR_CRD);
+    c.kubectl_apply_str(COG_CRD);
     c.wait_established("gears.example.com");
+    c.wait_established("cogs.example.com");
+    let gear = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{teeth: 12{spec}}}\n---\n"
+        )
+    };
     c.kubectl_apply_str(&format!(
-        "apiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: unset, namespace: {ns}}}\nspec: {{teeth: 12}}\n---\napiVersion: example.com/v1\nkind: Gear\nmetadata: {{name: two, namespace: {ns}}}\nspec: {{teeth: 12, replicas: 2}}\n"
+        "{}{}{}{}apiVersion: example.com/v1\nkind: Cog\nmetadata: {{name: sized, namespace: {ns}}}\nspec: {{teeth: 12, size: 2}}\n",
+        gear("unset", ""),
+        gear("zero", ", replicas: 0"),
+        gear("two", ", replicas: 2"),
+        gear("mixed", ""),
     ));
     let id = format!("gear-scale-{:06x}", rand::random::<u32>() & 0xffffff);
     open_action(&api, &token, &id).await;
-    for gear in ["unset", "two"] {
-        c.kubectl_as_ok(user, &["-n", &ns, "scale", "gear", gear, "--replicas=3"]);
+    for name in ["unset", "zero", "two", "mixed"] {
+        c.kubectl_as_ok(user, &["-n", &ns, "scale", "gear", name, "--replicas=3"]);
     }
+    c.kubectl_as_ok(user, &["-n", &ns, "scale", "cog", "sized", "--replicas=5"]);
+    let teeth = r#"{"spec":{"teeth":13}}"#;
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "gear",
+            "mixed",
+            "--type=merge",
+            "-p",
+            teeth,
+        ],
+    );
+    c.kubectl_as_ok(
+        user,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "cog",
+            "sized",
+            "--type=merge",
+            "-p",
+            teeth,
+        ],
+    );
     complete(&api, &token, &id).await;
     let note = "if spec.replicas was not set before the action, it is now set to 0";
     let message = |report: &Value, name: &str| -> String {
@@ -151,18 +214,40 @@ async fn restoring_a_custom_resource_to_a_scale_of_zero_says_so() {
             &token,
         )
         .await;
-    assert!(message(&plan, "unset").contains(note), "{plan:#}");
-    assert!(!message(&plan, "two").contains(note), "{plan:#}");
+    assert!(
+        message(&plan, "unset").contains("removing /spec/replicas"),
+        "{plan:#}"
+    );
+    for name in ["zero", "two"] {
+        assert!(!message(&plan, name).contains(note), "{name}: {plan:#}");
+    }
     let report = api
         .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
         .await;
     assert_eq!(report["state"], "rolled-back", "{report:#}");
-    assert!(message(&report, "unset").contains(note), "{report:#}");
-    assert!(!message(&report, "two").contains(note), "{report:#}");
-    let replicas =
-        |name: &str| c.get_json(&["-n", &ns, "gear", name]).unwrap()["spec"]["replicas"].clone();
-    assert_eq!(replicas("unset"), json!(0));
-    assert_eq!(replicas("two"), json!(2));
+    assert!(
+        message(&report, "unset").contains("/spec/replicas removed"),
+        "{report:#}"
+    );
+    assert!(!message(&report, "zero").contains(note), "{report:#}");
+    let spec =
+        |kind: &str, name: &str| c.get_json(&["-n", &ns, kind, name]).unwrap()["spec"].clone();
+    assert_eq!(spec("gear", "unset"), json!({"teeth": 12}));
+    assert_eq!(spec("gear", "zero"), json!({"teeth": 12, "replicas": 0}));
+    assert_eq!(spec("gear", "two"), json!({"teeth": 12, "replicas": 2}));
+    assert_eq!(spec("gear", "mixed"), json!({"teeth": 12}));
+    assert_eq!(spec("cog", "sized"), json!({"teeth": 12, "size": 2}));
+    // Done: a second rollback finds every object as it was.
+    let again = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    for name in ["unset", "zero", "two", "mixed", "sized"] {
+        assert_eq!(
+            result_named(&again, name)["outcome"],
+            "unchanged",
+            "{name}: {again:#}"
+        );
+    }
 }
 
 /// A definition deleted with its custom resources, and a Job: the rollback

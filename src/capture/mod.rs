@@ -12,6 +12,7 @@ pub mod journaled;
 pub mod open_actions;
 pub mod pending;
 pub mod review;
+pub mod scale;
 pub mod stated_guard;
 
 use std::sync::Arc;
@@ -126,6 +127,11 @@ impl CrdReader {
             cfg.auth_info.impersonate_groups = Some(groups.to_vec()).filter(|g| !g.is_empty());
         }
         kube::Client::try_from(cfg).map_err(|e| CaptureError::Contents(e.to_string()))
+    }
+
+    /// snapback's own identity.
+    fn own_client(&self) -> Result<kube::Client, CaptureError> {
+        kube::Client::try_from(self.base.clone()).map_err(|e| CaptureError::Contents(e.to_string()))
     }
 }
 
@@ -591,6 +597,23 @@ impl CaptureService {
             }
             p => p,
         };
+        // A custom resource's Scale: where its replicas are, and for a
+        // Scale of 0 whether they were set at all.
+        let replicas_field = match (&prior, &self.crd_reader) {
+            (Some(p), Some(reader))
+                if operation == Operation::Update && scale::of_custom_resource(review) =>
+            {
+                let groups = review.request.user_info.groups.as_deref().unwrap_or(&[]);
+                match (reader.own_client(), reader.client_as(user, groups)) {
+                    (Ok(own), Ok(as_user)) => {
+                        scale::replicas_field(&own, &as_user, review, scale::starts_from_zero(p))
+                            .await
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         let uid_of = |o: &Value| o.get("metadata")?.get("uid")?.as_str().map(str::to_string);
         let req = &review.request;
         let meta = SnapshotMeta {
@@ -628,6 +651,8 @@ impl CaptureService {
                 .and_then(|o| o.get("spec")?.get("replicas"))
                 .filter(|r| r.is_u64())
                 .map(|r| r.to_string()),
+            replicas_unset: replicas_field.as_ref().and_then(|f| f.unset),
+            replicas_path: replicas_field.map(|f| f.pointer),
             chunks: 0,
             secret,
             guard: stated_guard::stated_guard(

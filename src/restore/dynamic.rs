@@ -96,6 +96,35 @@ pub async fn replace_with(
     client.request::<Value>(req).await
 }
 
+/// Remove one field (a JSON pointer) from the object, only while it is at
+/// `resource_version` (a JSON patch that sets the resourceVersion is
+/// conditional on it: 409 otherwise); or the API server's dry run of that.
+pub async fn remove_field(
+    client: &Client,
+    obj: &ObjectRef,
+    pointer: &str,
+    resource_version: &str,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
+    let patch = serde_json::json!([
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version},
+        {"op": "remove", "path": pointer},
+    ]);
+    let mut url = format!(
+        "{}/{}?fieldManager={FIELD_MANAGER}",
+        collection(obj),
+        obj.name
+    );
+    if dry_run {
+        url.push_str("&dryRun=All");
+    }
+    let req = http::Request::patch(url)
+        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(body(&patch)?)
+        .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+    client.request::<Value>(req).await
+}
+
 /// Delete, but only the object with this uid (and, when given, this
 /// resourceVersion: unchanged since it was looked at).
 pub async fn delete(

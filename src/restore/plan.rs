@@ -78,6 +78,10 @@ pub struct ObjectHistory {
     /// Conflict fingerprint of the state the action's last change to the
     /// object left, unless that change deleted it.
     pub last_after: Option<String>,
+    /// A custom resource whose Scale the action changed: its replicas
+    /// field (a JSON pointer), and for a change from 0 whether the field
+    /// was unset before, when the capture could tell.
+    pub prior_replicas_field: Option<(String, Option<bool>)>,
 }
 
 impl ObjectHistory {
@@ -154,6 +158,7 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             interleaved: None,
             identities: Vec::new(),
             last_after: None,
+            prior_replicas_field: replicas_field(first),
         };
     };
     fingerprints(&mut accepted, &main);
@@ -179,15 +184,29 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
         (_, Ok(Some(prior))) => {
             let mut prior = prior.clone();
             // Scale writes made before the first full change: the full prior
-            // already has the changed replicas; put the earlier value back.
+            // already has the changed replicas; put the earlier value back
+            // (a Scale leaves out a count of 0), or take out a custom
+            // resource's replicas field that was not set.
             if let Some(scale) = subs
                 .iter()
                 .find(|s| s.meta.order_key() < first_main.meta.order_key())
                 && let Ok(Some(scale_prior)) = &scale.prior
-                && let Some(replicas) = scale_prior.get("spec").and_then(|s| s.get("replicas"))
-                && let Some(spec) = prior.get_mut("spec").and_then(Value::as_object_mut)
             {
-                spec.insert("replicas".into(), replicas.clone());
+                let replicas = scale_prior
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or_else(|| Value::from(0));
+                match replicas_field(scale) {
+                    Some((field, Some(true))) => {
+                        remove_pointer(&mut prior, &field);
+                    }
+                    Some((field, _)) => set_pointer(&mut prior, &field, replicas),
+                    None => {
+                        if let Some(spec) = prior.get_mut("spec").and_then(Value::as_object_mut) {
+                            spec.insert("replicas".into(), replicas);
+                        }
+                    }
+                }
             }
             Target::Present(prior)
         }
@@ -245,6 +264,58 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
             .last()
             .and_then(|l| after_fp(l))
             .filter(|fp| fp != ABSENT),
+        prior_replicas_field: None,
+    }
+}
+
+/// What the capture of a custom resource's Scale change found about its
+/// replicas field.
+fn replicas_field(l: &Loaded) -> Option<(String, Option<bool>)> {
+    l.meta
+        .replicas_path
+        .clone()
+        .filter(|p| p.starts_with('/'))
+        .map(|p| (p, l.meta.replicas_unset))
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Remove the field at a JSON pointer (of object fields); true if it was there.
+pub fn remove_pointer(v: &mut Value, pointer: &str) -> bool {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return false;
+    };
+    let parent = if parent.is_empty() {
+        Some(v)
+    } else {
+        v.pointer_mut(parent)
+    };
+    parent
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.remove(&unescape(last)))
+        .is_some()
+}
+
+/// Set the field at a JSON pointer (of object fields), making the objects
+/// on the way.
+pub fn set_pointer(v: &mut Value, pointer: &str, value: Value) {
+    let mut at = v;
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+    let Some((last, path)) = tokens.split_last() else {
+        return;
+    };
+    for t in path {
+        let Some(map) = at.as_object_mut() else {
+            return;
+        };
+        at = map
+            .entry(t.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    if let Some(map) = at.as_object_mut() {
+        map.insert(last.clone(), value);
     }
 }
 

@@ -241,15 +241,11 @@ impl Restorer {
         client: &kube::Client,
         histories: &[ObjectHistory],
     ) -> Vec<Result<Option<Value>, String>> {
-        let objects: Vec<_> = histories.iter().map(|h| h.object.clone()).collect();
-        futures::stream::iter(objects)
-            .map(|object| {
-                let client = client.clone();
-                async move {
-                    dynamic::get(&client, &object).await.map_err(|e| {
-                        format!("reading the current object: {}", describe_kube_error(&e))
-                    })
-                }
+        futures::stream::iter(0..histories.len())
+            .map(|i| async move {
+                current_of(client, &histories[i])
+                    .await
+                    .map_err(|e| format!("reading the current object: {}", describe_kube_error(&e)))
             })
             .buffered(self.cfg.parallelism.max(1) * 2)
             .collect()
@@ -475,11 +471,12 @@ impl Restorer {
                                 .await
                                 .map(|_| ())
                         }
-                        Action::Replace(body) | Action::ReplaceScale(body) => {
+                        Action::Replace(body) => {
                             dynamic::replace_with(client, &h.object, body, true)
                                 .await
                                 .map(|_| ())
                         }
+                        Action::ReplaceScale(body) => restore_scale(client, h, body, true).await,
                         Action::Delete {
                             uid,
                             resource_version,
@@ -1147,7 +1144,7 @@ impl Restorer {
             if attempt > 0 {
                 let backoff = 200 * 2u64.pow(attempt.min(6).saturating_sub(1 + extra));
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
-                match dynamic::get(client, &h.object).await {
+                match current_of(client, h).await {
                     Ok(current) => {
                         step = plan::decide(h, current.as_ref(), params.force || in_recreated)
                     }
@@ -1246,13 +1243,18 @@ impl Restorer {
                 )))
             }
             Action::ReplaceScale(body) => {
-                dynamic::replace(client, &h.object, body)
+                restore_scale(client, h, body, false)
                     .await
                     .map_err(api_err)?;
-                Ok(ok(&format!(
-                    "scale restored through the scale subresource{}",
-                    zero_scale_note(h, body)
-                )))
+                Ok(ok(&match unset_replicas(h, body) {
+                    Some(field) => format!(
+                        "scale restored: {field} removed from the custom resource, as it was not set before the action"
+                    ),
+                    None => format!(
+                        "scale restored through the scale subresource{}",
+                        zero_scale_note(h, body)
+                    ),
+                }))
             }
             Action::Replace(body) => {
                 let (body, note) = self.fix_owner_references(client, h, body.clone()).await;
@@ -2149,7 +2151,10 @@ fn dry_run_result(
 /// workloads always have their replicas set.
 fn zero_scale_note(h: &ObjectHistory, body: &Value) -> &'static str {
     let custom = !matches!(h.object.group.as_str(), "" | "apps" | "extensions");
+    // The capture read the custom resource: it was set (to 0).
+    let set = matches!(h.prior_replicas_field, Some((_, Some(false))));
     if custom
+        && !set
         && body
             .pointer("/spec/replicas")
             .and_then(Value::as_i64)
@@ -2162,6 +2167,99 @@ fn zero_scale_note(h: &ObjectHistory, body: &Value) -> &'static str {
     }
 }
 
+/// The object as it is now (its Scale when only that changed). The API
+/// server (1.20 at least) refuses to read the Scale of a custom resource
+/// whose replicas field is not set ("the spec replicas field … does not
+/// exist", 500): for one whose field was unset before the action, that is
+/// a Scale of 0, as its prior Scale showed; it is read from the object.
+async fn current_of(
+    client: &kube::Client,
+    h: &ObjectHistory,
+) -> Result<Option<Value>, kube::Error> {
+    let err = match dynamic::get(client, &h.object).await {
+        Err(kube::Error::Api(s))
+            if s.code == 500
+                && s.message.contains("spec replicas field")
+                && s.message.contains("does not exist") =>
+        {
+            kube::Error::Api(s)
+        }
+        read => return read,
+    };
+    let (Target::Scale(prior), Some((field, Some(true)))) = (&h.target, &h.prior_replicas_field)
+    else {
+        return Err(err);
+    };
+    let mut parent = h.object.clone();
+    parent.subresource = None;
+    let Some(object) = dynamic::get(client, &parent).await? else {
+        return Ok(None);
+    };
+    if object.pointer(field).is_some() {
+        return Err(err);
+    }
+    let mut scale = prior.clone();
+    if let (Some(meta), Some(now)) = (
+        scale.get_mut("metadata").and_then(Value::as_object_mut),
+        object.get("metadata"),
+    ) {
+        for key in ["uid", "resourceVersion", "creationTimestamp"] {
+            match now.get(key) {
+                Some(v) => meta.insert(key.into(), v.clone()),
+                None => meta.remove(key),
+            };
+        }
+    }
+    if let Some(spec) = scale.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("replicas");
+    }
+    Ok(Some(scale))
+}
+
+/// The replicas field to remove rather than writing a Scale of 0: a
+/// custom resource's field that the capture found unset before the action.
+fn unset_replicas<'h>(h: &'h ObjectHistory, body: &Value) -> Option<&'h str> {
+    match &h.prior_replicas_field {
+        Some((field, Some(true)))
+            if body
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0 =>
+        {
+            Some(field)
+        }
+        _ => None,
+    }
+}
+
+/// Write the prior Scale back through the scale subresource, or take out
+/// a custom resource's replicas field that was not set (conditional on the
+/// resourceVersion the plan read: the Scale's is the custom resource's).
+async fn restore_scale(
+    client: &kube::Client,
+    h: &ObjectHistory,
+    body: &Value,
+    dry_run: bool,
+) -> Result<(), kube::Error> {
+    match unset_replicas(h, body) {
+        Some(field) => {
+            let mut parent = h.object.clone();
+            parent.subresource = None;
+            let rv = body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            dynamic::remove_field(client, &parent, field, rv, dry_run)
+                .await
+                .map(|_| ())
+        }
+        None => dynamic::replace_with(client, &h.object, body, dry_run)
+            .await
+            .map(|_| ()),
+    }
+}
+
 fn describe(h: &ObjectHistory, s: &Step) -> String {
     match s.action {
         Action::Delete { .. } => "would delete: it did not exist before the action".into(),
@@ -2171,10 +2269,15 @@ fn describe(h: &ObjectHistory, s: &Step) -> String {
                 .into()
         }
         Action::Replace(_) => "would replace with its prior state".into(),
-        Action::ReplaceScale(ref body) => format!(
-            "would restore the scale subresource{}",
-            zero_scale_note(h, body)
-        ),
+        Action::ReplaceScale(ref body) => match unset_replicas(h, body) {
+            Some(field) => format!(
+                "would restore the scale by removing {field} from the custom resource: it was not set before the action"
+            ),
+            None => format!(
+                "would restore the scale subresource{}",
+                zero_scale_note(h, body)
+            ),
+        },
         Action::None(..) => String::new(),
     }
 }

@@ -56,6 +56,14 @@ pub const ANN_AFTER_FINGERPRINT: &str = "snapback.io/after-fingerprint";
 /// `spec.replicas` of the object after the change, when it has one.
 pub const ANN_AFTER_REPLICAS: &str = "snapback.io/after-replicas";
 pub const ANN_BEFORE_FINGERPRINT: &str = "snapback.io/before-fingerprint";
+/// On a custom resource's Scale snapshot: where the custom resource keeps
+/// its replicas (a JSON pointer, from its definition's `specReplicasPath`),
+/// when the capture could read it.
+pub const ANN_REPLICAS_PATH: &str = "snapback.io/replicas-path";
+/// With `snapback.io/replicas-path`, on a Scale change from 0: `"true"`
+/// when that field was not set at all before the change (the Scale shows
+/// an unset count as 0), `"false"` when it was set to 0.
+pub const ANN_REPLICAS_UNSET: &str = "snapback.io/replicas-unset";
 pub const ANN_CHUNKS: &str = "snapback.io/chunks";
 pub const ANN_CHUNK_INDEX: &str = "snapback.io/chunk-index";
 pub const ANN_ACTION_ID: &str = "snapback.io/action-id";
@@ -360,6 +368,17 @@ pub struct SnapshotMeta {
     /// (an autoscaler) is told from the action's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_replicas: Option<String>,
+    /// A custom resource's Scale change: the JSON pointer of the replicas
+    /// field in the custom resource (its definition's `specReplicasPath`),
+    /// when the capture could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_path: Option<String>,
+    /// A custom resource's Scale change from 0 replicas: whether the field
+    /// was not set at all before the change (the Scale cannot tell "0" from
+    /// "not set"; a rollback then removes it rather than setting 0), when
+    /// the capture could read the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_unset: Option<bool>,
     pub chunks: u32,
     /// Stored as a Secret rather than a ConfigMap.
     pub secret: bool,
@@ -398,6 +417,8 @@ impl SnapshotMeta {
             after_fingerprint: None,
             before_fingerprint: None,
             after_replicas: None,
+            replicas_path: None,
+            replicas_unset: None,
             chunks: 0,
             secret: false,
             guard: None,
@@ -466,11 +487,15 @@ impl SnapshotMeta {
             (ANN_AFTER_FINGERPRINT, &self.after_fingerprint),
             (ANN_BEFORE_FINGERPRINT, &self.before_fingerprint),
             (ANN_AFTER_REPLICAS, &self.after_replicas),
+            (ANN_REPLICAS_PATH, &self.replicas_path),
         ];
         for (key, value) in optional {
             if let Some(v) = value {
                 a.insert(key.to_string(), v.clone());
             }
+        }
+        if let Some(unset) = self.replicas_unset {
+            a.insert(ANN_REPLICAS_UNSET.to_string(), unset.to_string());
         }
         a
     }
@@ -521,6 +546,8 @@ impl SnapshotMeta {
             after_fingerprint: ann(ANN_AFTER_FINGERPRINT),
             before_fingerprint: ann(ANN_BEFORE_FINGERPRINT),
             after_replicas: ann(ANN_AFTER_REPLICAS),
+            replicas_path: ann(ANN_REPLICAS_PATH),
+            replicas_unset: ann(ANN_REPLICAS_UNSET).and_then(|u| u.parse().ok()),
             chunks,
             secret,
             guard: labels.get(LABEL_GUARD).cloned(),
@@ -699,6 +726,8 @@ mod tests {
             after_fingerprint: Some("cd".into()),
             before_fingerprint: Some("ef".into()),
             after_replicas: Some("3".into()),
+            replicas_path: Some("/spec/size".into()),
+            replicas_unset: Some(true),
             chunks: 1,
             secret: false,
             guard: None,

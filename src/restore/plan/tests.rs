@@ -70,6 +70,8 @@ fn snap_sub(
             after_replicas: after
                 .and_then(|a| a.pointer("/spec/replicas"))
                 .map(|r| r.to_string()),
+            replicas_path: None,
+            replicas_unset: None,
             chunks: u32::from(before.is_some()),
             secret: false,
             guard: None,
@@ -427,6 +429,76 @@ fn a_scale_before_a_full_change_puts_the_earlier_replicas_into_the_target() {
     assert_eq!(t["spec"]["replicas"], 1);
     assert_eq!(t["spec"]["template"]["image"], "a");
     assert_eq!(h.object.kind, "Deployment");
+}
+
+/// A Scale leaves a count of 0 out: a Deployment scaled up from 0 and then
+/// edited is 0 again in the target, not at the count the edit started from.
+#[test]
+fn a_scale_up_from_zero_before_a_full_change_puts_zero_into_the_target() {
+    let dep = |r: u32, image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "d1"},
+        "spec": {"replicas": r, "template": {"image": image}}})
+    };
+    let zero = json!({"kind": "Scale", "metadata": {"name": "web", "uid": "d1"}, "spec": {}});
+    let three =
+        json!({"kind": "Scale", "metadata": {"name": "web", "uid": "d1"}, "spec": {"replicas": 3}});
+    let mut full = snap(
+        2,
+        Operation::Update,
+        "web",
+        Some(&dep(3, "a")),
+        Some(&dep(3, "b")),
+    );
+    full.meta.object.group = "apps".into();
+    full.meta.object.resource = "deployments".into();
+    let scale = snap_sub(
+        1,
+        Operation::Update,
+        "web",
+        Some("scale"),
+        Some(&zero),
+        Some(&three),
+    );
+    let h = only(vec![scale.clone(), full.clone()]);
+    let Target::Present(t) = &h.target else {
+        panic!()
+    };
+    assert_eq!(t["spec"]["replicas"], 0);
+    assert_eq!(t["spec"]["template"]["image"], "a");
+
+    // A custom resource whose field was not set: taken out; one that keeps
+    // its count elsewhere (spec.size): set there.
+    let mut unset = scale.clone();
+    unset.meta.replicas_path = Some("/spec/replicas".into());
+    unset.meta.replicas_unset = Some(true);
+    let h = only(vec![unset, full.clone()]);
+    let Target::Present(t) = &h.target else {
+        panic!()
+    };
+    assert_eq!(t["spec"].get("replicas"), None, "{t}");
+    let mut sized = scale;
+    sized.meta.replicas_path = Some("/spec/size".into());
+    full.prior = Ok(Some(
+        json!({"kind": "Cog", "metadata": {"name": "web", "uid": "d1"},
+        "spec": {"size": 3, "teeth": 12}}),
+    ));
+    let h = only(vec![sized, full]);
+    let Target::Present(t) = &h.target else {
+        panic!()
+    };
+    assert_eq!(t["spec"], json!({"size": 0, "teeth": 12}));
+}
+
+#[test]
+fn json_pointers_set_and_remove_object_fields() {
+    let mut v = json!({"spec": {"a/b": 1}});
+    set_pointer(&mut v, "/spec/size/count", json!(2));
+    assert_eq!(v, json!({"spec": {"a/b": 1, "size": {"count": 2}}}));
+    assert!(remove_pointer(&mut v, "/spec/a~1b"));
+    assert!(!remove_pointer(&mut v, "/spec/a~1b"));
+    assert!(!remove_pointer(&mut v, "/status/x"));
+    assert_eq!(v, json!({"spec": {"size": {"count": 2}}}));
 }
 
 #[test]
