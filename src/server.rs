@@ -417,9 +417,34 @@ fn spawn_resumer(restorer: Arc<Restorer>) {
     });
 }
 
+/// Create the missing snapshot namespace, labelled so that the webhook
+/// configurations leave it out (`snapback.io/exclude`: a Namespace object
+/// is matched against its own labels, so its creation is not sent either).
+async fn create_snapshot_namespace(
+    namespaces: &kube::Api<k8s_openapi::api::core::v1::Namespace>,
+    name: &str,
+) -> Result<(), String> {
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {
+            "snapback.io/exclude": "true",
+            "app.kubernetes.io/managed-by": "snapback",
+        }},
+    }))
+    .map_err(|e| e.to_string())?;
+    let params = kube::api::PostParams::default();
+    let create = namespaces.create(&params, &ns);
+    match tokio::time::timeout(Duration::from_secs(5), create).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(s))) if s.code == 409 => Ok(()),
+        Ok(Err(e)) => Err(crate::store::describe_kube_error(&e)),
+        Err(_) => Err("no answer within 5s".into()),
+    }
+}
+
 /// Ready when the API server answers and the snapshot namespace exists
 /// (without it no snapshot can be stored, and in deny mode every captured
-/// change would be refused). Says why in the log when that changes.
+/// change would be refused; a missing one is created when snapback may).
+/// Says why in the log when that changes.
 fn spawn_api_probe(client: kube::Client, namespace: String, reachable: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
@@ -434,9 +459,15 @@ fn spawn_api_probe(client: kube::Client, namespace: String, reachable: Arc<Atomi
                 .unwrap_or_else(|_| Err(kube::Error::Service("no answer within 5s".into())))
             {
                 Ok(Some(_)) => None,
-                Ok(None) => Some(format!(
-                    "the snapshot namespace {namespace} does not exist: no snapshot can be stored (create it, or set --snapshot-namespace)"
-                )),
+                Ok(None) => match create_snapshot_namespace(&namespaces, &namespace).await {
+                    Ok(()) => {
+                        tracing::info!(%namespace, "created the snapshot namespace");
+                        None
+                    }
+                    Err(why) => Some(format!(
+                        "the snapshot namespace {namespace} does not exist and snapback could not create it ({why}): no snapshot can be stored (create it, labelled snapback.io/exclude=true, or set --snapshot-namespace)"
+                    )),
+                },
                 // Not allowed to look: the API server answers, that is all
                 // this can tell.
                 Err(kube::Error::Api(s)) if s.code == 403 => None,

@@ -299,6 +299,50 @@ fn exit_codes_scripts_can_trust() {
         err.contains("use --force") && !err.contains("force=true"),
         "{err}"
     );
+    // -o json: the server's answer, the objects in conflict included, on
+    // standard output for scripts (and the message on standard error).
+    let out = kubectl_snapback(user, &["rollback", &id, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(answer["error"]["code"], "Conflict", "{answer:#}");
+    assert!(
+        answer["error"]["objects"][0]
+            .as_str()
+            .is_some_and(|o| o.contains("configmaps/cm")),
+        "{answer:#}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+    // Flags take values the way kubectl's do; --dry-run=false is a real
+    // rollback (refused: the conflict), --dry-run=server the plan.
+    let out = kubectl_snapback(user, &["rollback", &id, "--dry-run=false"]);
+    assert_eq!(out.status.code(), Some(4));
+    let out = kubectl_snapback(
+        user,
+        &[
+            "rollback",
+            &id,
+            "--dry-run=server",
+            "--force=true",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["dryRun"], true, "{plan:#}");
+    assert_eq!(
+        c.get_json(&["-n", &ns, "configmap", "cm"]).unwrap()["data"]["v"],
+        "3",
+        "a dry run changed it"
+    );
+    let out = kubectl_snapback(user, &["rollback", &id, "--dry-run=maybe"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
 
     // A reader that goes away (`| head -1`): a quiet exit, not a panic.
     let c2 = cluster();

@@ -760,7 +760,8 @@ async fn a_restored_volume_and_claim_are_bound_again() {
 
 /// Without its snapshot namespace snapback can store nothing (and in deny
 /// mode every captured change would be refused): it is not ready, and says
-/// why, until the namespace is there again.
+/// why, until the namespace is there again. Where it may, it creates the
+/// namespace itself, labelled to be left out of capture.
 #[tokio::test(flavor = "multi_thread")]
 async fn not_ready_while_the_snapshot_namespace_is_missing() {
     let c = cluster_with_controllers();
@@ -783,8 +784,9 @@ async fn not_ready_while_the_snapshot_namespace_is_missing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        sb.log_tail()
-            .contains(&format!("the snapshot namespace {ns} does not exist")),
+        sb.log_tail().contains(&format!(
+            "the snapshot namespace {ns} does not exist and snapback could not create it"
+        )),
         "{}",
         sb.log_tail()
     );
@@ -797,6 +799,46 @@ async fn not_ready_while_the_snapshot_namespace_is_missing() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Allowed to create namespaces, snapback makes its own again.
+    c.kubectl_ok(&["delete", "namespace", &ns, "--timeout=60s"]);
+    let grant = format!("{tag}-create-namespaces");
+    c.kubectl_ok(&[
+        "create",
+        "clusterrole",
+        &grant,
+        "--verb=create",
+        "--resource=namespaces",
+    ]);
+    c.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        &grant,
+        &format!("--clusterrole={grant}"),
+        "--user=snapback",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        match c.get_json(&["namespace", &ns]) {
+            Some(n) if n["metadata"]["deletionTimestamp"].is_null() => break n,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ns} not created by snapback: {}",
+            sb.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    c.kubectl_ok(&["delete", "clusterrolebinding,clusterrole", &grant]);
+    assert_eq!(
+        created["metadata"]["labels"]["snapback.io/exclude"], "true",
+        "{created:#}"
+    );
+    assert!(
+        sb.log_tail().contains("created the snapshot namespace"),
+        "{}",
+        sb.log_tail()
+    );
 }
 
 /// The garbage collector deletes what an object owns once the object is

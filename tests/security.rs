@@ -590,6 +590,41 @@ async fn unknown_parameters_change_nothing_and_rollback_ids_are_reserved() {
         )
         .await;
     assert_eq!(status, 404, "?dryRun=true opened an action");
+    // Parameters sent in a body rather than the query string are refused,
+    // not ignored: `{"dryRun": true}` must not run the real rollback or
+    // delete. An empty body, `{}` and `null` are nothing.
+    for (method, path) in [
+        ("POST", format!("/api/v1/actions/{id}/rollback")),
+        ("POST", format!("/api/v1/actions/{id}/cancel")),
+        ("POST", format!("/api/v1/actions/{id}/complete")),
+        ("DELETE", format!("/api/v1/actions/{id}")),
+    ] {
+        let (status, answer) = api
+            .call(method, &path, Some(&token), Some(r#"{"dryRun": true}"#))
+            .await;
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert!(
+            error_message(&answer).contains("takes no request body"),
+            "{answer}"
+        );
+    }
+    for (body, flag) in [(Some("{}"), "True"), (Some(" null "), "TRUE"), (None, "1")] {
+        let (status, plan) = api
+            .call(
+                "POST",
+                &format!("/api/v1/actions/{id}/rollback?dryRun={flag}"),
+                Some(&token),
+                body,
+            )
+            .await;
+        assert_eq!(status, 200, "dryRun={flag}, body {body:?}: {plan}");
+        assert_eq!(plan["dryRun"], true, "{plan}");
+    }
+    assert_eq!(
+        get_cm(c, &ns, "cm").expect("the ConfigMap")["data"]["v"],
+        "one",
+        "a refused or dry-run rollback changed it"
+    );
     let record = api
         .ok("GET", &format!("/api/v1/actions/{id}"), &token)
         .await;

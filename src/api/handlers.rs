@@ -92,14 +92,49 @@ impl Query {
         if self.bare.contains(name) {
             return Ok(true);
         }
-        match self.get(name) {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "query parameter {name} must be true or false, not {other:?}"
+            Some(_) => Err(ApiError::bad_request(format!(
+                "query parameter {name} must be true or false, not {:?}",
+                self.get(name).unwrap_or_default()
             ))),
         }
     }
+}
+
+/// The body of a request to an endpoint that takes none (see [`no_body`]).
+pub struct UnusedBody(std::result::Result<Bytes, BytesRejection>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for UnusedBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(UnusedBody(Bytes::from_request(req, state).await))
+    }
+}
+
+/// Endpoints whose parameters are in the query string take no body: one
+/// that says something (`{"dryRun": true}`) is refused rather than ignored,
+/// so that it never runs the real operation. Empty, `{}` and `null` are
+/// nothing.
+fn no_body(body: UnusedBody) -> Result<()> {
+    let body = read_body(body.0)?;
+    let text = String::from_utf8_lossy(&body);
+    let text = text.trim();
+    if text.is_empty()
+        || text == "null"
+        || serde_json::from_str::<Value>(text)
+            .is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+    {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "this endpoint takes no request body: its parameters go in the query string (for example ?dryRun=true)",
+    ))
 }
 
 fn action_id(id: &str) -> Result<ActionId> {
@@ -870,9 +905,11 @@ pub async fn complete_action(
     headers: HeaderMap,
     id: IdPath,
     RawQuery(raw): RawQuery,
+    body: UnusedBody,
 ) -> Result<Json<ActionSummary>> {
     let (_, id) = id.authorize(&state, &headers, "update").await?;
     Query::parse(raw.as_deref(), &[])?;
+    no_body(body)?;
     let (mut rec, rv) = record(&state, &id).await?;
     if rec.state != ActionState::Open {
         return Err(ApiError::conflict(format!(
@@ -934,8 +971,9 @@ pub async fn rollback_action(
     headers: HeaderMap,
     id: IdPath,
     RawQuery(raw): RawQuery,
+    body: UnusedBody,
 ) -> Result<Json<Report>> {
-    run_rollback(state, headers, id, raw, Trigger::Request, "rollback").await
+    run_rollback(state, headers, id, raw, body, Trigger::Request, "rollback").await
 }
 
 /// Close an open action and roll it back (trigger `cancel`).
@@ -954,8 +992,9 @@ pub async fn cancel_action(
     headers: HeaderMap,
     id: IdPath,
     RawQuery(raw): RawQuery,
+    body: UnusedBody,
 ) -> Result<Json<Report>> {
-    run_rollback(state, headers, id, raw, Trigger::Cancel, "cancel").await
+    run_rollback(state, headers, id, raw, body, Trigger::Cancel, "cancel").await
 }
 
 async fn run_rollback(
@@ -963,11 +1002,13 @@ async fn run_rollback(
     headers: HeaderMap,
     id: IdPath,
     raw: Option<String>,
+    body: UnusedBody,
     trigger: Trigger,
     verb: &str,
 ) -> Result<Json<Report>> {
     let (caller, id) = id.authorize(&state, &headers, verb).await?;
     let q = Query::parse(raw.as_deref(), ROLLBACK_PARAMS)?;
+    no_body(body)?;
     let params = rollback_params(&state, &q)?;
     settle(&state, Some(&id)).await;
     // Run detached: a client that disconnects does not abandon a rollback halfway.
@@ -993,9 +1034,11 @@ pub async fn delete_action(
     headers: HeaderMap,
     id: IdPath,
     RawQuery(raw): RawQuery,
+    body: UnusedBody,
 ) -> Result<StatusCode> {
     let (_, id) = id.authorize(&state, &headers, "delete").await?;
     Query::parse(raw.as_deref(), &[])?;
+    no_body(body)?;
     let (mut rec, mut rv) = record(&state, &id).await?;
     // Claimed first, with the record's resourceVersion as precondition,
     // the way retention claims what it prunes: a rollback marks the record

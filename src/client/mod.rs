@@ -120,18 +120,45 @@ fn manifests_as_list(yaml: &[u8]) -> Result<Vec<u8>, Failure> {
 
 #[derive(Debug, Args)]
 pub struct RollbackOpts {
-    /// Show the plan; change nothing.
-    #[arg(long, env = "SNAPBACK_DRY_RUN")]
+    /// Show the plan; change nothing (`--dry-run`, or `=true|false`, or
+    /// kubectl's `=server|client|none`).
+    #[arg(long, env = "SNAPBACK_DRY_RUN", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          action = clap::ArgAction::Set, value_parser = dry_run_value)]
     pub dry_run: bool,
     /// Overwrite objects changed after the action; ignore the rollback window.
-    #[arg(long, env = "SNAPBACK_FORCE")]
+    #[arg(long, env = "SNAPBACK_FORCE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          action = clap::ArgAction::Set, value_parser = bool_value)]
     pub force: bool,
     /// abort, continue or retry (default: the server's).
     #[arg(long, env = "SNAPBACK_FAILURE_POLICY")]
     pub failure_policy: Option<String>,
     /// Restore objects with immutable-field changes by delete and create.
-    #[arg(long, env = "SNAPBACK_RECREATE")]
+    #[arg(long, env = "SNAPBACK_RECREATE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          action = clap::ArgAction::Set, value_parser = bool_value)]
     pub recreate: bool,
+}
+
+/// `--force=true`, `--force=false` (any case; also 1/0, yes/no).
+fn bool_value(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{v:?} is not true or false")),
+    }
+}
+
+/// As [`bool_value`], and kubectl's `--dry-run=server|client|none`: a
+/// dry run of a rollback is always the server's plan (`client` too: never
+/// a real rollback when a dry run was asked for).
+fn dry_run_value(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "server" | "client" => Ok(true),
+        "none" => Ok(false),
+        _ => bool_value(v).map_err(|_| format!("{v:?} is not true, false, server, client or none")),
+    }
 }
 
 /// A failed command: what to print and the exit code.
@@ -176,7 +203,20 @@ impl Ctx {
                 )
             });
         }
-        Err(server_error(status, &bytes))
+        Err(self.server_error(status, &bytes))
+    }
+
+    /// A refused call: with `-o json|yaml`, snapback's error answer (the
+    /// objects in conflict of a 409 included) also goes to standard output,
+    /// for scripts; the message goes to standard error as always.
+    fn server_error(&self, status: StatusCode, bytes: &[u8]) -> Failure {
+        if self.output != OutputFormat::Table
+            && let Ok(v) = serde_json::from_slice::<Value>(bytes)
+            && v.get("error").is_some_and(Value::is_object)
+        {
+            self.structured(&v);
+        }
+        server_error(status, bytes)
     }
 
     async fn raw(
@@ -452,7 +492,7 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), Failure> {
                 )
                 .await?;
             if !status.is_success() {
-                return Err(server_error(status, &bytes));
+                return Err(ctx.server_error(status, &bytes));
             }
             let out = match ctx.output {
                 // The stream as served: YAML documents with the comments
