@@ -642,3 +642,56 @@ async fn retention_and_a_rollback_never_both_go_ahead() {
     assert_eq!(status, 404, "{body}");
     sb.unregister(c);
 }
+
+/// A rollback refused for a conflict leaves no trace on the action's record
+/// that another replica would take for a rollback still planning: the
+/// action can be deleted through either replica at once (it used to be 409
+/// "has not finished planning" there for a minute).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_rollback_does_not_hold_the_action_on_another_replica() {
+    let c = cluster();
+    let tag = format!("rfz{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts::isolated(c, &tag);
+    let a = Snapback::start(c, opts.clone());
+    let mut second = opts;
+    second.register = false;
+    let b = Snapback::start(c, second);
+    let ns = c.namespace("refused", &[]);
+    a.adopt_namespace(c, &ns);
+    let id = format!("refused-{tag}");
+    c.kubectl_ok(&["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"]);
+    c.apply_as("admin", &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"2\"}}\n"));
+    // Changed by someone else (outside any capture of this instance's
+    // action: a plain patch is a session of its own).
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "cm",
+        "-p",
+        r#"{"data":{"v":"3"}}"#,
+    ]);
+    let token = c.token("admin");
+    let (status, body) = a
+        .api(c)
+        .call(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = b
+        .api(c)
+        .call(
+            "DELETE",
+            &format!("/api/v1/actions/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}\n{}", b.log_tail());
+}

@@ -615,6 +615,68 @@ impl Restorer {
         caller: &Caller,
         reason: Option<String>,
     ) -> Result<Report, RollbackError> {
+        let dry_run = params.dry_run;
+        let result = self
+            .rollback_once(id, trigger, params, caller, reason)
+            .await;
+        if !dry_run
+            && let Err(
+                RollbackError::Conflict(_)
+                | RollbackError::Forbidden { .. }
+                | RollbackError::CannotImpersonate { .. }
+                | RollbackError::Damaged(_)
+                | RollbackError::Client(_)
+                | RollbackError::Store(_),
+            ) = &result
+        {
+            self.withdraw_request(id).await;
+        }
+        result
+    }
+
+    /// A rollback refused after it noted its request on the record (a
+    /// conflict, a caller who may read nothing): the note goes, so that the
+    /// other snapshotters do not take the action for one still planning
+    /// (and refuse its deletion) for the next minute. Only this
+    /// snapshotter's own note, and not while it runs another rollback of
+    /// the action. Best effort: the note expires anyway.
+    async fn withdraw_request(&self, id: &ActionId) {
+        for _ in 0..4 {
+            if lock(&self.running).contains(id) {
+                return;
+            }
+            let Ok(Some((mut record, rv))) = self.store.get_action(id).await else {
+                return;
+            };
+            let ours = record
+                .extensions
+                .get(ROLLBACK_REQUESTED_BY_KEY)
+                .and_then(Value::as_str)
+                == Some(self.instance.as_str());
+            if !ours || record.state == ActionState::RollingBack {
+                return;
+            }
+            record.extensions.remove(ROLLBACK_REQUESTED_KEY);
+            record.extensions.remove(ROLLBACK_REQUESTED_BY_KEY);
+            match self.store.update_action(&record, &rv).await {
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => {
+                    tracing::debug!(action = %id, error = %e, "withdrawing the rollback request note");
+                    return;
+                }
+                Ok(_) => return,
+            }
+        }
+    }
+
+    async fn rollback_once(
+        &self,
+        id: &ActionId,
+        trigger: Trigger,
+        params: Params,
+        caller: &Caller,
+        reason: Option<String>,
+    ) -> Result<Report, RollbackError> {
         let started = Instant::now();
         let started_at = Timestamp::now();
         let (record, rv) = self
