@@ -695,3 +695,80 @@ async fn a_refused_rollback_does_not_hold_the_action_on_another_replica() {
         .await;
     assert_eq!(status, 204, "{body}\n{}", b.log_tail());
 }
+
+/// A DELETE that stops part way (here: snapback may delete the action's
+/// Secret snapshots but not its ConfigMaps) keeps the action claimed for
+/// deletion: what is left of it is not a whole action, and a rollback from
+/// it could restore a state from the middle of the action, so rollbacks
+/// are refused; a second DELETE finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deletion_that_stops_part_way_keeps_the_rest_out_of_rollbacks() {
+    let c = cluster();
+    let tag = format!("dpw{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut opts = SnapbackOpts::isolated(c, &tag);
+    opts.extra_args = vec!["--capture-secrets".into()];
+    let store_ns = opts.snapshot_namespace.clone();
+    let sb = Snapback::start(c, opts);
+    let ns = c.namespace("partway", &[]);
+    sb.adopt_namespace(c, &ns);
+    let id = format!("partway-{tag}");
+    c.apply_as("admin", &format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"1\"}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\nstringData: {{v: \"1\"}}\n"));
+    let role = |configmap_verbs: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: snapback, namespace: {store_ns}}}\nrules:\n- apiGroups: [\"\"]\n  resources: [secrets]\n  verbs: [get, list, watch, create, update, delete, deletecollection]\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [{configmap_verbs}]\n"
+        )
+    };
+    // The authorizer sees a changed Role a moment later.
+    let can_delete_all = |yes: bool| {
+        let store_ns = store_ns.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = c.kubectl(
+                    "admin",
+                    &[
+                        "auth",
+                        "can-i",
+                        "deletecollection",
+                        "configmaps",
+                        "-n",
+                        &store_ns,
+                        "--as",
+                        "snapback",
+                    ],
+                );
+                if String::from_utf8_lossy(&out.stdout).trim() == if yes { "yes" } else { "no" } {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "RBAC never took the change");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    c.kubectl_apply_str(&role("get, list, watch, create, update, delete"));
+    can_delete_all(false).await;
+    let api = sb.api(c);
+    let token = c.token("admin");
+    let path = format!("/api/v1/actions/{id}");
+    let (status, body) = api.call("DELETE", &path, Some(&token), None).await;
+    assert!(status >= 500, "{status} {body}");
+    assert!(error_message(&body).contains("stopped part way"), "{body}");
+    let (status, body) = api
+        .call("POST", &format!("{path}/rollback"), Some(&token), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(error_message(&body).contains("is being deleted"), "{body}");
+    assert!(
+        c.get_json(&["-n", &ns, "configmap", "cm"]).is_some(),
+        "the rollback deleted what the action created"
+    );
+    c.kubectl_apply_str(&role(
+        "get, list, watch, create, update, delete, deletecollection",
+    ));
+    can_delete_all(true).await;
+    let (status, body) = api.call("DELETE", &path, Some(&token), None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = api.call("GET", &path, Some(&token), None).await;
+    assert_eq!(status, 404);
+}

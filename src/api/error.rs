@@ -118,7 +118,9 @@ impl IntoResponse for ApiError {
 impl From<RollbackError> for ApiError {
     fn from(e: RollbackError) -> Self {
         match e {
-            RollbackError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RollbackError::NotFound(_) | RollbackError::BeingDeleted(_) => {
+                ApiError::not_found(e.to_string())
+            }
             RollbackError::TooOld { .. } => ApiError::bad_request(e.to_string()),
             RollbackError::Forbidden { ref objects, .. }
             | RollbackError::CannotImpersonate { ref objects, .. } => ApiError {

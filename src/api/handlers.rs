@@ -1079,10 +1079,25 @@ pub async fn delete_action(
             Err(e) => return Err(ApiError::from_store("deleting the action", &e)),
         }
     }
+    let stored = snapshot_count(&state, &id).await;
     if let Err(e) = state.store.delete_action(&id).await {
-        // Not deleted (or not all of it): the claim is withdrawn, so that
-        // the action stays usable (rollback, cancel, retention by its own
-        // rules) and the caller may try again.
+        // Nothing deleted: the claim is withdrawn, so that the action stays
+        // usable (rollback, cancel, retention by its own rules) and the
+        // caller may try again. Partly deleted (or unknown): the claim
+        // stays. A rollback from what is left could restore an object from
+        // a later snapshot than its first, a state from the middle of the
+        // action; so the action stays out of rollbacks until a DELETE (or
+        // retention, for a finished action) completes it.
+        let untouched = stored.is_some() && snapshot_count(&state, &id).await == stored;
+        if !untouched {
+            tracing::warn!(action = %id, error = %e, "deleting the action failed part way; it stays claimed for deletion");
+            let mut err = ApiError::from_store("deleting the action", &e);
+            err.message = format!(
+                "{}; the deletion of action {id} stopped part way: what is left of it cannot be rolled back; DELETE it again to finish",
+                err.message
+            );
+            return Err(err);
+        }
         if let Ok(Some((mut now, now_rv))) = state.store.get_action(&id).await
             && now.extensions.remove(PRUNING_KEY).is_some()
             && let Err(e2) = state.store.update_action(&now, &now_rv).await
@@ -1097,6 +1112,12 @@ pub async fn delete_action(
         a.close_if(&rec.owner, &id);
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How many snapshots of the action are stored (None when that cannot be
+/// read).
+async fn snapshot_count(state: &ApiState, id: &ActionId) -> Option<usize> {
+    state.store.list_snapshots(id).await.ok().map(|s| s.len())
 }
 
 /// How long after a rollback was asked for (its record marked, before it

@@ -80,6 +80,12 @@ struct Progress {
 pub enum RollbackError {
     #[error("action {0} not found")]
     NotFound(ActionId),
+    /// Claimed by a deletion (a DELETE, retention): what is left of it is
+    /// not a whole action to restore.
+    #[error(
+        "action {0} is being deleted, so it cannot be rolled back (a DELETE that stopped part way is finished by DELETE-ing it again)"
+    )]
+    BeingDeleted(ActionId),
     #[error(
         "action {id} last changed {age} ago, outside the rollback window of {window}; use force=true to roll back anyway"
     )]
@@ -570,7 +576,7 @@ impl Restorer {
                         .await?
                         .ok_or_else(|| RollbackError::NotFound(id.clone()))?;
                     if fresh.extensions.contains_key(PRUNING_KEY) {
-                        return Err(RollbackError::NotFound(id.clone()));
+                        return Err(RollbackError::BeingDeleted(id.clone()));
                     }
                     if fresh.state == ActionState::RollingBack {
                         return Err(RollbackError::Running(id.clone()));
@@ -689,7 +695,7 @@ impl Restorer {
         }
         // Retention is deleting it.
         if record.extensions.contains_key(PRUNING_KEY) {
-            return Err(RollbackError::NotFound(id.clone()));
+            return Err(RollbackError::BeingDeleted(id.clone()));
         }
 
         if trigger == Trigger::Cancel && record.state != ActionState::Open {
