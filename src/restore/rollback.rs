@@ -141,7 +141,26 @@ pub struct Restorer {
     /// and stay `rolling-back`, with their progress, for the next
     /// snapshotter to finish (as after a crash, without failing anything).
     draining: std::sync::atomic::AtomicBool,
+    /// Owner kinds resolved through discovery (a rollback recreating many
+    /// objects with owners would otherwise ask once per reference).
+    owner_kinds: OwnerKinds,
 }
+
+/// Served kinds found through discovery, for [`OWNER_KIND_TTL`]. Only kinds
+/// found: one not served may be served a moment later (a definition this
+/// rollback restores).
+type OwnerKinds = Mutex<
+    HashMap<
+        kube::core::GroupVersionKind,
+        (
+            Instant,
+            kube::discovery::ApiResource,
+            kube::discovery::ApiCapabilities,
+        ),
+    >,
+>;
+
+const OWNER_KIND_TTL: Duration = Duration::from_secs(60);
 
 struct RunningGuard<'a>(&'a Restorer, ActionId);
 
@@ -175,6 +194,7 @@ impl Restorer {
             running: Mutex::default(),
             events: None,
             draining: std::sync::atomic::AtomicBool::new(false),
+            owner_kinds: Mutex::default(),
         }
     }
 
@@ -1478,7 +1498,15 @@ impl Restorer {
             let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
             let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-            match owner_uid(client, &gvk, h.object.namespace.as_deref(), name).await {
+            match owner_uid(
+                client,
+                &self.owner_kinds,
+                &gvk,
+                h.object.namespace.as_deref(),
+                name,
+            )
+            .await
+            {
                 Ok(Some(uid)) => {
                     let mut r = r.clone();
                     r["uid"] = Value::String(uid);
@@ -2483,13 +2511,26 @@ const TRANSIENT_RETRIES: u32 = 4;
 /// stays unreadable is an error, told apart from a missing owner.
 async fn owner_uid(
     client: &kube::Client,
+    kinds: &OwnerKinds,
     gvk: &kube::core::GroupVersionKind,
     namespace: Option<&str>,
     name: &str,
 ) -> Result<Option<String>, String> {
     let mut attempt = 0;
     loop {
-        let error = match kube::discovery::pinned_kind(client, gvk).await {
+        let known = lock(kinds)
+            .get(gvk)
+            .filter(|(at, _, _)| at.elapsed() < OWNER_KIND_TTL)
+            .map(|(_, ar, caps)| (ar.clone(), caps.clone()));
+        let found = match known {
+            Some(k) => Ok(k),
+            None => kube::discovery::pinned_kind(client, gvk)
+                .await
+                .inspect(|(ar, caps)| {
+                    lock(kinds).insert(gvk.clone(), (Instant::now(), ar.clone(), caps.clone()));
+                }),
+        };
+        let error = match found {
             Ok((ar, caps)) => {
                 let owner = crate::store::model::ObjectRef {
                     group: ar.group,
