@@ -605,3 +605,61 @@ async fn an_api_server_that_does_not_answer_makes_api_calls_503_not_hang() {
     assert_eq!(status, 200, "{body}");
     sb.unregister(c);
 }
+
+/// SPEC §5: opening an action answers 409 if the caller has one open, also
+/// when two opens of one caller reach two replicas at once. Replica B's
+/// create of the record is held at a proxy after B found nothing open;
+/// replica A opens one meanwhile; once B's create lands, B finds A's and
+/// gives way (it used to answer 201 too: two open actions for one user).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_never_open_two_actions_for_one_caller() {
+    let c = cluster();
+    let tag = format!("opn{:06x}", rand::random::<u32>() & 0xffffff);
+    let opts = SnapbackOpts::isolated(c, &tag);
+    let a = Snapback::start(c, opts.clone());
+    let (gate, open_gate) = Gate::closed(&format!(
+        "/namespaces/{}/configmaps",
+        opts.snapshot_namespace
+    ));
+    let addr = gated_proxy(c, gate).await;
+    let mut second = opts;
+    second.register = false;
+    second.kubeconfig = Some(c.snapback_kubeconfig(&format!("https://{addr}"), &tag));
+    let b = Snapback::start(c, second);
+    let token = c.token("admin");
+    let through_b = {
+        let api = b.api(c);
+        let token = token.clone();
+        tokio::spawn(async move {
+            api.call("POST", "/api/v1/actions", Some(&token), Some("{}"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!through_b.is_finished(), "B's create was not held");
+    let (status, opened) = a
+        .api(c)
+        .call("POST", "/api/v1/actions", Some(&token), Some("{}"))
+        .await;
+    assert_eq!(status, 201, "{opened}");
+    open_gate.send(true).unwrap();
+    let (status, body) = through_b.await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        error_message(&body).contains(opened["id"].as_str().unwrap()),
+        "{body}"
+    );
+    // Only A's is open.
+    let list = a
+        .api(c)
+        .ok("GET", "/api/v1/actions?state=open", &token)
+        .await;
+    let explicit: Vec<&Value> = list["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["origin"] == "explicit" && x["owner"] == "admin")
+        .collect();
+    assert_eq!(explicit.len(), 1, "{list:#}");
+    assert_eq!(explicit[0]["id"], opened["id"]);
+}

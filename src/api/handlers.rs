@@ -549,10 +549,39 @@ pub async fn create_action(
     if !created {
         return Err(ApiError::conflict(format!("action {id} already exists")));
     }
+    // Another replica may have opened one for the same caller meanwhile
+    // (the lock above is this process's only). Each looks again once its
+    // own record exists and gives way to any other: of two creates the
+    // API server orders, the later one's look always finds the earlier,
+    // so two are never both kept (both may give way in a close race; the
+    // caller asks again).
+    if let Some(other) = other_open_action(&state, &record).await {
+        if let Err(e) = state.store.delete_action(&id).await {
+            tracing::warn!(action = %id, error = %e, "withdrawing an action opened twice");
+        }
+        return Err(ApiError::conflict(format!(
+            "{} already has an open action {other} (opened at the same moment through another replica); complete or cancel it first, or try again",
+            caller.user
+        )));
+    }
     if let Some(a) = &state.attribution {
         a.set_open(&caller.user, Some(id.clone()));
     }
     Ok((StatusCode::CREATED, Json(ActionSummary::new(&record, &[]))).into_response())
+}
+
+/// Another explicit action of the same owner that is open, if there is
+/// one. A failed read is none: the check before the create already ran.
+async fn other_open_action(state: &ApiState, ours: &ActionRecord) -> Option<ActionId> {
+    let open = state
+        .store
+        .list_actions(Some(ActionState::Open))
+        .await
+        .ok()?;
+    open.into_iter()
+        .map(|(r, _)| r)
+        .find(|r| r.origin == "explicit" && r.owner == ours.owner && r.id != ours.id)
+        .map(|r| r.id)
 }
 
 /// JSON endpoints take a JSON body under `application/json` (or `+json`), no
