@@ -599,6 +599,7 @@ impl CaptureService {
         };
         // A custom resource's Scale: where its replicas are, and for a
         // Scale of 0 whether they were set at all.
+        let reading = Instant::now();
         let replicas_field = match (&prior, &self.crd_reader) {
             (Some(p), Some(reader))
                 if operation == Operation::Update && scale::of_custom_resource(review) =>
@@ -614,6 +615,8 @@ impl CaptureService {
             }
             _ => None,
         };
+        // What those reads took comes out of the write's time.
+        let store_timeout = STORE_TIMEOUT.saturating_sub(reading.elapsed());
         let uid_of = |o: &Value| o.get("metadata")?.get("uid")?.as_str().map(str::to_string);
         let req = &review.request;
         let meta = SnapshotMeta {
@@ -845,9 +848,9 @@ impl CaptureService {
             });
             return Ok(action);
         }
-        let bytes = tokio::time::timeout(STORE_TIMEOUT, write)
+        let bytes = tokio::time::timeout(store_timeout, write)
             .await
-            .map_err(|_| CaptureError::Timeout(STORE_TIMEOUT))??;
+            .map_err(|_| CaptureError::Timeout(store_timeout))??;
         count_stored(&self.metrics, operation, bytes);
         Ok(action)
     }

@@ -24,7 +24,7 @@ use crate::restore::dynamic;
 use crate::store::model::ObjectRef;
 
 /// How long the capture waits for the two reads.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Built-in API groups whose workloads always have their replicas set.
 const BUILT_IN_SCALE_GROUPS: [&str; 3] = ["", "apps", "extensions"];
