@@ -267,21 +267,7 @@ fn exit_codes_scripts_can_trust() {
 
     // 4: conflict, naming the object; the server's message, not a stack of errors
     let id = format!("clic-{:06x}", rand::random::<u32>() & 0xffffff);
-    c.kubectl_as_ok(
-        user,
-        &["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"],
-    );
-    c.apply_as(user, &format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"2\"}}\n"));
-    c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "configmap",
-        "cm",
-        "-p",
-        r#"{"data":{"v":"3"}}"#,
-    ]);
+    c.action_changed_since(user, &ns, &id);
     let out = kubectl_snapback(user, &["rollback", &id]);
     assert_eq!(
         out.status.code(),

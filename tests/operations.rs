@@ -659,20 +659,7 @@ async fn a_refused_rollback_does_not_hold_the_action_on_another_replica() {
     let ns = c.namespace("refused", &[]);
     a.adopt_namespace(c, &ns);
     let id = format!("refused-{tag}");
-    c.kubectl_ok(&["-n", &ns, "create", "configmap", "cm", "--from-literal=v=1"]);
-    c.apply_as("admin", &format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"2\"}}\n"));
-    // Changed by someone else (outside any capture of this instance's
-    // action: a plain patch is a session of its own).
-    c.kubectl_ok(&[
-        "-n",
-        &ns,
-        "patch",
-        "configmap",
-        "cm",
-        "-p",
-        r#"{"data":{"v":"3"}}"#,
-    ]);
+    c.action_changed_since("admin", &ns, &id);
     let token = c.token("admin");
     let (status, body) = a
         .api(c)

@@ -93,45 +93,15 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
-const GEAR_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: gears.example.com
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {plural: gears, singular: gear, kind: Gear}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-      subresources:
-        scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
-"#;
-
-/// A custom resource whose scale subresource keeps its count in
-/// `spec.size`.
-const COG_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: cogs.example.com
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {plural: cogs, singular: cog, kind: Cog}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-      subresources:
-        scale: {specReplicasPath: .spec.size, statusReplicasPath: .status.size}
-"#;
+/// A namespaced custom resource definition with a scale subresource whose
+/// count is at `replicas_path` (`.spec.replicas`, `.spec.size`).
+fn scale_crd(plural: &str, kind: &str, replicas_path: &str) -> String {
+    let status_path = replicas_path.replacen(".spec.", ".status.", 1);
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.example.com}}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {{plural: {plural}, singular: {singular}, kind: {kind}}}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n      subresources:\n        scale: {{specReplicasPath: {replicas_path}, statusReplicasPath: {status_path}}}\n",
+        singular = kind.to_ascii_lowercase(),
+    )
+}
 
 /// `kubectl scale` of custom resources: a Scale shows a replicas field
 /// that is not set as 0, so the capture reads the custom resource and its
@@ -150,8 +120,8 @@ async fn rolling_back_kubectl_scale_of_custom_resources_restores_an_unset_count_
     c.grant_cluster_edit(user);
     let token = c.token(user);
     let ns = c.namespace("gear-scale", &[user]);
-    c.kubectl_apply_str(GEAR_CRD);
-    c.kubectl_apply_str(COG_CRD);
+    c.kubectl_apply_str(&scale_crd("gears", "Gear", ".spec.replicas"));
+    c.kubectl_apply_str(&scale_crd("cogs", "Cog", ".spec.size"));
     c.wait_established("gears.example.com");
     c.wait_established("cogs.example.com");
     let gear = |name: &str, spec: &str| {

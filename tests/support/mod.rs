@@ -211,6 +211,27 @@ impl Cluster {
         self.apply_as("admin", yaml)
     }
 
+    /// An action `id` of `user` that changed ConfigMap `cm` in `ns` (v 1 →
+    /// 2), and a change by admin after it (v 3): a rollback of it is a
+    /// conflict.
+    pub fn action_changed_since(&self, user: &str, ns: &str, id: &str) {
+        self.kubectl_as_ok(
+            user,
+            &["-n", ns, "create", "configmap", "cm", "--from-literal=v=1"],
+        );
+        self.apply_as(user, &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{v: \"2\"}}\n"));
+        self.kubectl_ok(&[
+            "-n",
+            ns,
+            "patch",
+            "configmap",
+            "cm",
+            "-p",
+            r#"{"data":{"v":"3"}}"#,
+        ]);
+    }
+
     /// `kubectl apply -f -` as `user`; panics with kubectl's output on failure.
     pub fn apply_as(&self, user: &str, yaml: &str) -> String {
         let out = self.kubectl_stdin(user, &["apply", "-f", "-"], yaml);
