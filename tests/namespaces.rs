@@ -126,7 +126,7 @@ fn namespace_snapback() -> &'static Snapback {
         };
         let sb = Snapback::start(c, opts);
         for user in [
-            "bob", "carol", "alice", "user1", "user2", "user3", "user4", "user5", "user6",
+            "bob", "carol", "alice", "user1", "user2", "user3", "user4", "user5", "user6", "user7",
         ] {
             c.grant_api(user);
             c.kubectl_ok(&[
@@ -1121,4 +1121,60 @@ async fn a_recreated_deployment_gets_its_field_managers_back_from_under_its_cont
     );
     let now = managers();
     assert!(now.contains(&applied), "{now:?}");
+}
+
+/// What the volume protection controllers and the token controller add to
+/// objects an action created (their finalizers; a token Secret's token and
+/// account uid) is not a change by someone else: the rollback deletes them
+/// without `force` (it used to be a 409 naming the claim, the volume and the
+/// Secret).
+#[tokio::test(flavor = "multi_thread")]
+async fn what_controllers_fill_in_on_created_objects_is_no_conflict() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let user = "user7";
+    let token = c.token(user);
+    let ns = c.namespace("filled", &[]);
+    let id = format!("filled-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.apply_as(user, &format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\nspec: {{accessModes: [ReadWriteOnce], storageClassName: none-such, resources: {{requests: {{storage: 1Gi}}}}}}\n---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {id}, annotations: {{snapback.io/action: {id}}}}}\nspec: {{capacity: {{storage: 1Gi}}, accessModes: [ReadWriteOnce], hostPath: {{path: /tmp/{id}}}, storageClassName: other}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: bot, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bot-token, namespace: {ns}, annotations: {{snapback.io/action: {id}, kubernetes.io/service-account.name: bot}}}}\ntype: kubernetes.io/service-account-token\n"));
+    let filled_in = || {
+        let finalizer = |args: &[&str], f: &str| {
+            c.get_json(args).is_some_and(|o| {
+                o["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|fs| fs.iter().any(|x| x == f))
+            })
+        };
+        finalizer(&["-n", &ns, "pvc", "data"], "kubernetes.io/pvc-protection")
+            && finalizer(&["pv", &id], "kubernetes.io/pv-protection")
+            && c.get_json(&["-n", &ns, "secret", "bot-token"])
+                .is_some_and(|s| s["data"]["token"].is_string())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !filled_in() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controllers never filled them in"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert_eq!(
+        nonzero(&report["counts"]),
+        serde_json::json!({"restored": 4}),
+        "{report:#}"
+    );
+    let gone = |args: &[&str]| {
+        c.get_json(args)
+            .is_none_or(|o| !o["metadata"]["deletionTimestamp"].is_null())
+    };
+    assert!(gone(&["-n", &ns, "pvc", "data"]));
+    assert!(gone(&["pv", &id]));
+    assert!(gone(&["-n", &ns, "secret", "bot-token"]));
+    assert!(gone(&["-n", &ns, "serviceaccount", "bot"]));
 }

@@ -262,6 +262,15 @@ pub fn fingerprint(object: &Value) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// Finalizers the volume protection controllers put on claims and volumes.
+const PROTECTION_FINALIZERS: &[&str] = &[
+    "kubernetes.io/pvc-protection",
+    "kubernetes.io/pv-protection",
+];
+
+/// The uid of the account a token Secret is for, set by the token controller.
+const SERVICE_ACCOUNT_UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
+
 /// Labels a Job read back carries from its template (API server-made).
 const JOB_READ_BACK_LABELS: &[&str] = &[
     "controller-uid",
@@ -319,6 +328,56 @@ fn without_read_time_defaults(kind: &str, object: &Value) -> Option<Value> {
             sorted.sort_by_cached_key(|m| m.to_string());
             let mut copy = object.clone();
             *copy.pointer_mut("/spec/metrics")? = Value::Array(sorted);
+            Some(copy)
+        }
+        // The volume protection controllers add their finalizer to a claim
+        // or volume once it exists (or the admission plugin at its create,
+        // where it is enabled): not its owner's change.
+        "PersistentVolumeClaim" | "PersistentVolume" => {
+            let finalizers = object.pointer("/metadata/finalizers")?.as_array()?;
+            let protection = |f: &Value| {
+                f.as_str()
+                    .is_some_and(|f| PROTECTION_FINALIZERS.contains(&f))
+            };
+            if !finalizers.iter().any(protection) {
+                return None;
+            }
+            let mut copy = object.clone();
+            let meta = copy.get_mut("metadata")?.as_object_mut()?;
+            let kept: Vec<Value> = finalizers
+                .iter()
+                .filter(|f| !protection(f))
+                .cloned()
+                .collect();
+            if kept.is_empty() {
+                meta.remove("finalizers");
+            } else {
+                meta.insert("finalizers".into(), Value::Array(kept));
+            }
+            Some(copy)
+        }
+        // A service account token Secret gets its token, CA and namespace
+        // (`data`) and the account's uid from the token controller: a
+        // manifest that creates one is no conflict to its own rollback.
+        "Secret" => {
+            if object.get("type").and_then(Value::as_str)
+                != Some("kubernetes.io/service-account-token")
+            {
+                return None;
+            }
+            let mut copy = object.clone();
+            let map = copy.as_object_mut()?;
+            map.remove("data");
+            if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+                let mut empty = false;
+                if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                    a.remove(SERVICE_ACCOUNT_UID_ANNOTATION);
+                    empty = a.is_empty();
+                }
+                if empty {
+                    meta.remove("annotations");
+                }
+            }
             Some(copy)
         }
         "Job" => {
@@ -756,6 +815,37 @@ mod tests {
         let mut scheduled = pod.clone();
         scheduled["spec"]["nodeName"] = json!("node-1");
         assert_eq!(fingerprint(&pod), fingerprint(&scheduled));
+        // ... and with the protection controllers' finalizers (a volume too);
+        // another finalizer is someone's.
+        let mut protected = pvc.clone();
+        protected["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+        assert_eq!(fingerprint(&pvc), fingerprint(&protected));
+        protected["metadata"]["finalizers"] =
+            json!(["kubernetes.io/pvc-protection", "example.com/backup"]);
+        let mut own = pvc.clone();
+        own["metadata"]["finalizers"] = json!(["example.com/backup"]);
+        assert_eq!(fingerprint(&own), fingerprint(&protected));
+        assert_ne!(fingerprint(&own), fingerprint(&pvc));
+        let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "v"},
+                        "spec": {"capacity": {"storage": "1Gi"}, "hostPath": {"path": "/d"}}});
+        let mut pv_protected = pv.clone();
+        pv_protected["metadata"]["finalizers"] = json!(["kubernetes.io/pv-protection"]);
+        assert_eq!(fingerprint(&pv), fingerprint(&pv_protected));
+        // A token Secret as created from a manifest, and once the token
+        // controller filled it in; other Secrets' data is their owners'.
+        let token = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": "bot-token", "annotations": {"kubernetes.io/service-account.name": "bot"}}});
+        let mut filled = token.clone();
+        filled["data"] = json!({"token": "dG9r", "ca.crt": "Y2E=", "namespace": "bnM="});
+        filled["metadata"]["annotations"]["kubernetes.io/service-account.uid"] = json!("u-1");
+        assert_eq!(fingerprint(&token), fingerprint(&filled));
+        let mut other_account = token.clone();
+        other_account["metadata"]["annotations"]["kubernetes.io/service-account.name"] = json!("x");
+        assert_ne!(fingerprint(&token), fingerprint(&other_account));
+        let opaque = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+        let mut with_data = opaque.clone();
+        with_data["data"] = json!({"k": "dg=="});
+        assert_ne!(fingerprint(&opaque), fingerprint(&with_data));
         // The same fields on other kinds, and people's changes, still count.
         let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
         let plain = fingerprint(&cm);
