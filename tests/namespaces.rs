@@ -127,6 +127,7 @@ fn namespace_snapback() -> &'static Snapback {
         let sb = Snapback::start(c, opts);
         for user in [
             "bob", "carol", "alice", "user1", "user2", "user3", "user4", "user5", "user6", "user7",
+            "user8", "user9",
         ] {
             c.grant_api(user);
             c.kubectl_ok(&[
@@ -136,6 +137,28 @@ fn namespace_snapback() -> &'static Snapback {
                 "--clusterrole=cluster-admin",
                 &format!("--user={user}"),
             ]);
+        }
+        // The authorizer sees new bindings a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while String::from_utf8_lossy(
+            &c.kubectl(
+                "admin",
+                &["auth", "can-i", "create", "namespaces", "--as", "user9"],
+            )
+            .stdout,
+        )
+        .trim()
+            != "yes"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "RBAC never granted: {:?}",
+                c.kubectl(
+                    "admin",
+                    &["auth", "can-i", "create", "namespaces", "--as", "user9"]
+                )
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
         sb
     })
@@ -1177,4 +1200,88 @@ async fn what_controllers_fill_in_on_created_objects_is_no_conflict() {
     assert!(gone(&["pv", &id]));
     assert!(gone(&["-n", &ns, "secret", "bot-token"]));
     assert!(gone(&["-n", &ns, "serviceaccount", "bot"]));
+}
+
+/// Rolling back the action that created a namespace deletes the namespace,
+/// and with it everything in it: also what another user created there
+/// since. That is a change by someone else after the action, so the
+/// rollback (and its dry run) is a 409 naming those objects; with them
+/// rolled back first (or `force=true`), the namespace goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_created_namespace_over_others_objects_is_a_conflict() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let (creator, other) = ("user8", "user9");
+    let (creator_token, other_token) = (c.token(creator), c.token(other));
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    let (ns, id) = (format!("made-{tag}"), format!("mkns-{tag}"));
+    c.apply_as(creator, &format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, annotations: {{snapback.io/action: {id}}}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: mine, namespace: {ns}, annotations: {{snapback.io/action: {id}}}}}\ndata: {{a: \"1\"}}\n"));
+    c.kubectl_as_ok(
+        other,
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "theirs",
+            "--from-literal=important=data",
+        ],
+    );
+    for path in [
+        format!("/api/v1/actions/{id}/rollback?dryRun=true"),
+        format!("/api/v1/actions/{id}/rollback"),
+    ] {
+        let (status, body) = api.call("POST", &path, Some(&creator_token), None).await;
+        assert_eq!(status, 409, "{path}: {body}");
+        let message = error_message(&body);
+        assert!(
+            message.contains(&format!("namespaces/{ns} (deleting it would delete"))
+                && message.contains(&format!("configmaps/theirs in namespace {ns}")),
+            "{message}"
+        );
+    }
+    assert!(
+        c.get_json(&["namespace", &ns]).unwrap()["metadata"]["deletionTimestamp"].is_null(),
+        "the refused rollback deleted the namespace"
+    );
+    let plan = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback?dryRun=true&force=true"),
+            &creator_token,
+        )
+        .await;
+    assert_eq!(result_named(&plan, &ns)["outcome"], "planned", "{plan:#}");
+    // The other user's session undone first: then the namespace is the
+    // creator's alone again.
+    let sessions = api
+        .ok(
+            "GET",
+            &format!("/api/v1/actions?user={other}"),
+            &other_token,
+        )
+        .await;
+    let session = sessions["actions"][0]["id"].as_str().unwrap().to_string();
+    let undone = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{session}/rollback"),
+            &other_token,
+        )
+        .await;
+    assert_eq!(undone["state"], "rolled-back", "{undone:#}");
+    let report = api
+        .ok(
+            "POST",
+            &format!("/api/v1/actions/{id}/rollback"),
+            &creator_token,
+        )
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    assert!(
+        c.get_json(&["namespace", &ns])
+            .is_none_or(|n| !n["metadata"]["deletionTimestamp"].is_null())
+    );
 }

@@ -22,7 +22,9 @@ use crate::store::actions::{
     ActionRecord, ActionState, PRUNING_KEY, ROLLBACK_REQUESTED_BY_KEY, ROLLBACK_REQUESTED_KEY,
 };
 use crate::store::kube_store::{KubeStore, LoadedAction};
-use crate::store::model::{ACTION_ANNOTATION, ActionId, LAST_APPLIED_ANNOTATION};
+use crate::store::model::{
+    ACTION_ANNOTATION, ActionId, LAST_APPLIED_ANNOTATION, ObjectRef, Operation, SnapshotMeta,
+};
 use crate::store::{StoreError, describe_kube_error};
 
 /// Objects restored at the same time within one dependency wave.
@@ -326,6 +328,91 @@ impl Restorer {
     /// another action noted a deletion of the same namespace (same uid)
     /// after this one, so the namespace was still there then. (Deletes of
     /// a namespace already being deleted are not noted.)
+    /// Deleting a namespace the action created deletes everything in it,
+    /// and deleting a definition deletes its custom resources: also what
+    /// others created there after the action (another user's ConfigMap in
+    /// the new namespace, a later release's objects). Those are changes by
+    /// someone else since the action, like any other, so the deletion is a
+    /// conflict naming them (SPEC §4), unless `force`. "Created by others"
+    /// is what snapback captured being created there in another action
+    /// and still exists (what controllers make is not captured, and is
+    /// theirs to remake).
+    async fn refuse_cascades_over_others(
+        &self,
+        client: &kube::Client,
+        id: &ActionId,
+        histories: &[ObjectHistory],
+        steps: &mut [Step],
+    ) {
+        let containers: Vec<usize> = (0..steps.len())
+            .filter(|&i| {
+                matches!(steps[i].action, Action::Delete { .. })
+                    && cascade_scope(&histories[i].object).is_some()
+            })
+            .collect();
+        if containers.is_empty() {
+            return;
+        }
+        let metas = match self.store.all_snapshot_metas().await {
+            Ok(m) => m,
+            Err(e) => {
+                for i in containers {
+                    steps[i].action = Action::None(
+                        Outcome::Failed,
+                        format!(
+                            "cannot tell whether others created objects in it since the action (reading the snapshots: {e}); deleting it would delete those too"
+                        ),
+                    );
+                }
+                return;
+            }
+        };
+        let ours: HashSet<_> = histories.iter().map(|h| h.object.object_key()).collect();
+        for i in containers {
+            let Some(scope) = cascade_scope(&histories[i].object) else {
+                continue;
+            };
+            let mut seen = HashSet::new();
+            let candidates: Vec<&SnapshotMeta> = metas
+                .iter()
+                .filter(|m| {
+                    m.operation == Operation::Create
+                        && m.action != *id
+                        && m.object.subresource.is_none()
+                        && scope.holds(&m.object)
+                        && !ours.contains(&m.object.object_key())
+                        && seen.insert(m.object.object_key())
+                })
+                .collect();
+            let mut others = Vec::new();
+            for m in candidates {
+                let mut object = m.object.clone();
+                object.kind.clear();
+                match dynamic::get(client, &object).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        others.push(format!("{} (action {})", describe_ref(&m.object), m.action))
+                    }
+                    Err(e) => others.push(format!(
+                        "{} (action {}; could not be read: {})",
+                        describe_ref(&m.object),
+                        m.action,
+                        describe_kube_error(&e)
+                    )),
+                }
+            }
+            if !others.is_empty() {
+                steps[i].action = Action::None(
+                    Outcome::Conflict,
+                    format!(
+                        "deleting it would also delete what others created in it since the action: {}; roll those actions back first, or use force=true",
+                        others.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
     async fn leave_refused_namespace_deletions(
         &self,
         record: &ActionRecord,
@@ -824,6 +911,10 @@ impl Restorer {
         }
         self.leave_refused_namespace_deletions(&record, &histories, &mut steps)
             .await;
+        if !params.force {
+            self.refuse_cascades_over_others(&client, id, &histories, &mut steps)
+                .await;
+        }
         let conflicts: Vec<String> = histories
             .iter()
             .zip(&steps)
@@ -840,6 +931,14 @@ impl Restorer {
                     format!("{name} (changed by someone else during the action)")
                 } else if message.contains("which scaled it") {
                     format!("{name} (scaled by someone else since the action scaled it)")
+                } else if let Some(list) = message
+                    .split_once("what others created in it since the action: ")
+                    .and_then(|(_, rest)| rest.split_once("; roll those"))
+                    .map(|(list, _)| list)
+                {
+                    format!(
+                        "{name} (deleting it would delete what others created in it since: {list})"
+                    )
                 } else {
                     name
                 }
@@ -2263,6 +2362,48 @@ fn zero_scale_note(h: &ObjectHistory, body: &Value) -> &'static str {
     }
 }
 
+/// What deleting an object deletes with it: a namespace its contents, a
+/// custom resource definition its custom resources.
+enum CascadeScope<'a> {
+    Namespace(&'a str),
+    Definition { group: &'a str, plural: &'a str },
+}
+
+impl CascadeScope<'_> {
+    fn holds(&self, o: &ObjectRef) -> bool {
+        match self {
+            CascadeScope::Namespace(ns) => o.namespace.as_deref() == Some(*ns),
+            CascadeScope::Definition { group, plural } => {
+                o.group == *group && o.resource == *plural
+            }
+        }
+    }
+}
+
+fn cascade_scope(o: &ObjectRef) -> Option<CascadeScope<'_>> {
+    match (o.group.as_str(), o.resource.as_str()) {
+        ("", "namespaces") => Some(CascadeScope::Namespace(&o.name)),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            let (plural, group) = o.name.split_once('.')?;
+            Some(CascadeScope::Definition { group, plural })
+        }
+        _ => None,
+    }
+}
+
+/// `configmaps/x in namespace y`, as conflicts name objects.
+fn describe_ref(o: &ObjectRef) -> String {
+    let resource = if o.group.is_empty() {
+        o.resource.clone()
+    } else {
+        format!("{}.{}", o.resource, o.group)
+    };
+    match &o.namespace {
+        Some(ns) => format!("{resource}/{} in namespace {ns}", o.name),
+        None => format!("{resource}/{}", o.name),
+    }
+}
+
 /// The object as it is now (its Scale when only that changed). The API
 /// server (1.20 at least) refuses to read the Scale of a custom resource
 /// whose replicas field is not set ("the spec replicas field … does not
@@ -2587,8 +2728,46 @@ fn transient_error(e: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{immutable_refusal, redact, transient_error};
+    use super::{cascade_scope, describe_ref, immutable_refusal, redact, transient_error};
+    use crate::store::model::ObjectRef;
     use serde_json::json;
+
+    fn object(group: &str, resource: &str, namespace: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef {
+            group: group.into(),
+            version: "v1".into(),
+            resource: resource.into(),
+            subresource: None,
+            kind: String::new(),
+            namespace: namespace.map(str::to_string),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_namespace_holds_its_contents_and_a_definition_its_resources() {
+        let ns = object("", "namespaces", None, "shop");
+        let scope = cascade_scope(&ns).unwrap();
+        assert!(scope.holds(&object("", "configmaps", Some("shop"), "c")));
+        assert!(scope.holds(&object("apps", "deployments", Some("shop"), "d")));
+        assert!(!scope.holds(&object("", "configmaps", Some("other"), "c")));
+        assert!(!scope.holds(&object("", "namespaces", None, "shop")));
+        let crd = object(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            None,
+            "gears.example.com",
+        );
+        let scope = cascade_scope(&crd).unwrap();
+        assert!(scope.holds(&object("example.com", "gears", Some("a"), "g")));
+        assert!(!scope.holds(&object("example.com", "cogs", Some("a"), "g")));
+        assert!(!scope.holds(&object("other.com", "gears", None, "g")));
+        assert!(cascade_scope(&object("", "configmaps", Some("shop"), "c")).is_none());
+        assert_eq!(
+            describe_ref(&object("example.com", "gears", Some("a"), "g")),
+            "gears.example.com/g in namespace a"
+        );
+    }
 
     #[test]
     fn transient_refusals_are_told_from_final_ones() {
