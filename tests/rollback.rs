@@ -2468,3 +2468,55 @@ spec:
     );
     c.kubectl_ok(&["delete", "crd", "doohickeys.example.com"]);
 }
+
+/// A deleted Service whose cluster IP and node port went to another Service
+/// since: recreated with new ones (clients reach it by name), and the
+/// report says so, instead of failing with "already allocated".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_service_whose_ip_and_port_were_taken_comes_back_with_new_ones() {
+    let c = cluster();
+    let sb = shared_snapback();
+    let api = sb.api(c);
+    let user = "user11";
+    c.grant_api(user);
+    c.grant_cluster_edit(user);
+    let token = c.token(user);
+    let ns = c.namespace("svc-taken", &[user]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "service",
+        "nodeport",
+        "web",
+        "--tcp=80:8080",
+    ]);
+    let old = c.get_json(&["-n", &ns, "service", "web"]).unwrap();
+    let (ip, port) = (
+        old["spec"]["clusterIP"].as_str().unwrap().to_string(),
+        old["spec"]["ports"][0]["nodePort"].as_u64().unwrap(),
+    );
+    let id = format!("svc-taken-{:06x}", rand::random::<u32>() & 0xffffff);
+    open_action(&api, &token, &id).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "service", "web"]);
+    complete(&api, &token, &id).await;
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: thief, namespace: {ns}}}\nspec: {{type: NodePort, clusterIP: {ip}, ports: [{{port: 80, targetPort: 8080, nodePort: {port}}}]}}\n"
+    ));
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let message = result_named(&report, "web")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(&format!("(its old one, {ip}, was taken)"))
+            && message.contains(&format!("{port}]")),
+        "{message}"
+    );
+    let web = c.get_json(&["-n", &ns, "service", "web"]).unwrap();
+    assert_ne!(web["spec"]["clusterIP"], ip.as_str());
+    assert_eq!(web["spec"]["type"], "NodePort");
+}

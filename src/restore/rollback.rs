@@ -1406,6 +1406,7 @@ impl Restorer {
                 let written = create_restoring(client, &h.object, &body, false)
                     .await
                     .map_err(api_err)?;
+                let fresh = reallocated(&body, &written);
                 let owners = restore_field_managers(client, h, written).await;
                 // Its custom resources come in a later wave; the API server
                 // serves them only once the definition is established.
@@ -1415,7 +1416,7 @@ impl Restorer {
                     String::new()
                 };
                 Ok(ok(&format!(
-                    "recreated from its prior state{note}{established}{owners}"
+                    "recreated from its prior state{fresh}{note}{established}{owners}"
                 )))
             }
             Action::CreateWhenGone { body, uid } => {
@@ -1424,9 +1425,10 @@ impl Restorer {
                 let written = create_restoring(client, &h.object, &body, false)
                     .await
                     .map_err(api_err)?;
+                let fresh = reallocated(&body, &written);
                 let owners = restore_field_managers(client, h, written).await;
                 Ok(ok(&format!(
-                    "recreated from its prior state once its deletion finished{note}{owners}"
+                    "recreated from its prior state once its deletion finished{fresh}{note}{owners}"
                 )))
             }
             Action::ReplaceScale(body) => {
@@ -2013,6 +2015,88 @@ const CRD_ESTABLISH_WAIT: Duration = Duration::from_secs(30);
 /// that `v1` refuses to create (no schema, `preserveUnknownFields: true`) is
 /// created through `v1beta1` while the API server still serves it.
 async fn create_restoring(
+    client: &kube::Client,
+    obj: &crate::store::model::ObjectRef,
+    body: &Value,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
+    let mut body = std::borrow::Cow::Borrowed(body);
+    // The cluster IP, then the node ports: at most one refusal each.
+    for _ in 0..2 {
+        match create_restoring_as_is(client, obj, &body, dry_run).await {
+            // A Service's cluster IP or node port handed to another Service
+            // since it was deleted: recreated with new ones (what refers to
+            // the Service by name, DNS, keeps working), and the result says
+            // so ([`reallocated`]).
+            Err(kube::Error::Api(s))
+                if s.code == 422
+                    && obj.group.is_empty()
+                    && obj.resource == "services"
+                    && s.message.contains("already allocated") =>
+            {
+                let mut fresh = body.clone().into_owned();
+                if s.message.contains("provided IP is already allocated")
+                    && let Some(spec) = fresh.get_mut("spec").and_then(Value::as_object_mut)
+                    && !matches!(spec.get("clusterIP").and_then(Value::as_str), Some("None"))
+                {
+                    spec.remove("clusterIP");
+                    spec.remove("clusterIPs");
+                }
+                if s.message.contains("provided port is already allocated")
+                    && let Some(ports) = fresh
+                        .pointer_mut("/spec/ports")
+                        .and_then(Value::as_array_mut)
+                {
+                    for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                        port.remove("nodePort");
+                    }
+                }
+                if fresh == *body {
+                    return Err(kube::Error::Api(s));
+                }
+                body = std::borrow::Cow::Owned(fresh);
+            }
+            other => return other,
+        }
+    }
+    create_restoring_as_is(client, obj, &body, dry_run).await
+}
+
+/// What changed between the prior state and the object a restore created:
+/// a Service's cluster IP or node ports given out anew because the old
+/// ones were taken.
+fn reallocated(prior: &Value, written: &Value) -> String {
+    let mut notes = Vec::new();
+    let ip = |v: &Value| {
+        v.pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if let (Some(was), Some(now)) = (ip(prior), ip(written))
+        && was != now
+    {
+        notes.push(format!("cluster IP {now} (its old one, {was}, was taken)"));
+    }
+    let node_ports = |v: &Value| -> Vec<u64> {
+        v.pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().filter_map(|p| p["nodePort"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let (was, now) = (node_ports(prior), node_ports(written));
+    if !was.is_empty() && was != now {
+        notes.push(format!(
+            "node ports {now:?} (its old ones, {was:?}, were taken)"
+        ));
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(", with a new {}", notes.join(" and "))
+    }
+}
+
+async fn create_restoring_as_is(
     client: &kube::Client,
     obj: &crate::store::model::ObjectRef,
     body: &Value,
