@@ -202,6 +202,16 @@ pub async fn maintain(
         if !expired && excess == 0 && !claimed {
             continue;
         }
+        // A rollback's own action is how it is undone (redo): not pruned
+        // for the count while it is new, however many actions there are
+        // (expiry by `--retention` still applies).
+        if !expired
+            && !claimed
+            && r.origin == "rollback"
+            && since(r.created_at) < ROLLBACK_REQUEST_GRACE
+        {
+            continue;
+        }
         let snapshots = by_action.get(r.id.as_str()).map_or(0, |a| a.snapshots);
         // The list is from the start of the pass: a rollback may have started
         // since. Claimed for pruning with the record's resourceVersion as

@@ -250,6 +250,28 @@ async fn max_actions_keeps_the_newest() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Both rolled back: they are kept (a rollback was asked for), and so
+    // are their rollbacks' own actions, the way to redo them, though that
+    // makes four of at most two (they were pruned at once, the newest
+    // first to go).
+    let api = sb.api(c);
+    let token = c.token("admin");
+    for id in ["a3", "a4"] {
+        api.ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+            .await;
+    }
+    // A few maintenance passes (one a second).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ids: Vec<String> = store
+        .list_actions(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r.id.to_string())
+        .collect();
+    for id in ["a3", "a4", "a3-rollback-1", "a4-rollback-1"] {
+        assert!(ids.contains(&id.to_string()), "{id} pruned: {ids:?}");
+    }
     sb.unregister(c);
 }
 
