@@ -127,7 +127,7 @@ fn namespace_snapback() -> &'static Snapback {
         let sb = Snapback::start(c, opts);
         for user in [
             "bob", "carol", "alice", "user1", "user2", "user3", "user4", "user5", "user6", "user7",
-            "user8", "user9",
+            "user8", "user9", "user10",
         ] {
             c.grant_api(user);
             c.kubectl_ok(&[
@@ -143,7 +143,7 @@ fn namespace_snapback() -> &'static Snapback {
         while String::from_utf8_lossy(
             &c.kubectl(
                 "admin",
-                &["auth", "can-i", "create", "namespaces", "--as", "user9"],
+                &["auth", "can-i", "create", "namespaces", "--as", "user10"],
             )
             .stdout,
         )
@@ -155,7 +155,7 @@ fn namespace_snapback() -> &'static Snapback {
                 "RBAC never granted: {:?}",
                 c.kubectl(
                     "admin",
-                    &["auth", "can-i", "create", "namespaces", "--as", "user9"]
+                    &["auth", "can-i", "create", "namespaces", "--as", "user10"]
                 )
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -1283,5 +1283,65 @@ async fn deleting_a_created_namespace_over_others_objects_is_a_conflict() {
     assert!(
         c.get_json(&["namespace", &ns])
             .is_none_or(|n| !n["metadata"]["deletionTimestamp"].is_null())
+    );
+}
+
+/// A rollback asked for right after the action deleted an owner: the
+/// garbage collector has not deleted the dependents yet. The rollback waits
+/// for it (their deletes join the action) before it plans, so a dependent
+/// comes back pointing at its recreated owner, instead of being left for
+/// the collector to delete once the owner has its new uid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_right_after_deleting_an_owner_keeps_its_dependents() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let user = "user10";
+    let token = c.token(user);
+    let ns = c.namespace("gc-quick", &[]);
+    c.kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "deployment",
+        "parent",
+        "--image=nginx:1.25",
+    ]);
+    let parent = c.get_json(&["-n", &ns, "deployment", "parent"]).unwrap();
+    let uid = parent["metadata"]["uid"].as_str().unwrap().to_string();
+    c.kubectl_apply_str(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: Deployment, name: parent, uid: {uid}}}\ndata: {{important: \"yes\"}}\n"
+    ));
+    let id = format!("gcq-{:06x}", rand::random::<u32>() & 0xffffff);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/actions",
+            Some(&token),
+            Some(&serde_json::json!({ "id": id }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    c.kubectl_as_ok(
+        user,
+        &["-n", &ns, "delete", "deployment", "parent", "--wait=false"],
+    );
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    // Long enough for the collector to act on a dependent of a gone uid.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let parent = c
+        .get_json(&["-n", &ns, "deployment", "parent"])
+        .expect("parent back");
+    let child = c
+        .get_json(&["-n", &ns, "configmap", "child"])
+        .unwrap_or_else(|| panic!("the child is gone: {report:#}"));
+    assert_eq!(
+        child["metadata"]["ownerReferences"][0]["uid"], parent["metadata"]["uid"],
+        "{child:#}"
     );
 }

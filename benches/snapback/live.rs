@@ -697,8 +697,11 @@ impl Live {
         let http = api_client();
         let token = self.token("admin");
 
-        // 1. snapback, parallel.
+        // 1. snapback, parallel. A rollback asked for within 3 s of the
+        // action's last deletion first waits for the garbage collector
+        // (docs/API.md): the timed rollbacks are asked for after that.
         let id = self.act(&http, &token, client, &ns, size, api, "a").await;
+        tokio::time::sleep(GC_SETTLE).await;
         let t = Instant::now();
         rollback(&http, &token, api, &id, size).await;
         let parallel = t.elapsed();
@@ -706,6 +709,7 @@ impl Live {
 
         // 2. snapback, one object at a time (a second snapshotter).
         let id = self.act(&http, &token, client, &ns, size, api, "b").await;
+        tokio::time::sleep(GC_SETTLE).await;
         let t = Instant::now();
         rollback(&http, &token, seq_api, &id, size).await;
         let sequential = t.elapsed();
@@ -902,6 +906,10 @@ fn api_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// How long after an action's last deletion a rollback waits for the
+/// garbage collector (`GC_SETTLE` in src/restore/rollback.rs).
+const GC_SETTLE: Duration = Duration::from_secs(3);
 
 async fn rollback(http: &reqwest::Client, token: &str, port: u16, id: &str, size: usize) {
     let r = http

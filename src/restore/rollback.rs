@@ -859,13 +859,36 @@ impl Restorer {
         } else {
             self.mark_requested(id, record, rv, started_at).await?
         };
+        // The garbage collector deletes what a deleted object owned a moment
+        // after it, and those deletes join the action: a rollback asked for
+        // right after a deletion would plan without them, recreate the
+        // owner under a new uid, and the collector would then delete the
+        // dependents still pointing at the old one.
+        let newest_delete = loaded
+            .iter()
+            .filter(|l| l.meta.operation == Operation::Delete)
+            .map(|l| l.meta.timestamp)
+            .max();
         let mut histories = plan::histories(loaded);
         let rollback_id = self
             .free_rollback_id(id, record.rollbacks.len() as u32 + 1)
             .await?;
         let client = self.client_for(caller, Some(&rollback_id))?;
         self.accept_earlier_rollbacks(&record, &mut histories).await;
-        if wait_for_emptying_namespaces(&client, &histories).await {
+        let collecting = match newest_delete {
+            Some(t) => {
+                let age = Timestamp::now().duration_since(t).unsigned_abs();
+                match GC_SETTLE.checked_sub(age) {
+                    Some(rest) if !rest.is_zero() => {
+                        tokio::time::sleep(rest).await;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            None => false,
+        };
+        if wait_for_emptying_namespaces(&client, &histories).await || collecting {
             // The namespace controller's deletes made meanwhile joined the
             // action: plan with them (once the last queued ones are written).
             tokio::time::sleep(crate::config::MAX_BATCH_WINDOW).await;
@@ -2445,6 +2468,11 @@ fn zero_scale_note(h: &ObjectHistory, body: &Value) -> &'static str {
         ""
     }
 }
+
+/// How long after an action's last deletion a rollback of it waits before
+/// planning, for the garbage collector's deletes of the dependents (which
+/// join the action).
+const GC_SETTLE: Duration = Duration::from_secs(3);
 
 /// What deleting an object deletes with it: a namespace its contents, a
 /// custom resource definition its custom resources.
