@@ -393,8 +393,10 @@ async fn an_object_still_being_deleted_is_recreated_once_its_deletion_finishes()
             .await
         })
     };
-    // Whoever holds the finalizer lets go a little later.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Whoever holds the finalizer lets go a little later (after the 3 s a
+    // rollback right after a deletion waits for the garbage collector, so
+    // that it plans while the object is still held).
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     assert!(
         !rollback.is_finished(),
         "the rollback waits for the deletion"
