@@ -566,3 +566,79 @@ fn the_service_proxy_path_goes_through_the_api_server_with_the_users_credentials
         "{err}"
     );
 }
+
+/// Through the service proxy, the API server strips `Authorization`, so the
+/// client also sends its credential as `X-Snapback-Authorization`: whatever
+/// kube would authenticate to the API server with, an exec plugin's token
+/// here (EKS, GKE and OIDC kubeconfigs work that way), not only a token
+/// written in the kubeconfig (exec kubeconfigs used to send nothing, and
+/// snapback answered 401). A stand-in for the API server records what
+/// arrives at the proxy path.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_path_forwards_an_exec_plugins_token() {
+    use std::sync::{Arc, Mutex};
+    /// Path, Authorization, X-Snapback-Authorization of each request.
+    type Seen = Vec<(String, Option<String>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let header = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                seen.lock().unwrap().push((
+                    req.uri().path().to_string(),
+                    header("authorization"),
+                    header("x-snapback-authorization"),
+                ));
+                axum::Json(serde_json::json!({"actions": [], "total": 0}))
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("token-plugin");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\necho '{\"apiVersion\": \"client.authentication.k8s.io/v1beta1\", \"kind\": \"ExecCredential\", \"status\": {\"token\": \"exec-token-123\"}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://{addr}\"}}\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .args(["list", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(
+            "/api/v1/namespaces/snapback-system/services/https:snapback-api:443/proxy/api/v1/actions"
+                .to_string(),
+            Some("Bearer exec-token-123".to_string()),
+            Some("Bearer exec-token-123".to_string()),
+        )],
+    );
+}

@@ -44,7 +44,6 @@ pub struct ConnectArgs {
 pub struct Transport {
     client: kube::Client,
     prefix: String,
-    proxy_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +60,7 @@ impl Transport {
             crate::kube_client::config(args.kubeconfig.as_deref(), args.context.as_deref())
                 .await
                 .map_err(|e| TransportError::Config(format!("{e:#}")))?;
-        let (prefix, proxy_token) = match &args.server {
+        let (prefix, proxy) = match &args.server {
             Some(server) => {
                 config.cluster_url = server
                     .parse()
@@ -89,14 +88,11 @@ impl Transport {
                 (String::new(), None)
             }
             None => {
-                // The API server strips Authorization before proxying; the
-                // token travels in X-Snapback-Authorization as well.
-                let token = bearer_token(&config);
                 let prefix = format!(
                     "/api/v1/namespaces/{}/services/{}/proxy",
                     args.service_namespace, args.service
                 );
-                (prefix, token)
+                (prefix, Some(()))
             }
         };
         // kube's default retries 429/503/504 up to 15 times, POSTs too: a
@@ -104,13 +100,13 @@ impl Transport {
         // the next snapshotter) was sent again and answered "already
         // running". The CLI reports what the server said, once.
         config.default_retry = false;
-        let client =
-            kube::Client::try_from(config).map_err(|e| TransportError::Config(e.to_string()))?;
-        Ok(Transport {
-            client,
-            prefix,
-            proxy_token,
-        })
+        let client = match proxy {
+            Some(()) => proxy_client(&config)?,
+            None => {
+                kube::Client::try_from(config).map_err(|e| TransportError::Config(e.to_string()))?
+            }
+        };
+        Ok(Transport { client, prefix })
     }
 
     pub async fn call(
@@ -124,9 +120,6 @@ impl Transport {
             .uri(format!("{}{path}", self.prefix));
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        if let Some(t) = &self.proxy_token {
-            req = req.header(crate::api::auth::PROXY_AUTH_HEADER, format!("Bearer {t}"));
         }
         let req = req
             .body(Body::from(body.unwrap_or_default()))
@@ -146,15 +139,38 @@ impl Transport {
     }
 }
 
-fn bearer_token(config: &kube::Config) -> Option<String> {
-    use secrecy::ExposeSecret;
-    if let Some(t) = &config.auth_info.token {
-        return Some(t.expose_secret().to_string());
-    }
-    let file = config.auth_info.token_file.as_ref()?;
-    std::fs::read_to_string(file)
-        .ok()
-        .map(|t| t.trim().to_string())
+/// A client for the API server's service proxy. The API server strips
+/// `Authorization` before it proxies to a Service, so the credential kube's
+/// auth layer puts there for the API server (a token or token file, an exec
+/// plugin's or an auth provider's token, refreshed as kube refreshes it)
+/// also goes in `X-Snapback-Authorization`, which snapback reads behind the
+/// proxy. (A client certificate cannot be forwarded: snapback then answers
+/// 401.) kube's own stack, with that one layer after its auth layer.
+fn proxy_client(config: &kube::Config) -> Result<kube::Client, TransportError> {
+    use kube::client::ConfigExt;
+    let err = |e: kube::Error| TransportError::Config(e.to_string());
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_connect_timeout(config.connect_timeout);
+    let https = config
+        .rustls_https_connector_with_connector(connector)
+        .map_err(err)?;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(https);
+    let forward = http::HeaderName::from_static(crate::api::auth::PROXY_AUTH_HEADER);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(err)?)
+        .layer(config.extra_headers_layer().map_err(err)?)
+        .map_request(move |mut req: Request<Body>| {
+            if let Some(v) = req.headers().get(http::header::AUTHORIZATION).cloned() {
+                req.headers_mut().insert(forward.clone(), v);
+            }
+            req
+        })
+        .map_err(tower::BoxError::from)
+        .service(http);
+    Ok(kube::Client::new(service, config.default_namespace.clone()))
 }
 
 /// An error with its causes ("client error (Connect): invalid peer
