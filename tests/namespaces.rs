@@ -1313,15 +1313,7 @@ async fn a_rollback_right_after_deleting_an_owner_keeps_its_dependents() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  namespace: {ns}\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: Deployment, name: parent, uid: {uid}}}\ndata: {{important: \"yes\"}}\n"
     ));
     let id = format!("gcq-{:06x}", rand::random::<u32>() & 0xffffff);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/api/v1/actions",
-            Some(&token),
-            Some(&serde_json::json!({ "id": id }).to_string()),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    api.open_action(&token, &id).await;
     c.kubectl_as_ok(
         user,
         &["-n", &ns, "delete", "deployment", "parent", "--wait=false"],

@@ -200,6 +200,17 @@ async fn retention_prunes_on_one_replica_and_another_takes_over() {
 
 /// An isolated snapback that keeps at most two actions, with sessions and
 /// maintenance passes of a second.
+/// The ids of every action in the store.
+async fn action_ids(store: &snapback::store::kube_store::KubeStore) -> Vec<String> {
+    store
+        .list_actions(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r.id.to_string())
+        .collect()
+}
+
 fn keeping_two_actions(c: &Cluster, tag: &str) -> Snapback {
     let mut opts = SnapbackOpts::isolated(c, tag);
     opts.extra_args = [
@@ -228,13 +239,7 @@ async fn max_actions_keeps_the_newest() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ids: Vec<String> = store
-            .list_actions(None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(r, _)| r.id.to_string())
-            .collect();
+        let ids = action_ids(&store).await;
         if ids.len() <= 2 {
             // The newest survive (the probe's session is older than a1..a4).
             assert!(
@@ -262,13 +267,7 @@ async fn max_actions_keeps_the_newest() {
     }
     // A few maintenance passes (one a second).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let ids: Vec<String> = store
-        .list_actions(None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(r, _)| r.id.to_string())
-        .collect();
+    let ids = action_ids(&store).await;
     for id in ["a3", "a4", "a3-rollback-1", "a4-rollback-1"] {
         assert!(ids.contains(&id.to_string()), "{id} pruned: {ids:?}");
     }

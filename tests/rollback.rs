@@ -1785,9 +1785,22 @@ async fn an_immutable_field_fails_clearly_and_recreate_restores_it() {
             "jsonpath={.spec.clusterIP}",
         ])
     };
-    let octet = 100 + u32::from(rand::random::<u8>() % 50);
-    let before = format!("10.0.0.{octet}");
-    c.kubectl_apply_str(&svc(&before));
+    // Services of tests running alongside get random clusterIPs: an address
+    // already taken is tried again with another.
+    let mut octet = 0;
+    let mut before = String::new();
+    for _ in 0..8 {
+        octet = 100 + u32::from(rand::random::<u8>() % 50);
+        before = format!("10.0.0.{octet}");
+        let out = c.kubectl_stdin("admin", &["apply", "-f", "-"], &svc(&before));
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("already allocated"), "{err}");
+        before.clear();
+    }
+    assert!(!before.is_empty(), "no free cluster IP for the Service");
     // The action replaces the Service by one with another clusterIP
     // (kubectl replace --force: a delete and a create, both in the action).
     let id = format!("ip-{:06x}", rand::random::<u32>() & 0xffffff);
