@@ -127,7 +127,7 @@ fn namespace_snapback() -> &'static Snapback {
         let sb = Snapback::start(c, opts);
         for user in [
             "bob", "carol", "alice", "user1", "user2", "user3", "user4", "user5", "user6", "user7",
-            "user8", "user9", "user10",
+            "user8", "user9", "user10", "user11",
         ] {
             c.grant_api(user);
             c.kubectl_ok(&[
@@ -143,7 +143,7 @@ fn namespace_snapback() -> &'static Snapback {
         while String::from_utf8_lossy(
             &c.kubectl(
                 "admin",
-                &["auth", "can-i", "create", "namespaces", "--as", "user10"],
+                &["auth", "can-i", "create", "namespaces", "--as", "user11"],
             )
             .stdout,
         )
@@ -155,7 +155,7 @@ fn namespace_snapback() -> &'static Snapback {
                 "RBAC never granted: {:?}",
                 c.kubectl(
                     "admin",
-                    &["auth", "can-i", "create", "namespaces", "--as", "user10"]
+                    &["auth", "can-i", "create", "namespaces", "--as", "user11"]
                 )
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -1336,4 +1336,52 @@ async fn a_rollback_right_after_deleting_an_owner_keeps_its_dependents() {
         child["metadata"]["ownerReferences"][0]["uid"], parent["metadata"]["uid"],
         "{child:#}"
     );
+}
+
+/// The diff's `patch` is what a rollback applies: nothing for an object
+/// that is `unchanged`, though the token controller gave the recreated
+/// ServiceAccount a new token (the diff text still shows that).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_object_has_an_empty_patch_in_the_diff() {
+    let c = cluster_with_controllers();
+    let sb = namespace_snapback();
+    let api = sb.api(c);
+    let user = "user11";
+    let token = c.token(user);
+    let ns = c.namespace("sa-diff", &[]);
+    c.kubectl_ok(&["-n", &ns, "create", "serviceaccount", "bot"]);
+    let has_token = || {
+        c.get_json(&["-n", &ns, "serviceaccount", "bot"])
+            .is_some_and(|sa| sa["secrets"].as_array().is_some_and(|s| !s.is_empty()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !has_token() {
+        assert!(std::time::Instant::now() < deadline, "no token");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let id = format!("sa-diff-{:06x}", rand::random::<u32>() & 0xffffff);
+    api.open_action(&token, &id).await;
+    c.kubectl_as_ok(user, &["-n", &ns, "delete", "serviceaccount", "bot"]);
+    api.ok("POST", &format!("/api/v1/actions/{id}/complete"), &token)
+        .await;
+    let report = api
+        .ok("POST", &format!("/api/v1/actions/{id}/rollback"), &token)
+        .await;
+    assert_eq!(report["state"], "rolled-back", "{report:#}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !has_token() {
+        assert!(std::time::Instant::now() < deadline, "no new token");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let diff = api
+        .ok("GET", &format!("/api/v1/actions/{id}/diff"), &token)
+        .await;
+    let bot = diff["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "bot")
+        .unwrap_or_else(|| panic!("{diff:#}"));
+    assert_eq!(bot["change"], "unchanged", "{diff:#}");
+    assert_eq!(bot["patch"], serde_json::json!([]), "{diff:#}");
 }

@@ -449,6 +449,13 @@ fn parse_since(s: &str) -> Result<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
+    // `?since=2026-11-25T10:00:00+01:00` written without encoding the `+`:
+    // the query string's form decoding made it a space.
+    if s.contains(' ')
+        && let Ok(t) = s.replace(' ', "+").parse::<Timestamp>()
+    {
+        return Ok(t);
+    }
     let bad = || {
         ApiError::bad_request(format!(
             "since must be an RFC 3339 time or a duration such as 1h or 1h30m, not {s:?}"
@@ -738,11 +745,19 @@ pub async fn diff_action(
                 .header("prior", "current")
                 .to_string();
             let null = Value::Null;
-            d.patch = serde_json::to_value(json_patch::diff(
-                cur.as_ref().unwrap_or(&null),
-                prior.as_ref().unwrap_or(&null),
-            ))
-            .unwrap_or(Value::Null);
+            // What a rollback applies: nothing to an unchanged object, whose
+            // only differences are what controllers and the API server fill
+            // in (a Job's generated selector, a ServiceAccount's tokens),
+            // which the diff still shows.
+            d.patch = if d.change == "unchanged" {
+                Value::Array(Vec::new())
+            } else {
+                serde_json::to_value(json_patch::diff(
+                    cur.as_ref().unwrap_or(&null),
+                    prior.as_ref().unwrap_or(&null),
+                ))
+                .unwrap_or(Value::Null)
+            };
             d
         })
         .collect();
@@ -1208,6 +1223,21 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, &'static
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_takes_times_with_offsets_and_durations() {
+        let t: Timestamp = "2026-11-25T09:00:00Z".parse().unwrap();
+        assert_eq!(parse_since("2026-11-25T10:00:00+01:00").unwrap(), t);
+        // The `+` unencoded in the query string arrives as a space.
+        assert_eq!(parse_since("2026-11-25T10:00:00 01:00").unwrap(), t);
+        assert_eq!(parse_since("2026-11-25T09:00:00Z").unwrap(), t);
+        let hour_ago = parse_since("1h").unwrap();
+        let age = Timestamp::now().duration_since(hour_ago).as_secs();
+        assert!((3599..=3601).contains(&age), "{age}");
+        for bad in ["yesterday", "2026-11-25 10:00", "1 h", ""] {
+            assert!(parse_since(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn asked(at: Timestamp, by: &str) -> ActionRecord {
         let mut rec = ActionRecord::new(ActionId::parse("a").unwrap(), "explicit", "alice", at);
