@@ -111,13 +111,22 @@ pub struct CaptureService {
 pub struct CrdReader {
     base: kube::Config,
     impersonate: bool,
+    /// snapback's own client, made once.
+    own: std::sync::OnceLock<kube::Client>,
+    /// Definitions' replicas fields, for custom resources' Scale changes.
+    replica_paths: scale::ReplicaPaths,
 }
 
 impl CrdReader {
     /// `impersonate` false (`--auth=none`): snapback reads with its own
     /// identity.
     pub fn new(base: kube::Config, impersonate: bool) -> Self {
-        CrdReader { base, impersonate }
+        CrdReader {
+            base,
+            impersonate,
+            own: std::sync::OnceLock::new(),
+            replica_paths: scale::ReplicaPaths::default(),
+        }
     }
 
     fn client_as(&self, user: &str, groups: &[String]) -> Result<kube::Client, CaptureError> {
@@ -131,7 +140,12 @@ impl CrdReader {
 
     /// snapback's own identity.
     fn own_client(&self) -> Result<kube::Client, CaptureError> {
-        kube::Client::try_from(self.base.clone()).map_err(|e| CaptureError::Contents(e.to_string()))
+        if let Some(c) = self.own.get() {
+            return Ok(c.clone());
+        }
+        let c = kube::Client::try_from(self.base.clone())
+            .map_err(|e| CaptureError::Contents(e.to_string()))?;
+        Ok(self.own.get_or_init(|| c).clone())
     }
 }
 
@@ -607,8 +621,14 @@ impl CaptureService {
                 let groups = review.request.user_info.groups.as_deref().unwrap_or(&[]);
                 match (reader.own_client(), reader.client_as(user, groups)) {
                     (Ok(own), Ok(as_user)) => {
-                        scale::replicas_field(&own, &as_user, review, scale::starts_from_zero(p))
-                            .await
+                        scale::replicas_field(
+                            &own,
+                            &reader.replica_paths,
+                            &as_user,
+                            review,
+                            scale::starts_from_zero(p),
+                        )
+                        .await
                     }
                     _ => None,
                 }

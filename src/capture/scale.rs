@@ -13,7 +13,9 @@
 //! Scale was read) leaves the snapshot as it was without this, and the
 //! rollback says that an unset count may now be 0.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use serde_json::Value;
@@ -56,19 +58,48 @@ pub struct ReplicasField {
     pub unset: Option<bool>,
 }
 
+/// Where each served version of a definition keeps its replicas (a JSON
+/// pointer), by group, resource and version, for [`PATHS_TTL`]: an
+/// autoscaler that scales a custom resource every few seconds does not have
+/// its definition read for every change it makes.
+#[derive(Default)]
+pub struct ReplicaPaths(Mutex<HashMap<PathKey, (Instant, String)>>);
+
+/// Group, resource, version.
+type PathKey = (String, String, String);
+
+const PATHS_TTL: Duration = Duration::from_secs(60);
+
+impl ReplicaPaths {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathKey, (Instant, String)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The replicas field of the custom resource, and for a change from 0
 /// (`from_zero`) whether it was unset before the change; None when not
 /// even the field can be told. `own`: snapback's identity (reads the
-/// definition); `as_user`: the changing user's (reads the object, as they
-/// could).
+/// definition, unless `paths` knows it); `as_user`: the changing user's
+/// (reads the object, as they could).
 pub async fn replicas_field(
     own: &Client,
+    paths: &ReplicaPaths,
     as_user: &Client,
     review: &Review,
     from_zero: bool,
 ) -> Option<ReplicasField> {
     let req = &review.request;
     let name = review.object_name();
+    let key = (
+        req.resource.group.clone(),
+        req.resource.resource.clone(),
+        req.resource.version.clone(),
+    );
+    let known = paths
+        .lock()
+        .get(&key)
+        .filter(|(at, _)| at.elapsed() < PATHS_TTL)
+        .map(|(_, pointer)| pointer.clone());
     let definition = format!(
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{}.{}",
         req.resource.resource, req.resource.group
@@ -86,7 +117,17 @@ pub async fn replicas_field(
             .ok_or("the definition has no specReplicasPath for this version")?;
         pointer_of(&path).ok_or_else(|| format!("unusable specReplicasPath {path}"))
     };
-    let pointer = match tokio::time::timeout(READ_TIMEOUT, pointer).await {
+    let read = async {
+        match known {
+            Some(p) => Ok(p),
+            None => pointer.await.inspect(|p| {
+                paths
+                    .lock()
+                    .insert(key.clone(), (Instant::now(), p.clone()));
+            }),
+        }
+    };
+    let pointer = match tokio::time::timeout(READ_TIMEOUT, read).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             tracing::info!(resource = %req.resource.resource, %name, error = %e,
@@ -163,16 +204,11 @@ pub fn spec_replicas_path(crd: &Value, version: &str) -> Option<String> {
 /// `.spec.replicas` → `/spec/replicas` (a specReplicasPath is a dotted
 /// path of field names, no array indexes).
 pub fn pointer_of(path: &str) -> Option<String> {
-    let fields = path.strip_prefix('.')?;
-    let mut out = String::new();
-    for field in fields.split('.') {
-        if field.is_empty() || field.contains('[') {
-            return None;
-        }
-        out.push('/');
-        out.push_str(&field.replace('~', "~0").replace('/', "~1"));
+    let fields: Vec<&str> = path.strip_prefix('.')?.split('.').collect();
+    if fields.iter().any(|f| f.is_empty() || f.contains('[')) {
+        return None;
     }
-    Some(out)
+    Some(json_patch::jsonptr::PointerBuf::from_tokens(fields).to_string())
 }
 
 #[cfg(test)]

@@ -196,12 +196,19 @@ fn history(snaps: Vec<Loaded>) -> ObjectHistory {
                     .pointer("/spec/replicas")
                     .cloned()
                     .unwrap_or_else(|| Value::from(0));
-                match replicas_field(scale) {
-                    Some((field, Some(true))) => {
-                        remove_pointer(&mut prior, &field);
+                let field = replicas_field(scale);
+                let at = field
+                    .as_ref()
+                    .and_then(|(f, _)| json_patch::jsonptr::Pointer::parse(f).ok());
+                match (at, field.as_ref().and_then(|(_, unset)| *unset)) {
+                    (Some(at), Some(true)) => {
+                        at.delete(&mut prior);
                     }
-                    Some((field, _)) => set_pointer(&mut prior, &field, replicas),
-                    None => {
+                    (Some(at), _) => {
+                        // A dotted path of field names: only objects on the way.
+                        let _ = at.assign(&mut prior, replicas);
+                    }
+                    (None, _) => {
                         if let Some(spec) = prior.get_mut("spec").and_then(Value::as_object_mut) {
                             spec.insert("replicas".into(), replicas);
                         }
@@ -276,47 +283,6 @@ fn replicas_field(l: &Loaded) -> Option<(String, Option<bool>)> {
         .clone()
         .filter(|p| p.starts_with('/'))
         .map(|p| (p, l.meta.replicas_unset))
-}
-
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-/// Remove the field at a JSON pointer (of object fields); true if it was there.
-pub fn remove_pointer(v: &mut Value, pointer: &str) -> bool {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return false;
-    };
-    let parent = if parent.is_empty() {
-        Some(v)
-    } else {
-        v.pointer_mut(parent)
-    };
-    parent
-        .and_then(Value::as_object_mut)
-        .and_then(|m| m.remove(&unescape(last)))
-        .is_some()
-}
-
-/// Set the field at a JSON pointer (of object fields), making the objects
-/// on the way.
-pub fn set_pointer(v: &mut Value, pointer: &str, value: Value) {
-    let mut at = v;
-    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
-    let Some((last, path)) = tokens.split_last() else {
-        return;
-    };
-    for t in path {
-        let Some(map) = at.as_object_mut() else {
-            return;
-        };
-        at = map
-            .entry(t.clone())
-            .or_insert_with(|| Value::Object(Default::default()));
-    }
-    if let Some(map) = at.as_object_mut() {
-        map.insert(last.clone(), value);
-    }
 }
 
 /// The (uid, creationTimestamp) pairs of the object's prior states.

@@ -88,15 +88,26 @@ impl ObjectResult {
     }
 
     pub fn display_name(&self) -> String {
-        let group = if self.group.is_empty() {
-            String::new()
-        } else {
-            format!(".{}", self.group)
-        };
-        match &self.namespace {
-            Some(ns) => format!("{}{group}/{} in namespace {ns}", self.resource, self.name),
-            None => format!("{}{group}/{}", self.resource, self.name),
-        }
+        display_name(
+            &self.group,
+            &self.resource,
+            self.namespace.as_deref(),
+            &self.name,
+        )
+    }
+}
+
+/// `configmaps/x in namespace y`, `gears.example.com/g`: how reports and
+/// conflicts name an object.
+pub fn display_name(group: &str, resource: &str, namespace: Option<&str>, name: &str) -> String {
+    let group = if group.is_empty() {
+        String::new()
+    } else {
+        format!(".{group}")
+    };
+    match namespace {
+        Some(ns) => format!("{resource}{group}/{name} in namespace {ns}"),
+        None => format!("{resource}{group}/{name}"),
     }
 }
 

@@ -2503,17 +2503,9 @@ fn cascade_scope(o: &ObjectRef) -> Option<CascadeScope<'_>> {
     }
 }
 
-/// `configmaps/x in namespace y`, as conflicts name objects.
+/// How conflicts name an object.
 fn describe_ref(o: &ObjectRef) -> String {
-    let resource = if o.group.is_empty() {
-        o.resource.clone()
-    } else {
-        format!("{}.{}", o.resource, o.group)
-    };
-    match &o.namespace {
-        Some(ns) => format!("{resource}/{} in namespace {ns}", o.name),
-        None => format!("{resource}/{}", o.name),
-    }
+    super::report::display_name(&o.group, &o.resource, o.namespace.as_deref(), &o.name)
 }
 
 /// The object as it is now (its Scale when only that changed). The API
